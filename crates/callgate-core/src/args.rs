@@ -1,0 +1,468 @@
+//! Arguments: from a request into the call model, checked against the schema, and back out
+//! into the upstream request.
+//!
+//! Both directions live here so they stay inverse to each other: whatever the transparent proxy
+//! or the invoke API accepted as arguments is exactly what is written into the upstream
+//! request's path, query and body — nothing of the original request's bytes is forwarded.
+
+use serde_json::{Map, Number, Value};
+
+use crate::config::ArgSource;
+use crate::json;
+use crate::refusal::{FieldError, Refusal};
+use crate::registry::{ArgType, FunctionDef};
+
+/// Escapes a JSON pointer reference token (RFC 6901).
+pub fn pointer_token(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+/// Turns a string from a path or query into the argument's declared type.
+fn coerce(name: &str, raw: &str, ty: &ArgType) -> Result<Value, FieldError> {
+    let bad = |what: &str| FieldError {
+        pointer: format!("/{}", pointer_token(name)),
+        detail: format!("expected {what}, found {raw:?}"),
+    };
+    Ok(match ty {
+        ArgType::Integer => raw
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| bad("an integer"))?,
+        ArgType::Number => raw
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| bad("a number"))?,
+        ArgType::Boolean => match raw {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(bad("true or false")),
+        },
+        _ => Value::String(raw.to_owned()),
+    })
+}
+
+/// Whether a `Content-Type` names JSON (`application/json` or `application/*+json`).
+pub fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The pieces of an HTTP request that can carry arguments.
+pub struct HttpArgs<'a> {
+    pub path_params: Vec<(String, String)>,
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+fn insert_once(args: &mut Map<String, Value>, name: String, v: Value) -> Result<(), Refusal> {
+    if args.contains_key(&name) {
+        return Err(Refusal::bad_request(format!(
+            "argument {name:?} is given more than once (path, query or body)"
+        )));
+    }
+    args.insert(name, v);
+    Ok(())
+}
+
+/// Extracts the arguments of a proxied request: path parameters, query parameters and a JSON
+/// object body, each given at most once.
+pub fn from_http(func: &FunctionDef, req: HttpArgs<'_>) -> Result<Map<String, Value>, Refusal> {
+    let mut args = Map::new();
+    let mut errors = Vec::new();
+    for (name, raw) in req.path_params {
+        match coerce(&name, &raw, func.arg_type(&name)) {
+            Ok(v) => insert_once(&mut args, name, v)?,
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(q) = req.query.filter(|q| !q.is_empty()) {
+        let mut arrays: Map<String, Value> = Map::new();
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            let k = k.into_owned();
+            match func.arg_type(&k) {
+                ArgType::Array(item) => match coerce(&k, &v, item) {
+                    Ok(v) => arrays
+                        .entry(k)
+                        .or_insert_with(|| Value::Array(vec![]))
+                        .as_array_mut()
+                        .expect("inserted as array")
+                        .push(v),
+                    Err(e) => errors.push(e),
+                },
+                ty => match coerce(&k, &v, ty) {
+                    Ok(v) => insert_once(&mut args, k, v)?,
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        for (k, v) in arrays {
+            insert_once(&mut args, k, v)?;
+        }
+    }
+    if !req.body.is_empty() {
+        match req.content_type {
+            Some(ct) if is_json_media_type(ct) => {}
+            Some(ct) => {
+                return Err(Refusal::bad_request(format!(
+                    "function {} takes a JSON body, not {ct:?}",
+                    func.name
+                )));
+            }
+            None => {
+                return Err(Refusal::bad_request(format!(
+                    "function {} takes a JSON body: set Content-Type: application/json",
+                    func.name
+                )));
+            }
+        }
+        let body = json::parse_object(req.body)
+            .map_err(|e| Refusal::bad_request(format!("the body is not acceptable JSON: {e}")))?;
+        for (k, v) in body {
+            insert_once(&mut args, k, v)?;
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Refusal::InvalidArguments { errors });
+    }
+    Ok(args)
+}
+
+/// Extracts the arguments of an invoke API body: `{"arguments": {...}}`.
+pub fn from_invoke_body(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Map<String, Value>, Refusal> {
+    match content_type {
+        Some(ct) if is_json_media_type(ct) => {}
+        _ => {
+            return Err(Refusal::bad_request(
+                "the invoke API takes Content-Type: application/json",
+            ));
+        }
+    }
+    let mut obj = json::parse_object(body)
+        .map_err(|e| Refusal::bad_request(format!("the body is not acceptable JSON: {e}")))?;
+    if let Some(k) = obj.keys().find(|k| *k != "arguments") {
+        return Err(Refusal::bad_request(format!(
+            "unknown field {k:?} in the invoke body (expected {{\"arguments\": {{...}}}})"
+        )));
+    }
+    match obj.remove("arguments") {
+        None => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(other) => Err(Refusal::invalid_argument(
+            "",
+            format!(
+                "\"arguments\" must be an object, found {}",
+                json::kind_of(&other)
+            ),
+        )),
+    }
+}
+
+/// Checks the arguments against the function's schema; every violation is reported with the
+/// JSON pointer of the offending field.
+pub fn validate(func: &FunctionDef, args: &Map<String, Value>) -> Result<(), Refusal> {
+    let Some(validator) = &func.validator else {
+        return Ok(());
+    };
+    let instance = Value::Object(args.clone());
+    let mut errors: Vec<FieldError> = validator
+        .iter_errors(&instance)
+        .map(|e| {
+            use jsonschema::error::ValidationErrorKind as K;
+            let base = e.instance_path().as_str().to_string();
+            let pointer = match e.kind() {
+                K::AdditionalProperties { unexpected } if !unexpected.is_empty() => {
+                    format!("{base}/{}", pointer_token(&unexpected[0]))
+                }
+                K::Required { property } => {
+                    format!(
+                        "{base}/{}",
+                        pointer_token(property.as_str().unwrap_or_default())
+                    )
+                }
+                _ => base,
+            };
+            FieldError {
+                pointer,
+                detail: e.to_string(),
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    errors.sort_by(|a, b| a.pointer.cmp(&b.pointer));
+    errors.dedup();
+    Err(Refusal::InvalidArguments { errors })
+}
+
+/// The upstream request a call becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamShape {
+    pub method: http::Method,
+    /// Path and query, relative to the upstream base URL.
+    pub path_and_query: String,
+    /// A JSON body serialized from the arguments, when the function takes one.
+    pub body: Option<Vec<u8>>,
+}
+
+fn scalar_text(name: &str, v: &Value) -> Result<String, Refusal> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(Refusal::invalid_argument(
+            format!("/{}", pointer_token(name)),
+            format!("{} cannot be sent in a URL", json::kind_of(v)),
+        )),
+    }
+}
+
+/// Builds the upstream request from the call's arguments.
+pub fn upstream_shape(
+    func: &FunctionDef,
+    args: &Map<String, Value>,
+) -> Result<UpstreamShape, Refusal> {
+    let path = func
+        .route
+        .render(|name| args.get(name).and_then(|v| scalar_text(name, v).ok()))
+        .map_err(|e| Refusal::invalid_argument("", e))?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    let mut has_query = false;
+    let mut body = Map::new();
+    for (name, v) in args {
+        match func.source_of(name) {
+            ArgSource::Path => {}
+            ArgSource::Query => {
+                has_query = true;
+                match v {
+                    Value::Array(items) => {
+                        for item in items {
+                            query.append_pair(name, &scalar_text(name, item)?);
+                        }
+                    }
+                    Value::Null => {}
+                    _ => {
+                        query.append_pair(name, &scalar_text(name, v)?);
+                    }
+                }
+            }
+            ArgSource::Body => {
+                body.insert(name.clone(), v.clone());
+            }
+        }
+    }
+    let mut path_and_query = path;
+    if has_query {
+        let q = query.finish();
+        if !q.is_empty() {
+            path_and_query.push('?');
+            path_and_query.push_str(&q);
+        }
+    }
+    let body = if !body.is_empty() || !func.method_has_no_body() {
+        Some(serde_json::to_vec(&Value::Object(body)).expect("JSON values serialize"))
+    } else {
+        None
+    };
+    Ok(UpstreamShape {
+        method: func.route.method.clone(),
+        path_and_query,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::registry::Registry;
+    use serde_json::json;
+
+    fn registry() -> Registry {
+        let cfg = Config::parse(
+            r#"
+upstreams: {u: {url: "http://127.0.0.1:9"}}
+functions:
+  - name: users.get
+    upstream: u
+    route: GET /users/{id}
+    arguments:
+      type: object
+      properties:
+        id: {type: string}
+        verbose: {type: boolean}
+        tags: {type: array, items: {type: string}}
+      required: [id]
+      additionalProperties: false
+  - name: quota.adjust
+    upstream: u
+    route: POST /quota/adjust
+    arguments:
+      type: object
+      properties:
+        account_id: {type: string, pattern: "^acct_"}
+        delta: {type: integer}
+      required: [account_id, delta]
+      additionalProperties: false
+"#,
+            &|_| None,
+        )
+        .unwrap();
+        Registry::build(&cfg).unwrap()
+    }
+
+    #[test]
+    fn proxy_arguments_round_trip_to_the_upstream() {
+        let reg = registry();
+        let f = reg.get("users.get").unwrap();
+        let args = from_http(
+            f,
+            HttpArgs {
+                path_params: vec![("id".into(), "u 1".into())],
+                query: Some("verbose=true&tags=a&tags=b"),
+                content_type: None,
+                body: b"",
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(args.clone()),
+            json!({"id": "u 1", "verbose": true, "tags": ["a", "b"]})
+        );
+        validate(f, &args).unwrap();
+        let shape = upstream_shape(f, &args).unwrap();
+        assert_eq!(
+            shape.path_and_query,
+            "/users/u%201?tags=a&tags=b&verbose=true"
+        );
+        assert_eq!(shape.body, None);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_right_kind() {
+        let reg = registry();
+        let f = reg.get("quota.adjust").unwrap();
+        let http = |q: Option<&'static str>, ct: Option<&'static str>, body: &'static [u8]| {
+            from_http(
+                f,
+                HttpArgs {
+                    path_params: vec![],
+                    query: q,
+                    content_type: ct,
+                    body,
+                },
+            )
+        };
+        // duplicate key, wrong content type, missing content type, non-object, trailing garbage
+        for (ct, body) in [
+            (Some("application/json"), &br#"{"delta":1,"delta":2}"#[..]),
+            (Some("text/plain"), br#"{"delta":1}"#),
+            (None, br#"{"delta":1}"#),
+            (Some("application/json"), b"[1]"),
+            (Some("application/json"), br#"{"delta":1}x"#),
+        ] {
+            assert_eq!(http(None, ct, body).unwrap_err().status(), 400, "{body:?}");
+        }
+        // an argument in both query and body is ambiguous
+        assert_eq!(
+            http(Some("delta=1"), Some("application/json"), br#"{"delta":1}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let args = http(
+            None,
+            Some("application/json"),
+            br#"{"account_id":"x","delta":"1","extra":1}"#,
+        )
+        .unwrap();
+        let Refusal::InvalidArguments { errors } = validate(f, &args).unwrap_err() else {
+            panic!()
+        };
+        let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, vec!["/account_id", "/delta", "/extra"]);
+        let args = http(
+            None,
+            Some("application/json"),
+            br#"{"account_id":"acct_1"}"#,
+        )
+        .unwrap();
+        let Refusal::InvalidArguments { errors } = validate(f, &args).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(errors[0].pointer, "/delta");
+    }
+
+    #[test]
+    fn path_parameter_types_are_coerced_or_refused() {
+        let reg = registry();
+        let f = reg.get("users.get").unwrap();
+        let err = from_http(
+            f,
+            HttpArgs {
+                path_params: vec![],
+                query: Some("verbose=yes"),
+                content_type: None,
+                body: b"",
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 422);
+        let err = from_http(
+            f,
+            HttpArgs {
+                path_params: vec![],
+                query: Some("verbose=true&verbose=false"),
+                content_type: None,
+                body: b"",
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn invoke_body_shape() {
+        assert_eq!(
+            from_invoke_body(Some("application/json"), br#"{"arguments":{"a":1}}"#).unwrap()["a"],
+            1
+        );
+        assert!(from_invoke_body(Some("application/json"), br#"{"args":{}}"#).is_err());
+        assert_eq!(
+            from_invoke_body(Some("application/json"), br#"{"arguments":[]}"#)
+                .unwrap_err()
+                .status(),
+            422
+        );
+        assert_eq!(
+            from_invoke_body(Some("text/plain"), b"{}")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let shape = upstream_shape(
+            registry().get("quota.adjust").unwrap(),
+            &from_invoke_body(
+                Some("application/json"),
+                br#"{"arguments":{"delta":5,"account_id":"acct_1"}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shape.path_and_query, "/quota/adjust");
+        assert_eq!(shape.body.unwrap(), br#"{"account_id":"acct_1","delta":5}"#);
+    }
+}

@@ -1,0 +1,89 @@
+//! The normalized call: the one shape every ingress (HTTP proxy, invoke API, later MCP and gRPC)
+//! produces, and the only shape policy, rate limits, approvals, masking and audit ever see.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::registry::FunctionDef;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// An OIDC access token (JWT) verified against the issuer's JWKS.
+    Oidc { issuer: String },
+    /// A service-account API key matched against a configured hash.
+    ApiKey { key_id: String },
+}
+
+impl AuthMethod {
+    /// The short name used in policy context and logs (`oidc`, `api_key`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthMethod::Oidc { .. } => "oidc",
+            AuthMethod::ApiKey { .. } => "api_key",
+        }
+    }
+}
+
+/// The authenticated caller. Never holds the caller's credential itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The human (or service account) the call is for: the token's subject.
+    pub subject: String,
+    /// Groups from the configured claim, scopes when enabled, or the API key's groups.
+    pub groups: Vec<String>,
+    pub auth: AuthMethod,
+    /// The token's `jti`, when it has one (for audit; never the token).
+    pub token_id: Option<String>,
+    /// The acting agent or service when the call is delegated (RFC 8693 `act.sub`).
+    pub actor: Option<String>,
+    /// Unix time the credential stops being valid, if it expires.
+    pub expires_at: Option<u64>,
+}
+
+/// Which ingress turned a request into this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ingress {
+    /// The transparent HTTP proxy: the client called the upstream's own path on Callgate.
+    Proxy,
+    /// `POST /v1/functions/{name}/invoke`.
+    Invoke,
+}
+
+impl Ingress {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingress::Proxy => "proxy",
+            Ingress::Invoke => "invoke",
+        }
+    }
+}
+
+/// Protocol metadata kept beside the call. Policy sees only the parts that are copied into its
+/// context (time, source address, ingress); headers are carried for forwarding only.
+#[derive(Debug, Clone)]
+pub struct CallMeta {
+    pub ingress: Ingress,
+    pub source: Option<IpAddr>,
+    /// Unix seconds when Callgate received the request.
+    pub received_at: u64,
+    /// Request headers that may be passed to the upstream: the caller's credentials,
+    /// cookies and hop-by-hop headers are already removed.
+    pub forward_headers: http::HeaderMap,
+}
+
+/// One governed function call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The `x-request-id` that names this call in responses, logs, audit and approvals.
+    pub request_id: String,
+    pub principal: Arc<Principal>,
+    pub function: Arc<FunctionDef>,
+    /// The arguments, parsed once. The upstream request is built from exactly this value.
+    pub arguments: Map<String, Value>,
+    pub meta: CallMeta,
+}

@@ -1,0 +1,322 @@
+//! The function registry: declared functions compiled for the data path.
+//!
+//! Built once per config (re)load. Resolving a request — by name for the invoke API, by
+//! method and normalized path for the transparent proxy — is a lookup here.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ArgSource, Config};
+use crate::route::Route;
+
+/// The JSON type an argument has, as far as policy and string coercion care.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArgType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Array(Box<ArgType>),
+    Object(BTreeMap<String, (ArgType, bool)>),
+    /// No `type` in the schema: passed through, not visible to policy.
+    Any,
+}
+
+impl ArgType {
+    /// Reads the (subset of) JSON Schema that determines a value's type.
+    pub fn from_schema(schema: &Value) -> ArgType {
+        let ty = match schema.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            _ => return ArgType::Any,
+        };
+        match ty {
+            "string" => ArgType::String,
+            "integer" => ArgType::Integer,
+            "number" => ArgType::Number,
+            "boolean" => ArgType::Boolean,
+            "array" => ArgType::Array(Box::new(
+                schema
+                    .get("items")
+                    .map(ArgType::from_schema)
+                    .unwrap_or(ArgType::Any),
+            )),
+            "object" => ArgType::Object(object_fields(schema)),
+            _ => ArgType::Any,
+        }
+    }
+}
+
+/// Properties of an object schema: name → (type, required).
+pub fn object_fields(schema: &Value) -> BTreeMap<String, (ArgType, bool)> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        (ArgType::from_schema(v), required.contains(&k.as_str())),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One declared function, ready for the data path.
+pub struct FunctionDef {
+    pub name: String,
+    pub description: String,
+    pub upstream: String,
+    pub upstream_url: String,
+    pub route: Route,
+    /// The arguments' JSON Schema as declared (served in the catalog).
+    pub schema: Option<Value>,
+    pub(crate) validator: Option<jsonschema::Validator>,
+    /// Declared arguments: name → (type, required).
+    pub fields: BTreeMap<String, (ArgType, bool)>,
+    pub bind: BTreeMap<String, ArgSource>,
+    pub risk: String,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for FunctionDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FunctionDef")
+            .field("name", &self.name)
+            .field("route", &self.route)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FunctionDef {
+    /// Where argument `name` travels upstream.
+    pub fn source_of(&self, name: &str) -> ArgSource {
+        if self.route.params().any(|p| p == name) {
+            return ArgSource::Path;
+        }
+        if let Some(s) = self.bind.get(name) {
+            return *s;
+        }
+        if self.method_has_no_body() {
+            ArgSource::Query
+        } else {
+            ArgSource::Body
+        }
+    }
+
+    /// GET, HEAD, DELETE and OPTIONS carry their arguments in the query by default.
+    pub fn method_has_no_body(&self) -> bool {
+        use http::Method;
+        matches!(
+            self.route.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        )
+    }
+
+    /// The declared type of a top-level argument.
+    pub fn arg_type(&self, name: &str) -> &ArgType {
+        self.fields
+            .get(name)
+            .map(|(t, _)| t)
+            .unwrap_or(&ArgType::Any)
+    }
+}
+
+/// All declared functions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    functions: Vec<Arc<FunctionDef>>,
+    by_name: HashMap<String, Arc<FunctionDef>>,
+}
+
+/// A function name is dotted lowercase identifiers: `billing.reset_account`.
+pub fn valid_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+impl Registry {
+    /// Compiles the functions of `cfg`; every problem found is reported, not just the first.
+    pub fn build(cfg: &Config) -> Result<Registry, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut reg = Registry::default();
+        let default_timeout = Duration::from_millis(cfg.limits.upstream_timeout_ms);
+        for f in &cfg.functions {
+            let at = format!("function {:?}", f.name);
+            if !valid_function_name(&f.name) {
+                errors.push(format!(
+                    "{at}: names are dotted lowercase identifiers such as billing.reset_account"
+                ));
+                continue;
+            }
+            if reg.by_name.contains_key(&f.name) {
+                errors.push(format!("{at}: declared twice"));
+                continue;
+            }
+            let route = match Route::parse(&f.route) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{at}: {e}"));
+                    continue;
+                }
+            };
+            let Some(up) = cfg.upstreams.get(&f.upstream) else {
+                errors.push(format!("{at}: unknown upstream {:?}", f.upstream));
+                continue;
+            };
+            let validator = match &f.arguments {
+                None => None,
+                Some(schema) => {
+                    if schema.get("type").and_then(Value::as_str) != Some("object") {
+                        errors.push(format!(
+                            "{at}: the arguments schema must have \"type\": \"object\""
+                        ));
+                        continue;
+                    }
+                    match jsonschema::validator_for(schema) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            errors.push(format!("{at}: invalid arguments schema: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let fields = f.arguments.as_ref().map(object_fields).unwrap_or_default();
+            for p in route.params() {
+                if f.bind.get(p).is_some_and(|s| *s != ArgSource::Path) {
+                    errors.push(format!(
+                        "{at}: {p} is a path parameter and cannot be bound elsewhere"
+                    ));
+                }
+                match fields.get(p) {
+                    Some((ArgType::Object(_) | ArgType::Array(_), _)) => {
+                        errors.push(format!("{at}: path parameter {p} must be a scalar"))
+                    }
+                    Some((_, false)) => errors.push(format!(
+                        "{at}: path parameter {p} must be required in the schema"
+                    )),
+                    _ => {}
+                }
+            }
+            for (name, src) in &f.bind {
+                if *src == ArgSource::Path && !route.params().any(|p| p == name) {
+                    errors.push(format!(
+                        "{at}: {name} is bound to the path but the route has no {{{name}}}"
+                    ));
+                }
+            }
+            let def = Arc::new(FunctionDef {
+                name: f.name.clone(),
+                description: f.description.clone(),
+                upstream: f.upstream.clone(),
+                upstream_url: up.url.trim_end_matches('/').to_string(),
+                route,
+                schema: f.arguments.clone(),
+                validator,
+                fields,
+                bind: f.bind.clone(),
+                risk: f.risk.clone(),
+                timeout: f
+                    .timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(default_timeout),
+            });
+            reg.by_name.insert(f.name.clone(), def.clone());
+            reg.functions.push(def);
+        }
+        // Two routes that match the same requests would make the proxy's choice arbitrary.
+        for (i, a) in reg.functions.iter().enumerate() {
+            for b in &reg.functions[i + 1..] {
+                if a.route.method == b.route.method && same_shape(&a.route, &b.route) {
+                    errors.push(format!(
+                        "functions {:?} and {:?} both declare {} {}",
+                        a.name,
+                        b.name,
+                        a.route.method,
+                        a.route.template()
+                    ));
+                }
+            }
+        }
+        // Most specific routes first, so `/users/me` wins over `/users/{id}`.
+        reg.functions
+            .sort_by_key(|f| std::cmp::Reverse(f.route.specificity()));
+        if errors.is_empty() {
+            Ok(reg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<FunctionDef>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<FunctionDef>> {
+        self.functions.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+
+    /// Finds the function a proxied request addresses.
+    pub fn resolve(&self, method: &http::Method, segs: &[String]) -> Resolved<'_> {
+        let mut other_method = false;
+        for f in &self.functions {
+            if let Some(params) = f.route.match_segments(segs) {
+                if f.route.method == method {
+                    return Resolved::Found(f, params);
+                }
+                other_method = true;
+            }
+        }
+        if other_method {
+            Resolved::WrongMethod
+        } else {
+            Resolved::NotFound
+        }
+    }
+}
+
+/// The outcome of resolving a proxied request.
+pub enum Resolved<'a> {
+    Found(&'a Arc<FunctionDef>, Vec<(String, String)>),
+    WrongMethod,
+    NotFound,
+}
+
+fn same_shape(a: &Route, b: &Route) -> bool {
+    // Same literals at the same places and the same length: one route shadows the other.
+    fn probe(r: &Route) -> Vec<&str> {
+        r.template()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect()
+    }
+    probe(a) == probe(b)
+}

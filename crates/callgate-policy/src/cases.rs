@@ -1,0 +1,117 @@
+//! Policy test cases for `callgate test`: declared caller, function and arguments with the
+//! expected outcome, run against the real registry and policies (like `opa test`).
+
+use callgate_core::model::{AuthMethod, CallMeta, Ingress, Principal};
+use callgate_core::{Call, Registry, args};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::engine::PolicyEngine;
+
+/// A file of cases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// Config file to test against, relative to the cases file (`--config` overrides it).
+    #[serde(default)]
+    pub config: Option<String>,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Allow,
+    Deny,
+    /// The arguments are refused before policy (schema or type violation).
+    Invalid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The caller's subject.
+    #[serde(rename = "as")]
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub function: String,
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    pub expect: Expect,
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub expected: Expect,
+    pub actual: Expect,
+    pub detail: String,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.expected == self.actual
+    }
+}
+
+/// Builds the call a case describes, as an ingress would.
+pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
+    let function = reg
+        .get(&case.function)
+        .ok_or_else(|| format!("unknown function {:?}", case.function))?
+        .clone();
+    Ok(Call {
+        request_id: "test".into(),
+        principal: Arc::new(Principal {
+            subject: case.subject.clone(),
+            groups: case.groups.clone(),
+            auth: AuthMethod::Oidc {
+                issuer: "callgate-test".into(),
+            },
+            token_id: None,
+            actor: None,
+            expires_at: None,
+        }),
+        function,
+        arguments: case.arguments.clone(),
+        meta: CallMeta {
+            ingress: Ingress::Invoke,
+            source: Some([127, 0, 0, 1].into()),
+            received_at: 0,
+            forward_headers: Default::default(),
+        },
+    })
+}
+
+/// Runs every case.
+pub fn run(reg: &Registry, engine: &PolicyEngine, cases: &[Case]) -> Vec<CaseResult> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let name = case.name.clone().unwrap_or_else(|| {
+                format!("case {} ({} → {})", i + 1, case.subject, case.function)
+            });
+            let (actual, detail) = match case_call(reg, case) {
+                Err(e) => (Expect::Invalid, e),
+                Ok(call) => match args::validate(&call.function, &call.arguments)
+                    .and_then(|()| engine.decide(&call))
+                {
+                    Err(refusal) => (Expect::Invalid, refusal.detail()),
+                    Ok(d) if d.allowed() => (Expect::Allow, d.reason()),
+                    Ok(d) => (Expect::Deny, d.reason()),
+                },
+            };
+            CaseResult {
+                name,
+                expected: case.expect,
+                actual,
+                detail,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! JSON arguments → Cedar values, following the function's declared types.
+//!
+//! | JSON Schema type | Cedar type | notes |
+//! |---|---|---|
+//! | `string` | `String` | `like` for prefixes and globs |
+//! | `integer` | `Long` | outside the 64-bit signed range → 422 |
+//! | `number` | `decimal` | at most 4 fraction digits, else 422 |
+//! | `boolean` | `Bool` | |
+//! | `array` with typed `items` | `Set` | `contains`, `containsAll`, `containsAny` |
+//! | `object` with `properties` | `Record` | optional properties need `has` |
+//! | no `type` | not visible | policy cannot constrain untyped arguments |
+//!
+//! Absent optional arguments and `null` values are left out of the record, so a policy tests
+//! them with `context.arguments has x`.
+
+use callgate_core::args::pointer_token;
+use callgate_core::refusal::{FieldError, Refusal};
+use callgate_core::registry::ArgType;
+use cedar_policy::RestrictedExpression;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+fn unrepresentable(pointer: &str, what: &str) -> Refusal {
+    Refusal::InvalidArguments {
+        errors: vec![FieldError {
+            pointer: pointer.to_string(),
+            detail: what.to_string(),
+        }],
+    }
+}
+
+/// A JSON number as a Cedar `decimal` literal, if it has at most four fraction digits.
+fn decimal_literal(n: &serde_json::Number) -> Option<String> {
+    let text = n.to_string();
+    if text.contains(['e', 'E']) {
+        return None;
+    }
+    let (int, frac) = text.split_once('.').unwrap_or((&text, "0"));
+    if frac.len() > 4 || int.trim_start_matches('-').len() > 15 {
+        return None;
+    }
+    Some(format!("{int}.{frac}"))
+}
+
+/// Converts one value of type `ty` at `pointer`.
+pub fn to_cedar(
+    pointer: &str,
+    v: &Value,
+    ty: &ArgType,
+) -> Result<Option<RestrictedExpression>, Refusal> {
+    Ok(Some(match (ty, v) {
+        (_, Value::Null) | (ArgType::Any, _) => return Ok(None),
+        (ArgType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
+        (ArgType::Integer, Value::Number(n)) => {
+            let i = n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                })
+                .ok_or_else(|| {
+                    unrepresentable(pointer, "integer outside the 64-bit signed range")
+                })?;
+            RestrictedExpression::new_long(i)
+        }
+        (ArgType::Number, Value::Number(n)) => {
+            let lit = decimal_literal(n).ok_or_else(|| {
+                unrepresentable(
+                    pointer,
+                    "number needs more than 4 fraction digits or is too large",
+                )
+            })?;
+            RestrictedExpression::new_decimal(lit)
+        }
+        (ArgType::Boolean, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+        (ArgType::Array(item), Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, it) in items.iter().enumerate() {
+                match to_cedar(&format!("{pointer}/{i}"), it, item)? {
+                    Some(e) => out.push(e),
+                    None => {
+                        return Err(unrepresentable(
+                            &format!("{pointer}/{i}"),
+                            "null inside an array",
+                        ));
+                    }
+                }
+            }
+            RestrictedExpression::new_set(out)
+        }
+        (ArgType::Object(fields), Value::Object(map)) => record(pointer, map, fields)?,
+        _ => {
+            return Err(unrepresentable(
+                pointer,
+                "value does not have the declared type",
+            ));
+        }
+    }))
+}
+
+/// Converts an object with declared `fields` into a Cedar record.
+pub fn record(
+    pointer: &str,
+    map: &Map<String, Value>,
+    fields: &BTreeMap<String, (ArgType, bool)>,
+) -> Result<RestrictedExpression, Refusal> {
+    let mut out = Vec::new();
+    for (name, (ty, _)) in fields {
+        if let Some(v) = map.get(name) {
+            let p = format!("{pointer}/{}", pointer_token(name));
+            if let Some(e) = to_cedar(&p, v, ty)? {
+                out.push((name.clone(), e));
+            }
+        }
+    }
+    RestrictedExpression::new_record(out).map_err(|e| Refusal::Internal {
+        detail: e.to_string(),
+    })
+}

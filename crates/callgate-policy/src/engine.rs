@@ -1,0 +1,536 @@
+//! Decisions: the loaded policy set, sliced per function, answering one call at a time.
+//!
+//! Deny by default and fail closed: a call is allowed only when at least one permit policy is
+//! satisfied, no forbid policy is, and no policy relevant to the call failed to evaluate (Cedar
+//! skips erroring policies; Callgate refuses the call instead). A deny is a [`Decision`] value;
+//! only arguments that cannot be represented in Cedar are a [`Refusal`].
+
+use callgate_core::rate::RateSpec;
+use callgate_core::refusal::Refusal;
+use callgate_core::{Call, FunctionDef, Principal, Registry};
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression, Schema,
+    ValidationMode, Validator,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::context;
+use crate::schema::{self, CALL_ACTION, NAMESPACE};
+use crate::source::{self, PolicyError, PolicyFile, SourcedPolicy};
+
+/// Annotations a policy may carry. Anything else is a load error, so a typo cannot silently
+/// drop an obligation.
+pub const KNOWN_ANNOTATIONS: &[&str] = &[
+    "id",
+    "description",
+    "reason",
+    "rate_limit",
+    "approval",
+    "mask",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// A policy that determined a decision, and where it is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRef {
+    pub id: String,
+    pub file: String,
+    pub line: usize,
+    /// The policy's `@reason` or `@description`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What the permitting policies require of the rest of the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Obligations {
+    /// The strictest `@rate_limit` among the determining permit policies (per caller × function).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateSpec>,
+    /// `@approval(...)` of the determining policies, for the approval phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approval: Vec<String>,
+    /// `@mask(...)` of the determining policies, for the masking phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
+}
+
+/// The outcome of authorizing one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub effect: Effect,
+    /// Permit policies that allowed the call, or forbid policies that denied it. Empty for a
+    /// deny by default.
+    pub determining: Vec<PolicyRef>,
+    pub obligations: Obligations,
+    /// Evaluation errors (for logs; they make the decision a deny).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    /// A plain-language reason, for logs and `callgate explain` (never sent to callers).
+    pub fn reason(&self) -> String {
+        let list = |ps: &[PolicyRef]| {
+            ps.iter()
+                .map(|p| format!("{} ({}:{})", p.id, p.file, p.line))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (
+            self.effect,
+            self.determining.is_empty(),
+            self.errors.is_empty(),
+        ) {
+            (Effect::Allow, _, _) => format!("allowed by {}", list(&self.determining)),
+            (Effect::Deny, _, false) => {
+                format!(
+                    "denied because policy evaluation failed: {}",
+                    self.errors.join("; ")
+                )
+            }
+            (Effect::Deny, true, true) => "denied by default: no permit policy matches".to_string(),
+            (Effect::Deny, false, true) => format!("denied by {}", list(&self.determining)),
+        }
+    }
+}
+
+/// Per-function precomputed pieces of a request.
+struct FunctionSlice {
+    policies: PolicySet,
+    /// Indexes into `PolicyEngine::policies`.
+    members: Vec<usize>,
+    resource: EntityUid,
+    action: EntityUid,
+    fixed_entities: Vec<Entity>,
+}
+
+/// Loaded, validated policies for one registry.
+pub struct PolicyEngine {
+    policies: Vec<SourcedPolicy>,
+    by_id: HashMap<String, usize>,
+    slices: HashMap<String, FunctionSlice>,
+    authorizer: Authorizer,
+    user_type: EntityTypeName,
+    group_type: EntityTypeName,
+}
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+fn type_name(t: &str) -> EntityTypeName {
+    EntityTypeName::from_str(&format!("{NAMESPACE}::{t}")).expect("valid type name")
+}
+
+impl PolicyEngine {
+    /// Parses and validates `files` against the schema generated from `reg`.
+    pub fn load(reg: &Registry, files: &[PolicyFile]) -> Result<PolicyEngine, Vec<PolicyError>> {
+        let policies = source::parse_files(files)?;
+        let schema = Schema::from_json_value(schema::schema_json(reg)).map_err(|e| {
+            vec![PolicyError {
+                file: "<generated schema>".into(),
+                line: 0,
+                message: e.to_string(),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        let mut pset = PolicySet::new();
+        let function_type = type_name("Function");
+        let call_uid = uid(&type_name("Action"), CALL_ACTION);
+        for p in &policies {
+            check_annotations(p, &mut errors);
+            // `action == Action::"call"` never matches: requests name the function's own action.
+            // Left alone, a forbid written that way would silently forbid nothing.
+            if p.policy.action_constraint() == ActionConstraint::Eq(call_uid.clone()) {
+                errors.push(PolicyError {
+                    file: p.file.clone(),
+                    line: p.line,
+                    message: "`action == Callgate::Action::\"call\"` matches no call — use \
+                              `action in Callgate::Action::\"call\"` for every function"
+                        .into(),
+                });
+            }
+            check_scope_functions(p, reg, &function_type, &mut errors);
+            if let Err(e) = pset.add(p.policy.clone()) {
+                errors.push(PolicyError {
+                    file: p.file.clone(),
+                    line: p.line,
+                    message: e.to_string(),
+                });
+            }
+        }
+        let by_id: HashMap<String, usize> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.policy.id().to_string(), i))
+            .collect();
+        let result = Validator::new(schema).validate(&pset, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let (file, line) = match by_id.get(AsRef::<str>::as_ref(e.policy_id())) {
+                Some(&i) => {
+                    let p = &policies[i];
+                    (
+                        p.file.clone(),
+                        source::diagnostic_offset(e)
+                            .map(|o| p.line_at(o))
+                            .unwrap_or(p.line),
+                    )
+                }
+                None => ("<unknown>".into(), 0),
+            };
+            let mut message = source::diagnostic_message(e);
+            if message.contains("unable to find an applicable action") {
+                message.push_str(
+                    " — use `action in Callgate::Action::\"call\"` for every function, or \
+                     `action == Callgate::Action::\"<function name>\"` for one",
+                );
+            }
+            errors.push(PolicyError {
+                file,
+                line,
+                message,
+            });
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+            errors.dedup();
+            return Err(errors);
+        }
+
+        let action_type = type_name("Action");
+        let mut slices = HashMap::new();
+        for f in reg.iter() {
+            let action = uid(&action_type, &f.name);
+            let resource = uid(&function_type, &f.name);
+            let mut set = PolicySet::new();
+            let mut members = Vec::new();
+            for (i, p) in policies.iter().enumerate() {
+                let applies = match p.policy.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(a) => a == action,
+                    ActionConstraint::In(list) => {
+                        list.iter().any(|a| *a == action || *a == call_uid)
+                    }
+                };
+                if applies {
+                    set.add(p.policy.clone()).expect("ids are unique");
+                    members.push(i);
+                }
+            }
+            let attrs = HashMap::from([
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(f.name.clone()),
+                ),
+                (
+                    "risk".to_string(),
+                    RestrictedExpression::new_string(f.risk.clone()),
+                ),
+            ]);
+            let fixed_entities = vec![
+                Entity::new(resource.clone(), attrs, HashSet::new()).expect("string attributes"),
+                Entity::new_no_attrs(action.clone(), HashSet::from([call_uid.clone()])),
+                Entity::new_no_attrs(call_uid.clone(), HashSet::new()),
+            ];
+            slices.insert(
+                f.name.clone(),
+                FunctionSlice {
+                    policies: set,
+                    members,
+                    resource,
+                    action,
+                    fixed_entities,
+                },
+            );
+        }
+        Ok(PolicyEngine {
+            policies,
+            by_id,
+            slices,
+            authorizer: Authorizer::new(),
+            user_type: type_name("User"),
+            group_type: type_name("Group"),
+        })
+    }
+
+    /// Number of loaded policies.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    fn policy_ref(&self, id: &str) -> Option<PolicyRef> {
+        let p = &self.policies[*self.by_id.get(id)?];
+        let reason = p
+            .policy
+            .annotation("reason")
+            .or_else(|| p.policy.annotation("description"))
+            .map(str::to_string);
+        Some(PolicyRef {
+            id: id.to_string(),
+            file: p.file.clone(),
+            line: p.line,
+            reason,
+        })
+    }
+
+    fn request(&self, call: &Call) -> Result<(Request, Entities, &FunctionSlice), Refusal> {
+        let slice = self
+            .slices
+            .get(&call.function.name)
+            .ok_or_else(|| Refusal::Internal {
+                detail: format!("function {} has no policy slice", call.function.name),
+            })?;
+        let principal = uid(&self.user_type, &call.principal.subject);
+        let groups: HashSet<EntityUid> = call
+            .principal
+            .groups
+            .iter()
+            .map(|g| uid(&self.group_type, g))
+            .collect();
+        let mut entities = slice.fixed_entities.clone();
+        entities.extend(
+            groups
+                .iter()
+                .map(|g| Entity::new_no_attrs(g.clone(), HashSet::new())),
+        );
+        entities.push(Entity::new_no_attrs(principal.clone(), groups));
+        let entities = Entities::from_entities(entities, None).map_err(|e| Refusal::Internal {
+            detail: format!("entities: {e}"),
+        })?;
+        let arguments = context::record("", &call.arguments, &call.function.fields)?;
+        let ip: IpAddr = call.meta.source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let request = RestrictedExpression::new_record([
+            (
+                "time".to_string(),
+                RestrictedExpression::new_long(call.meta.received_at as i64),
+            ),
+            (
+                "source_ip".to_string(),
+                RestrictedExpression::new_ip(ip.to_string()),
+            ),
+            (
+                "auth_method".to_string(),
+                RestrictedExpression::new_string(call.principal.auth.name().into()),
+            ),
+            (
+                "ingress".to_string(),
+                RestrictedExpression::new_string(call.meta.ingress.name().into()),
+            ),
+        ])
+        .map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+        let ctx = Context::from_pairs([
+            ("arguments".to_string(), arguments),
+            ("request".to_string(), request),
+        ])
+        .map_err(|e| Refusal::Internal {
+            detail: format!("context: {e}"),
+        })?;
+        let req = Request::new(
+            principal,
+            slice.action.clone(),
+            slice.resource.clone(),
+            ctx,
+            None,
+        )
+        .map_err(|e| Refusal::Internal {
+            detail: format!("request: {e}"),
+        })?;
+        Ok((req, entities, slice))
+    }
+
+    /// Authorizes one call.
+    pub fn decide(&self, call: &Call) -> Result<Decision, Refusal> {
+        let (req, entities, slice) = self.request(call)?;
+        let resp = self
+            .authorizer
+            .is_authorized(&req, &slice.policies, &entities);
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        let determining: Vec<PolicyRef> = resp
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.policy_ref(id.as_ref()))
+            .collect();
+        let allowed = resp.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+        let mut obligations = Obligations::default();
+        if allowed {
+            for r in &determining {
+                let p = &self.policies[self.by_id[&r.id]].policy;
+                if let Some(spec) = p
+                    .annotation("rate_limit")
+                    .and_then(|s| s.parse::<RateSpec>().ok())
+                {
+                    let stricter = obligations
+                        .rate_limit
+                        .is_none_or(|cur| spec.per_second() < cur.per_second());
+                    if stricter {
+                        obligations.rate_limit = Some(spec);
+                    }
+                }
+                if let Some(a) = p.annotation("approval") {
+                    obligations.approval.push(a.to_string());
+                }
+                if let Some(m) = p.annotation("mask") {
+                    obligations.mask.push(m.to_string());
+                }
+            }
+        }
+        Ok(Decision {
+            effect: if allowed { Effect::Allow } else { Effect::Deny },
+            determining: if allowed || resp.decision() == cedar_policy::Decision::Deny {
+                determining
+            } else {
+                vec![]
+            },
+            obligations,
+            errors,
+        })
+    }
+
+    /// Permit policies for the call's function whose scope matches the caller but whose
+    /// conditions did not hold — what `callgate explain` shows for a deny by default.
+    pub fn near_misses(&self, call: &Call) -> Vec<PolicyRef> {
+        let Some(slice) = self.slices.get(&call.function.name) else {
+            return vec![];
+        };
+        slice
+            .members
+            .iter()
+            .map(|&i| &self.policies[i])
+            .filter(|p| p.policy.effect() == cedar_policy::Effect::Permit)
+            .filter(|p| self.scope_matches(p, &call.principal, &slice.resource))
+            .filter_map(|p| self.policy_ref(p.policy.id().as_ref()))
+            .collect()
+    }
+
+    fn scope_matches(&self, p: &SourcedPolicy, who: &Principal, resource: &EntityUid) -> bool {
+        let me = uid(&self.user_type, &who.subject);
+        let mine = |e: &EntityUid| {
+            *e == me
+                || (e.type_name() == &self.group_type
+                    && who.groups.iter().any(|g| g == e.id().unescaped()))
+        };
+        let principal_ok = match p.policy.principal_constraint() {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(e) => e == me,
+            PrincipalConstraint::In(e) => mine(&e),
+            PrincipalConstraint::Is(t) => t == self.user_type,
+            PrincipalConstraint::IsIn(t, e) => t == self.user_type && mine(&e),
+        };
+        let resource_ok = match p.policy.resource_constraint() {
+            ResourceConstraint::Any => true,
+            ResourceConstraint::Eq(e) | ResourceConstraint::In(e) => &e == resource,
+            ResourceConstraint::Is(t) => &t == resource.type_name(),
+            ResourceConstraint::IsIn(t, e) => &t == resource.type_name() && &e == resource,
+        };
+        principal_ok && resource_ok
+    }
+
+    /// Whether `who` could be allowed to call `function` for some arguments: a permit policy's
+    /// scope matches and no unconditional forbid does. Used to filter catalogs, so a model
+    /// only ever sees tools it may use.
+    pub fn could_allow(&self, who: &Principal, function: &FunctionDef) -> bool {
+        let Some(slice) = self.slices.get(&function.name) else {
+            return false;
+        };
+        let mut permitted = false;
+        for &i in &slice.members {
+            let p = &self.policies[i];
+            if !self.scope_matches(p, who, &slice.resource) {
+                continue;
+            }
+            match p.policy.effect() {
+                cedar_policy::Effect::Permit => permitted = true,
+                cedar_policy::Effect::Forbid if !p.policy.has_non_scope_constraint() => {
+                    return false;
+                }
+                cedar_policy::Effect::Forbid => {}
+            }
+        }
+        permitted
+    }
+
+    /// Every policy id with its location, for `callgate check`.
+    pub fn summary(&self) -> BTreeMap<String, (String, usize)> {
+        self.policies
+            .iter()
+            .map(|p| (p.policy.id().to_string(), (p.file.clone(), p.line)))
+            .collect()
+    }
+}
+
+fn check_annotations(p: &SourcedPolicy, errors: &mut Vec<PolicyError>) {
+    for (k, v) in p.policy.annotations() {
+        let at = |message: String| PolicyError {
+            file: p.file.clone(),
+            line: p.line,
+            message,
+        };
+        if !KNOWN_ANNOTATIONS.contains(&k) {
+            errors.push(at(format!(
+                "unknown annotation @{k} (known: {})",
+                KNOWN_ANNOTATIONS
+                    .iter()
+                    .map(|a| format!("@{a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+            continue;
+        }
+        if k == "rate_limit" {
+            if p.policy.effect() != cedar_policy::Effect::Permit {
+                errors.push(at("@rate_limit only applies to permit policies".into()));
+            }
+            if let Err(e) = v.parse::<RateSpec>() {
+                errors.push(at(format!("@rate_limit: {e}")));
+            }
+        }
+    }
+}
+
+fn check_scope_functions(
+    p: &SourcedPolicy,
+    reg: &Registry,
+    function_type: &EntityTypeName,
+    errors: &mut Vec<PolicyError>,
+) {
+    let named = match p.policy.resource_constraint() {
+        ResourceConstraint::Eq(e) | ResourceConstraint::In(e) | ResourceConstraint::IsIn(_, e) => {
+            Some(e)
+        }
+        _ => None,
+    };
+    if let Some(e) = named {
+        if e.type_name() == function_type && reg.get(e.id().unescaped()).is_none() {
+            errors.push(PolicyError {
+                file: p.file.clone(),
+                line: p.line,
+                message: format!("policy names unknown function {:?}", e.id().unescaped()),
+            });
+        }
+    }
+}
+
+/// A shared handle, cheap to clone into request handlers.
+pub type SharedEngine = Arc<PolicyEngine>;

@@ -1,0 +1,225 @@
+//! Policy loading and decisions against the demo configuration: table-driven cases, and the
+//! load errors a policy author must see with file and line.
+
+use callgate_core::Registry;
+use callgate_core::config::Config;
+use callgate_policy::cases::{self, CaseFile};
+use callgate_policy::{PolicyEngine, PolicyFile};
+use std::path::Path;
+
+fn demo_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/demo"))
+}
+
+fn demo_registry() -> Registry {
+    let text = std::fs::read_to_string(demo_dir().join("callgate.yaml")).unwrap();
+    let cfg = Config::parse(&text, &|_| Some("http://127.0.0.1:9".into())).unwrap();
+    Registry::build(&cfg).unwrap()
+}
+
+fn demo_policy() -> String {
+    std::fs::read_to_string(demo_dir().join("policies/demo.cedar")).unwrap()
+}
+
+fn load(extra: &str) -> Result<PolicyEngine, Vec<callgate_policy::PolicyError>> {
+    PolicyEngine::load(
+        &demo_registry(),
+        &[
+            PolicyFile {
+                name: "demo.cedar".into(),
+                text: demo_policy(),
+            },
+            PolicyFile {
+                name: "extra.cedar".into(),
+                text: extra.into(),
+            },
+        ],
+    )
+}
+
+#[test]
+fn demo_cases_all_pass() {
+    let reg = demo_registry();
+    let engine = load("").unwrap();
+    let file: CaseFile =
+        yaml_serde::from_str(&std::fs::read_to_string(demo_dir().join("cases.yaml")).unwrap())
+            .unwrap();
+    assert!(file.cases.len() >= 20);
+    for r in cases::run(&reg, &engine, &file.cases) {
+        assert!(
+            r.passed(),
+            "{}: expected {:?}, got {:?} ({})",
+            r.name,
+            r.expected,
+            r.actual,
+            r.detail
+        );
+    }
+}
+
+#[test]
+fn decisions_name_their_policies_and_obligations() {
+    let reg = demo_registry();
+    let engine = load("").unwrap();
+    let case = |subject: &str, group: &str, function: &str, args: serde_json::Value| cases::Case {
+        name: None,
+        subject: subject.into(),
+        groups: vec![group.into()],
+        function: function.into(),
+        arguments: args.as_object().unwrap().clone(),
+        expect: cases::Expect::Allow,
+    };
+    let call = cases::case_call(
+        &reg,
+        &case(
+            "ci-bot",
+            "ci",
+            "quota.adjust",
+            serde_json::json!({"account_id": "acct_1", "delta": 1}),
+        ),
+    )
+    .unwrap();
+    let d = engine.decide(&call).unwrap();
+    assert!(d.allowed());
+    assert_eq!(d.determining[0].id, "quota-adjust-ci");
+    assert_eq!(d.determining[0].file, "demo.cedar");
+    assert_eq!(d.obligations.rate_limit.unwrap().to_string(), "10/minute");
+    let call = cases::case_call(
+        &reg,
+        &case(
+            "alice",
+            "support",
+            "billing.reset_account",
+            serde_json::json!({"account_id": "acct_1"}),
+        ),
+    )
+    .unwrap();
+    let d = engine.decide(&call).unwrap();
+    assert!(!d.allowed());
+    assert!(d.determining.is_empty());
+    assert!(d.reason().contains("denied by default"));
+}
+
+#[test]
+fn forbid_wins_and_is_named() {
+    let reg = demo_registry();
+    let engine = load(
+        "@id(\"no-acct-0\")\nforbid(principal, action == Callgate::Action::\"billing.reset_account\", resource) when { context.arguments.account_id == \"acct_0\" };",
+    )
+    .unwrap();
+    let c = cases::Case {
+        name: None,
+        subject: "bob".into(),
+        groups: vec!["billing-ops".into()],
+        function: "billing.reset_account".into(),
+        arguments: serde_json::json!({"account_id": "acct_0"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        expect: cases::Expect::Deny,
+    };
+    let d = engine.decide(&cases::case_call(&reg, &c).unwrap()).unwrap();
+    assert!(!d.allowed());
+    assert_eq!(d.determining[0].id, "no-acct-0");
+}
+
+#[test]
+fn catalog_scope_matching() {
+    let reg = demo_registry();
+    let engine = load("").unwrap();
+    let who = |s: &str, g: &str| callgate_core::Principal {
+        subject: s.into(),
+        groups: vec![g.into()],
+        auth: callgate_core::AuthMethod::ApiKey { key_id: "k".into() },
+        token_id: None,
+        actor: None,
+        expires_at: None,
+    };
+    let visible = |p: &callgate_core::Principal| {
+        reg.iter()
+            .filter(|f| engine.could_allow(p, f))
+            .map(|f| f.name.clone())
+            .collect::<Vec<_>>()
+    };
+    // users-read puts its group test in the condition, so its scope admits everyone: the
+    // catalog may over-approximate, never under-approximate.
+    let alice = visible(&who("alice", "support"));
+    assert!(alice.contains(&"files.read".to_string()));
+    assert!(!alice.contains(&"billing.reset_account".to_string()));
+    assert!(!alice.contains(&"quota.adjust".to_string()));
+    let ci = visible(&who("ci-bot", "ci"));
+    assert!(ci.contains(&"quota.adjust".to_string()));
+    assert!(!ci.contains(&"files.read".to_string()));
+}
+
+/// Each broken policy must be a load error naming extra.cedar and the right line.
+#[test]
+fn load_errors_have_file_and_line() {
+    let table: &[(&str, usize, &str)] = &[
+        // unknown function as action
+        (
+            "\n\npermit(principal, action == Callgate::Action::\"billing.nope\", resource);",
+            3,
+            "billing.nope",
+        ),
+        // unknown function as resource
+        (
+            "permit(principal, action, resource == Callgate::Function::\"nope.fn\");",
+            1,
+            "nope.fn",
+        ),
+        // unknown argument
+        (
+            "permit(principal, action == Callgate::Action::\"users.get\", resource)\n when { context.arguments.nope == \"x\" };",
+            2,
+            "nope",
+        ),
+        // wrong type: delta is a Long
+        (
+            "\npermit(principal, action == Callgate::Action::\"quota.adjust\", resource)\nwhen {\n context.arguments.delta like \"1*\" };",
+            4,
+            "",
+        ),
+        // syntax error
+        (
+            "permit(principal, action, resource) when { context.arguments. };",
+            1,
+            "",
+        ),
+        // unknown annotation and a bad rate
+        (
+            "@rate_limt(\"1/minute\")\npermit(principal, action, resource);",
+            1,
+            "rate_limt",
+        ),
+        (
+            "@rate_limit(\"lots\")\npermit(principal, action, resource);",
+            1,
+            "rate_limit",
+        ),
+        // action == call matches no function
+        (
+            "permit(principal, action == Callgate::Action::\"call\", resource);",
+            1,
+            "action in",
+        ),
+        // duplicate id
+        (
+            "@id(\"users-read\")\npermit(principal, action, resource);",
+            1,
+            "already used",
+        ),
+    ];
+    for (text, line, needle) in table {
+        let errs = match load(text) {
+            Ok(_) => panic!("{text:?} should not load"),
+            Err(e) => e,
+        };
+        let e = errs
+            .iter()
+            .find(|e| e.file == "extra.cedar")
+            .unwrap_or_else(|| panic!("{text}: {errs:?}"));
+        assert_eq!(e.line, *line, "{text}: {e}");
+        assert!(e.message.contains(needle), "{text}: {e}");
+    }
+}
