@@ -58,6 +58,9 @@ pub struct Limits {
     /// Largest request body accepted, in bytes (413 above it).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Largest upstream response read, in bytes (502 above it).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
     /// Default upstream timeout in milliseconds for functions that set none.
     #[serde(default = "default_timeout_ms")]
     pub upstream_timeout_ms: u64,
@@ -70,6 +73,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: default_max_body(),
+            max_response_bytes: default_max_response(),
             upstream_timeout_ms: default_timeout_ms(),
             shutdown_grace_ms: default_drain_ms(),
         }
@@ -78,6 +82,9 @@ impl Default for Limits {
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_max_response() -> usize {
+    16 * 1024 * 1024
 }
 fn default_timeout_ms() -> u64 {
     10_000

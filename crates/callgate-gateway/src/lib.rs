@@ -1,1 +1,105 @@
+//! Callgate's IO side: the gateway process.
+//!
+//! This crate owns everything that touches the network or the file system: listeners and TLS
+//! ([`server`], [`tls`]), identity with JWKS fetching ([`identity`]), the governed pipeline
+//! ([`pipeline`]) and the ingresses that feed it ([`ingress`]), upstream forwarding
+//! ([`upstream`], [`http_client`]), rate limits ([`ratelimit`]), metrics ([`metrics`]), hot
+//! reload ([`runtime`]), the extension seams for later capabilities ([`seams`]) and the
+//! self-contained demo ([`demo`]). Decisions themselves are made by the pure crates
+//! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod http_client;
+pub mod identity;
+pub mod ingress;
+pub mod metrics;
+pub mod pipeline;
+pub mod problem;
+pub mod ratelimit;
+pub mod runtime;
+pub mod seams;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub use runtime::{Reloader, Runtime};
+
+/// State shared by every request of one gateway process.
+pub struct Shared {
+    pub reloader: Reloader,
+    pub metrics: metrics::Metrics,
+    pub limits: ratelimit::RateLimits,
+    pub seams: seams::Seams,
+    /// The demo identity provider, when running `callgate demo`.
+    pub demo: Option<demo::idp::DemoIdp>,
+    /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending traffic.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(reloader: Reloader) -> Shared {
+        Shared {
+            reloader,
+            metrics: Default::default(),
+            limits: Default::default(),
+            seams: Default::default(),
+            demo: None,
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The request id every response carries and every log line, audit record and approval uses.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The peer address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+/// A gateway: shared state plus the API router. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    api: axum::Router,
+}
+
+impl Gateway {
+    pub fn new(shared: Shared) -> Gateway {
+        let shared = Arc::new(shared);
+        let api = ingress::api::router(shared.clone());
+        Gateway { shared, api }
+    }
+
+    /// Handles one request from any listener.
+    pub async fn handle(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let mut resp = if let Err(refusal) = ingress::check_framing(&req) {
+            problem::response(&refusal, &request_id)
+        } else if ingress::is_api_path(req.uri().path()) {
+            let mut req = req;
+            req.extensions_mut().insert(RequestId(request_id.clone()));
+            req.extensions_mut().insert(Peer(peer));
+            use tower::ServiceExt;
+            match self.api.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        } else {
+            ingress::proxy::handle(&self.shared, req, request_id.clone(), peer).await
+        };
+        if !resp.headers().contains_key(problem::REQUEST_ID) {
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                resp.headers_mut().insert(problem::REQUEST_ID, v);
+            }
+        }
+        resp
+    }
+}

@@ -34,8 +34,10 @@ impl fmt::Display for PolicyError {
 pub struct SourcedPolicy {
     pub policy: Policy,
     pub file: String,
-    /// Line of the policy's first character in its file.
+    /// Line of the policy's first line of code (annotations included) in its file.
     pub line: usize,
+    /// Line where `text` starts (comments before the policy included).
+    base_line: usize,
     /// The policy's own text (offsets in Cedar diagnostics are relative to it).
     pub text: String,
 }
@@ -172,7 +174,8 @@ pub fn parse_files(files: &[PolicyFile]) -> Result<Vec<SourcedPolicy>, Vec<Polic
             out.push(SourcedPolicy {
                 policy: policy.new_id(PolicyId::new(id)),
                 file: f.name.clone(),
-                line,
+                line: code_line,
+                base_line: line,
                 text: snippet.to_string(),
             });
         }

@@ -1,1 +1,133 @@
-fn main() {}
+//! The `callgate` binary: command-line parsing and process setup only. Everything it runs
+//! lives in the library crates.
+#![forbid(unsafe_code)]
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "callgate",
+    version,
+    about = "A gateway that governs function calls: identity, policy, forwarding."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
+        config: PathBuf,
+        /// Listen address (overrides `listen` in the config).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the self-contained demo (gateway, demo upstream, development IdP).
+    Demo {
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the demo keeps its config, policies and keys.
+        #[arg(long, default_value = "callgate-demo")]
+        data_dir: PathBuf,
+    },
+    /// Validate the config and its policies; exit non-zero with file:line messages on error.
+    Check {
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
+        config: PathBuf,
+    },
+    /// Show the decision for a call without forwarding anything.
+    Explain {
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
+        config: PathBuf,
+        /// The caller's subject.
+        #[arg(long = "as")]
+        subject: String,
+        /// The caller's groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+        function: String,
+        /// Arguments as a JSON object.
+        #[arg(default_value = "{}")]
+        arguments: String,
+    },
+    /// Run policy test cases (caller, function, arguments → allow/deny/invalid).
+    Test {
+        cases: PathBuf,
+        /// Config to test against (default: the `config:` named in the cases file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the config format.
+    Schema,
+    /// Print a new API key and the hash to put in the config.
+    Keygen,
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Print a bearer credential for a demo user (alice, bob, carol, dave, erin, ci-bot).
+    Token {
+        user: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve { config, listen } => commands::serve(&config, listen).await,
+            Command::Demo {
+                command: Some(DemoCommand::Token { user, gateway }),
+                ..
+            } => commands::demo_token(&user, &gateway).await,
+            Command::Demo {
+                command: None,
+                listen,
+                data_dir,
+            } => commands::demo(&listen, &data_dir).await,
+            Command::Check { config } => commands::check(&config),
+            Command::Explain {
+                config,
+                subject,
+                groups,
+                json,
+                function,
+                arguments,
+            } => commands::explain(&config, subject, groups, &function, &arguments, json),
+            Command::Test { cases, config } => commands::test(&cases, config.as_deref()),
+            Command::Schema => commands::schema(),
+            Command::Keygen => commands::keygen(),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("callgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! One trusted OIDC issuer: JWKS discovery and caching, and the claim checks that turn a
+//! verified token into a [`Principal`].
+
+use arc_swap::ArcSwap;
+use callgate_core::config::IssuerConfig;
+use callgate_core::model::{AuthMethod, Principal};
+use callgate_core::refusal::Refusal;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::jws::{self, JwsError, VerifyKey};
+use crate::http_client::{self, HttpClient};
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keys as last fetched.
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<VerifyKey>,
+    fetched_at: Option<Instant>,
+}
+
+pub struct IssuerVerifier {
+    pub cfg: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    client: HttpClient,
+    keys: ArcSwap<KeySet>,
+    /// Serializes refreshes; holds the time of the last attempt.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+pub fn unauthenticated(detail: impl Into<String>) -> Refusal {
+    Refusal::Unauthenticated {
+        detail: detail.into(),
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl IssuerVerifier {
+    pub fn new(cfg: IssuerConfig) -> Result<IssuerVerifier, String> {
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .map(|a| jws::parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("issuer {}: {e}", cfg.issuer))?;
+        if algorithms.is_empty() {
+            return Err(format!("issuer {}: no algorithms", cfg.issuer));
+        }
+        if cfg.audiences.is_empty() {
+            return Err(format!(
+                "issuer {}: at least one audience is required",
+                cfg.issuer
+            ));
+        }
+        let client = http_client::build_client(
+            cfg.ca_file.as_deref().map(std::path::Path::new),
+            FETCH_TIMEOUT,
+        )?;
+        Ok(IssuerVerifier {
+            cfg,
+            algorithms,
+            client,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            refresh: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn jwks_uri(&self) -> Result<String, String> {
+        if let Some(u) = &self.cfg.jwks_uri {
+            return Ok(u.clone());
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.cfg.issuer.trim_end_matches('/')
+        );
+        let doc = http_client::get_json(&self.client, &url, FETCH_TIMEOUT).await?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
+            return Err(format!("{url}: discovery names a different issuer"));
+        }
+        doc.get("jwks_uri")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("{url}: no jwks_uri"))
+    }
+
+    /// Refetches the JWKS, at most once per configured interval (unless never fetched).
+    async fn refresh_keys(&self) -> Result<(), String> {
+        let mut last = self.refresh.lock().await;
+        let min = Duration::from_secs(self.cfg.jwks_refresh_interval_secs);
+        if let Some(t) = *last {
+            if t.elapsed() < min && self.keys.load().fetched_at.is_some() {
+                return Ok(());
+            }
+            // Another request refreshed while this one waited for the lock.
+            if self.keys.load().fetched_at.is_some_and(|f| f > t) {
+                return Ok(());
+            }
+        }
+        *last = Some(Instant::now());
+        let uri = self.jwks_uri().await?;
+        let doc = http_client::get_json(&self.client, &uri, FETCH_TIMEOUT).await?;
+        let keys = jws::keys_from_jwks(&doc)?;
+        tracing::info!(issuer = %self.cfg.issuer, keys = keys.len(), "fetched JWKS");
+        self.keys.store(Arc::new(KeySet {
+            keys,
+            fetched_at: Some(Instant::now()),
+        }));
+        Ok(())
+    }
+
+    /// Verifies the token's signature, fetching or refreshing keys when needed.
+    async fn verify_signature(&self, token: &str) -> Result<jws::Verified, Refusal> {
+        if self.keys.load().fetched_at.is_none() {
+            if let Err(e) = self.refresh_keys().await {
+                tracing::error!(issuer = %self.cfg.issuer, error = %e, "cannot fetch JWKS");
+                return Err(Refusal::IdentityUnavailable {
+                    detail: "the token issuer's keys could not be fetched".into(),
+                });
+            }
+        }
+        let first = jws::verify(token, &self.keys.load().keys, &self.algorithms);
+        let result = match first {
+            Err(JwsError::UnknownKey(_)) => {
+                if let Err(e) = self.refresh_keys().await {
+                    tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS refresh failed");
+                }
+                jws::verify(token, &self.keys.load().keys, &self.algorithms)
+            }
+            other => other,
+        };
+        result.map_err(|e| unauthenticated(format!("the token was refused: {e}")))
+    }
+
+    /// Verifies a token from this issuer and builds the principal.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Refusal> {
+        let verified = self.verify_signature(token).await?;
+        let claims: Value = serde_json::from_slice(&verified.payload)
+            .map_err(|_| unauthenticated("the token's claims are not JSON"))?;
+        self.check_claims(&claims, now_secs())
+    }
+
+    /// Checks the registered claims and reads subject, groups and actor.
+    pub fn check_claims(&self, claims: &Value, now: u64) -> Result<Principal, Refusal> {
+        let skew = self.cfg.clock_skew_secs;
+        let num = |name: &str| -> Result<Option<u64>, Refusal> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .map(Some)
+                    .ok_or_else(|| unauthenticated(format!("claim {name} is not a number"))),
+            }
+        };
+        if claims.get("iss").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
+            return Err(unauthenticated("the token's issuer is not trusted"));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => self.cfg.audiences.contains(a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| self.cfg.audiences.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(unauthenticated(
+                "the token is not meant for this gateway (aud)",
+            ));
+        }
+        let exp = num("exp")?.ok_or_else(|| unauthenticated("the token has no expiry"))?;
+        if now > exp.saturating_add(skew) {
+            return Err(unauthenticated("the token has expired"));
+        }
+        if num("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+            return Err(unauthenticated("the token is not valid yet"));
+        }
+        if num("iat")?.is_some_and(|iat| iat > now.saturating_add(skew)) {
+            return Err(unauthenticated("the token was issued in the future"));
+        }
+        let subject = claims
+            .get(&self.cfg.subject_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                unauthenticated(format!("the token has no {} claim", self.cfg.subject_claim))
+            })?
+            .to_string();
+        let mut groups = Vec::new();
+        let mut node = Some(claims);
+        for part in self.cfg.groups_claim.split('.') {
+            node = node.and_then(|n| n.get(part));
+        }
+        collect_strings(node, &mut groups);
+        if self.cfg.scopes_as_groups {
+            collect_strings(claims.get("scope"), &mut groups);
+        }
+        groups.sort();
+        groups.dedup();
+        let actor = claims
+            .get("act")
+            .and_then(|a| a.get("sub"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Principal {
+            subject,
+            groups,
+            auth: AuthMethod::Oidc {
+                issuer: self.cfg.issuer.clone(),
+            },
+            token_id: claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            actor,
+            expires_at: Some(exp),
+        })
+    }
+}
+
+/// Strings from a claim: an array of strings, or one space-separated string.
+fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
+    match v {
+        Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_string)),
+        Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+        _ => {}
+    }
+}

@@ -1,0 +1,263 @@
+//! The governed call path. Every ingress hands a request to [`run`], which takes it through
+//! the phases in this order:
+//!
+//! 1. **authenticate** — who is calling ([`crate::identity`]); before anything else, so an
+//!    anonymous caller learns nothing about which functions exist.
+//! 2. **resolve function** — by name (invoke API) or by method + normalized path (proxy).
+//! 3. **validate arguments** — the body is read (bounded), parsed once strictly, and checked
+//!    against the function's schema. The result is the [`Call`] every later phase sees.
+//! 4. **authorize** — the Cedar decision ([`callgate_policy`]); a deny stops here.
+//! 5. **rate-limit** — after authorization, so denied calls do not eat a caller's quota.
+//! 6. **approval** — seam ([`crate::seams::ApprovalGate`]).
+//! 7. **audit** — seam; the record is durable before anything is forwarded.
+//! 8. **attach credential** — seam; the caller's credential was never copied.
+//! 9. **forward** — [`crate::upstream`].
+//! 10. **mask** — seam, on the response before anyone sees it.
+//! 11. **respond** — status, headers and body back to the ingress, which maps refusals once.
+
+use bytes::Bytes;
+use callgate_core::args::{self, HttpArgs};
+use callgate_core::model::{CallMeta, Ingress};
+use callgate_core::refusal::Refusal;
+use callgate_core::registry::Resolved;
+use callgate_core::route::normalize_path;
+use callgate_core::{Call, FunctionDef, Principal};
+use callgate_policy::Decision;
+use http::request::Parts;
+use http_body_util::{BodyExt, Limited};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::Shared;
+use crate::identity::oidc::now_secs;
+use crate::runtime::Runtime;
+use crate::seams::{Gate, UpstreamResponse};
+use crate::upstream;
+
+/// Which function a request addresses, as the ingress knows it.
+pub enum Target {
+    /// Resolve by method and path (transparent proxy).
+    Path,
+    /// Resolve by name or OpenAI-safe alias (invoke API).
+    Name(String),
+}
+
+/// A request as an ingress hands it over.
+pub struct Inbound {
+    pub request_id: String,
+    pub ingress: Ingress,
+    pub target: Target,
+    pub parts: Parts,
+    pub body: axum::body::Body,
+    pub source: Option<IpAddr>,
+}
+
+/// What the pipeline learned, for metrics and logs, whatever the outcome.
+#[derive(Default)]
+pub struct Trace {
+    pub function: Option<String>,
+    pub subject: Option<String>,
+    pub decision: Option<Decision>,
+}
+
+impl Trace {
+    /// The decision label for metrics.
+    pub fn decision_label(&self) -> &'static str {
+        match &self.decision {
+            Some(d) if d.allowed() => "allow",
+            Some(_) => "deny",
+            None => "none",
+        }
+    }
+}
+
+/// Phase 2 for the proxy and the invoke API.
+fn resolve(
+    rt: &Runtime,
+    target: &Target,
+    parts: &Parts,
+) -> Result<(Arc<FunctionDef>, Vec<(String, String)>), Refusal> {
+    match target {
+        Target::Name(name) => {
+            let f = rt
+                .registry
+                .get(name)
+                .or_else(|| rt.registry.iter().find(|f| openai_name(&f.name) == *name))
+                .ok_or_else(|| Refusal::UnknownFunction {
+                    detail: format!("no function named {name:?}"),
+                })?;
+            Ok((f.clone(), vec![]))
+        }
+        Target::Path => {
+            let segs = normalize_path(parts.uri.path()).map_err(Refusal::bad_request)?;
+            match rt.registry.resolve(&parts.method, &segs) {
+                Resolved::Found(f, params) => Ok((f.clone(), params)),
+                Resolved::WrongMethod => Err(Refusal::MethodNotAllowed {
+                    detail: format!("{} is not declared for this path", parts.method),
+                }),
+                Resolved::NotFound => Err(Refusal::UnknownFunction {
+                    detail: format!(
+                        "no declared function matches {} {}",
+                        parts.method,
+                        parts.uri.path()
+                    ),
+                }),
+            }
+        }
+    }
+}
+
+/// The function name as an OpenAI tool name (`[a-zA-Z0-9_-]`): dots become `__`.
+pub fn openai_name(name: &str) -> String {
+    name.replace('.', "__")
+}
+
+/// Reads the body, refusing more than `limit` bytes (413).
+async fn read_body(parts: &Parts, body: axum::body::Body, limit: usize) -> Result<Bytes, Refusal> {
+    if let Some(len) = parts.headers.get(http::header::CONTENT_LENGTH) {
+        let len: usize = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Refusal::bad_request("invalid Content-Length"))?;
+        if len > limit {
+            return Err(Refusal::PayloadTooLarge { limit });
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Refusal::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Refusal::bad_request(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// Phases 2–3: builds the normalized call.
+async fn build_call(
+    rt: &Runtime,
+    inbound: Inbound,
+    principal: Arc<Principal>,
+    trace: &mut Trace,
+) -> Result<Call, Refusal> {
+    let (function, path_params) = resolve(rt, &inbound.target, &inbound.parts)?;
+    trace.function = Some(function.name.clone());
+    let body = read_body(
+        &inbound.parts,
+        inbound.body,
+        rt.config.limits.max_body_bytes,
+    )
+    .await?;
+    let content_type = inbound
+        .parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let arguments = match inbound.ingress {
+        Ingress::Invoke => args::from_invoke_body(content_type, &body)?,
+        Ingress::Proxy => args::from_http(
+            &function,
+            HttpArgs {
+                path_params,
+                query: inbound.parts.uri.query(),
+                content_type,
+                body: &body,
+            },
+        )?,
+    };
+    args::validate(&function, &arguments)?;
+    let forward_headers = match inbound.ingress {
+        Ingress::Proxy => upstream::forwardable(&inbound.parts.headers),
+        Ingress::Invoke => Default::default(),
+    };
+    Ok(Call {
+        request_id: inbound.request_id,
+        principal,
+        function,
+        arguments,
+        meta: CallMeta {
+            ingress: inbound.ingress,
+            source: inbound.source,
+            received_at: now_secs(),
+            forward_headers,
+        },
+    })
+}
+
+/// Runs the whole pipeline for one request.
+pub async fn run(
+    shared: &Shared,
+    rt: &Runtime,
+    inbound: Inbound,
+    trace: &mut Trace,
+) -> Result<UpstreamResponse, Refusal> {
+    // 1. authenticate
+    let principal = rt.auth.authenticate(&inbound.parts.headers).await?;
+    trace.subject = Some(principal.subject.clone());
+    // 2–3. resolve function, validate arguments
+    let call = build_call(rt, inbound, principal, trace).await?;
+    // 4. authorize
+    let decision = rt.engine.decide(&call)?;
+    let allowed = decision.allowed();
+    let reason = decision.reason();
+    trace.decision = Some(decision);
+    let decision = trace.decision.as_ref().expect("just set");
+    if !allowed {
+        tracing::info!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %reason, "call denied");
+        return Err(Refusal::Forbidden {
+            detail: format!(
+                "{} may not call {} with these arguments",
+                call.principal.subject, call.function.name
+            ),
+        });
+    }
+    // 5. rate-limit
+    shared.limits.check(
+        &rt.config.rate_limits,
+        &call,
+        decision.obligations.rate_limit,
+    )?;
+    // 6. approval
+    match shared.seams.approvals.gate(&call, decision)? {
+        Gate::Proceed => {}
+    }
+    // 7. audit (durable before forwarding)
+    shared.seams.audit.before_forward(&call, decision)?;
+    // 8. attach credential
+    let mut headers = call.meta.forward_headers.clone();
+    shared.seams.credentials.attach(&call, &mut headers)?;
+    // 9. forward
+    let client = rt
+        .upstreams
+        .get(&call.function.upstream)
+        .ok_or_else(|| Refusal::Internal {
+            detail: format!("no client for upstream {}", call.function.upstream),
+        })?;
+    let shape = args::upstream_shape(&call.function, &call.arguments)?;
+    let started = Instant::now();
+    let mut response = upstream::forward(
+        client,
+        &call,
+        shape,
+        headers,
+        rt.config.limits.max_response_bytes,
+    )
+    .await?;
+    // 10. mask
+    shared.seams.masking.mask(&call, decision, &mut response)?;
+    shared.seams.audit.completed(&call, response.status);
+    tracing::info!(
+        request_id = %call.request_id,
+        subject = %call.principal.subject,
+        function = %call.function.name,
+        reason = %reason,
+        status = response.status.as_u16(),
+        upstream_ms = started.elapsed().as_millis() as u64,
+        "call forwarded"
+    );
+    // 11. respond
+    Ok(response)
+}

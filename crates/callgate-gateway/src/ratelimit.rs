@@ -1,0 +1,104 @@
+//! Phase 5, rate-limit: GCRA limits (governor) per caller and per caller × function.
+//!
+//! Limiter state outlives config reloads, so editing an unrelated policy does not hand every
+//! caller a fresh burst. Limits come from config (`rate_limits`) and from the `@rate_limit`
+//! annotation of the permitting policy; when both apply to a function, the stricter wins.
+
+use callgate_core::Call;
+use callgate_core::config::RateLimitConfig;
+use callgate_core::rate::RateSpec;
+use callgate_core::refusal::Refusal;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+type Limiter = DefaultKeyedRateLimiter<String>;
+
+#[derive(Default)]
+pub struct RateLimits {
+    per_caller: Mutex<HashMap<RateSpec, Arc<Limiter>>>,
+    per_function: Mutex<HashMap<(String, RateSpec), Arc<Limiter>>>,
+    checks: AtomicU64,
+}
+
+fn quota(spec: RateSpec) -> Quota {
+    let count = NonZeroU32::new(spec.count).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(spec.period / spec.count)
+        .expect("period is positive")
+        .allow_burst(count)
+}
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(
+    map: &Mutex<HashMap<K, Arc<Limiter>>>,
+    key: K,
+    spec: RateSpec,
+) -> Arc<Limiter> {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    m.entry(key)
+        .or_insert_with(|| Arc::new(RateLimiter::keyed(quota(spec))))
+        .clone()
+}
+
+impl RateLimits {
+    /// Admits the call or refuses it with 429 and how long to wait.
+    pub fn check(
+        &self,
+        cfg: &RateLimitConfig,
+        call: &Call,
+        obligation: Option<RateSpec>,
+    ) -> Result<(), Refusal> {
+        let function = &call.function.name;
+        let configured = cfg.per_function.get(function).copied();
+        let per_fn = match (configured, obligation) {
+            (Some(a), Some(b)) => Some(if a.per_second() <= b.per_second() {
+                a
+            } else {
+                b
+            }),
+            (a, b) => a.or(b),
+        };
+        if let Some(spec) = per_fn {
+            let l = limiter(&self.per_function, (function.clone(), spec), spec);
+            if let Err(not_until) = l.check_key(&call.principal.subject) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Refusal::RateLimited {
+                    retry_after: wait,
+                    detail: format!("{function} allows {spec} per caller"),
+                });
+            }
+        }
+        if let Some(spec) = cfg.per_caller {
+            let l = limiter(&self.per_caller, spec, spec);
+            if let Err(not_until) = l.check_key(&call.principal.subject) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Refusal::RateLimited {
+                    retry_after: wait,
+                    detail: format!("at most {spec} per caller"),
+                });
+            }
+        }
+        // Forget idle keys now and then so the maps don't grow without bound.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {
+            for l in self
+                .per_caller
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                l.retain_recent();
+            }
+            for l in self
+                .per_function
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                l.retain_recent();
+            }
+        }
+        Ok(())
+    }
+}

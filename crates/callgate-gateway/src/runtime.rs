@@ -1,0 +1,276 @@
+//! The runtime: one loaded, validated configuration (registry, policies, identity, upstream
+//! clients), swapped atomically on hot reload.
+//!
+//! Every request takes the current runtime once and uses it throughout, so a call is never
+//! judged half by an old policy and half by a new one. Before handing it out, the watched files
+//! (config, policy files, policy directories) are checked for changes — a `stat` each — so an
+//! edit applies to the very next request. A broken edit is logged loudly and the last good
+//! runtime stays in force.
+
+use arc_swap::ArcSwap;
+use callgate_core::Registry;
+use callgate_core::config::Config;
+use callgate_policy::{PolicyEngine, PolicyFile};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::http_client::{self, HttpClient};
+use crate::identity::Authenticator;
+
+/// How `${VAR}` references in config are resolved.
+pub type Vars = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Environment variables, with `overrides` taking precedence.
+pub fn env_vars(overrides: HashMap<String, String>) -> Vars {
+    Arc::new(move |name: &str| {
+        overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    })
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub registry: Registry,
+    pub engine: PolicyEngine,
+    pub auth: Arc<Authenticator>,
+    pub upstreams: HashMap<String, HttpClient>,
+    /// SHA-256 over the policy files' names and texts (audited on reload later).
+    pub policy_hash: String,
+}
+
+/// Everything that can be wrong with a configuration, each message with its location.
+#[derive(Debug, Clone)]
+pub struct LoadErrors(pub Vec<String>);
+
+impl std::fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// The files a runtime was loaded from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sources {
+    pub config: PathBuf,
+    pub watched: Vec<PathBuf>,
+}
+
+/// A file's identity for change detection.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Reads the config file and everything it references, without building network clients.
+pub fn load_parts(
+    config_path: &Path,
+    vars: &Vars,
+) -> Result<(Config, Registry, PolicyEngine, String, Sources), LoadErrors> {
+    let one = |m: String| LoadErrors(vec![m]);
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| one(format!("{}: {e}", config_path.display())))?;
+    let cfg = Config::parse(&text, &|n| vars(n)).map_err(|e| {
+        one(match e.line {
+            Some(l) => format!("{}:{l}: {}", config_path.display(), e.message),
+            None => format!("{}: {}", config_path.display(), e.message),
+        })
+    })?;
+    let registry = Registry::build(&cfg).map_err(|es| {
+        LoadErrors(
+            es.into_iter()
+                .map(|e| format!("{}: {e}", config_path.display()))
+                .collect(),
+        )
+    })?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut sources = Sources {
+        config: config_path.to_path_buf(),
+        watched: vec![config_path.to_path_buf()],
+    };
+    let mut files = Vec::new();
+    for entry in &cfg.policies {
+        let path = base.join(entry);
+        sources.watched.push(path.clone());
+        let mut paths = Vec::new();
+        if path.is_dir() {
+            let rd =
+                std::fs::read_dir(&path).map_err(|e| one(format!("{}: {e}", path.display())))?;
+            for f in rd.flatten() {
+                if f.path().extension().is_some_and(|x| x == "cedar") {
+                    paths.push(f.path());
+                }
+            }
+            paths.sort();
+        } else {
+            paths.push(path.clone());
+        }
+        for p in paths {
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
+            if p != path {
+                sources.watched.push(p.clone());
+            }
+            let name = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+            files.push(PolicyFile { name, text });
+        }
+    }
+    if files.is_empty() {
+        return Err(one(format!(
+            "{}: no policy files (`policies:`); every call would be denied",
+            config_path.display()
+        )));
+    }
+    let mut h = Sha256::new();
+    for f in &files {
+        h.update(f.name.as_bytes());
+        h.update([0]);
+        h.update(f.text.as_bytes());
+        h.update([0]);
+    }
+    let policy_hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let engine = PolicyEngine::load(&registry, &files)
+        .map_err(|es| LoadErrors(es.into_iter().map(|e| e.to_string()).collect()))?;
+    Ok((cfg, registry, engine, policy_hash, sources))
+}
+
+/// Loads a full runtime. `previous` lets identity (and its JWKS cache) carry over when the
+/// identity configuration did not change.
+pub fn load(
+    config_path: &Path,
+    vars: &Vars,
+    previous: Option<&Runtime>,
+) -> Result<(Runtime, Sources), LoadErrors> {
+    let (config, registry, engine, policy_hash, sources) = load_parts(config_path, vars)?;
+    let same_identity = previous.is_some_and(|p| {
+        serde_json::to_value(&p.config.identity).ok() == serde_json::to_value(&config.identity).ok()
+    });
+    let auth = match previous {
+        Some(p) if same_identity => p.auth.clone(),
+        _ => Arc::new(Authenticator::new(&config.identity).map_err(|e| LoadErrors(vec![e]))?),
+    };
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut upstreams = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, up) in &config.upstreams {
+        if !(up.url.starts_with("http://") || up.url.starts_with("https://"))
+            || up.url.parse::<http::Uri>().is_err()
+        {
+            errors.push(format!(
+                "upstreams.{name}.url: {:?} is not an http(s) URL",
+                up.url
+            ));
+            continue;
+        }
+        let ca = up.ca_file.as_ref().map(|c| base.join(c));
+        match http_client::build_client(ca.as_deref(), Duration::from_millis(up.connect_timeout_ms))
+        {
+            Ok(c) => {
+                upstreams.insert(name.clone(), c);
+            }
+            Err(e) => errors.push(format!("upstreams.{name}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    Ok((
+        Runtime {
+            config,
+            registry,
+            engine,
+            auth,
+            upstreams,
+            policy_hash,
+        },
+        sources,
+    ))
+}
+
+/// Holds the current runtime and reloads it when its files change.
+pub struct Reloader {
+    current: ArcSwap<Runtime>,
+    vars: Vars,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    sources: Sources,
+    stamps: Vec<Stamp>,
+}
+
+/// What a reload check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Reloaded,
+    Rejected,
+}
+
+impl Reloader {
+    pub fn new(runtime: Runtime, sources: Sources, vars: Vars) -> Reloader {
+        let stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+        Reloader {
+            current: ArcSwap::from_pointee(runtime),
+            vars,
+            state: Mutex::new(WatchState { sources, stamps }),
+        }
+    }
+
+    /// The runtime to use for one request, after applying any file change.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.check();
+        self.current.load_full()
+    }
+
+    /// The runtime without looking for changes.
+    pub fn peek(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Reloads if a watched file changed. Concurrent callers don't wait: one reloads, the
+    /// others carry on with the current runtime.
+    pub fn check(&self) -> ReloadOutcome {
+        let Ok(mut st) = self.state.try_lock() else {
+            return ReloadOutcome::Unchanged;
+        };
+        let now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
+        if now == st.stamps {
+            return ReloadOutcome::Unchanged;
+        }
+        let config_path = st.sources.config.clone();
+        let old = self.current.load_full();
+        match load(&config_path, &self.vars, Some(&old)) {
+            Ok((rt, sources)) => {
+                tracing::info!(
+                    config = %config_path.display(),
+                    functions = rt.registry.len(),
+                    policies = rt.engine.len(),
+                    policy_hash = %rt.policy_hash,
+                    "configuration reloaded"
+                );
+                st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+                st.sources = sources;
+                self.current.store(Arc::new(rt));
+                ReloadOutcome::Reloaded
+            }
+            Err(e) => {
+                // Remember the broken version so it is reported once, not on every request.
+                st.stamps = now;
+                for line in &e.0 {
+                    tracing::error!(config = %config_path.display(), "configuration rejected, the previous version stays in force: {line}");
+                }
+                ReloadOutcome::Rejected
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Extension points of the pipeline that later capabilities fill in: approvals, the audit
+//! trail, just-in-time upstream credentials and response masking.
+//!
+//! Each trait sits at a fixed place in [`crate::pipeline`] and sees only the call model and the
+//! decision, never protocol types. The defaults here are pass-throughs that do exactly what the
+//! gateway did before the capability existed; none of them weakens a check made elsewhere.
+
+use bytes::Bytes;
+use callgate_core::Call;
+use callgate_core::refusal::Refusal;
+use callgate_policy::Decision;
+use http::{HeaderMap, StatusCode};
+use std::sync::Arc;
+
+/// An upstream response on its way back to the caller.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the approval phase says about an allowed call.
+pub enum Gate {
+    /// Go on and forward now.
+    Proceed,
+}
+
+/// Phase 6, approval: may hold an allowed call until a different person approves it.
+pub trait ApprovalGate: Send + Sync {
+    fn gate(&self, call: &Call, decision: &Decision) -> Result<Gate, Refusal>;
+}
+
+/// Phase 7, audit: `before_forward` must make the record durable before it returns `Ok`; an
+/// error refuses the call (fail closed). `completed` records the outcome.
+pub trait AuditSink: Send + Sync {
+    fn before_forward(&self, call: &Call, decision: &Decision) -> Result<(), Refusal>;
+    fn completed(&self, call: &Call, status: StatusCode);
+}
+
+/// Phase 8, attach credential: adds the per-call upstream credential. The caller's own
+/// credential has already been removed and must never be re-added.
+pub trait CredentialSource: Send + Sync {
+    fn attach(&self, call: &Call, headers: &mut HeaderMap) -> Result<(), Refusal>;
+}
+
+/// Phase 10, mask: rewrites the response before the caller (or anything else) sees it.
+pub trait ResponseMasker: Send + Sync {
+    fn mask(
+        &self,
+        call: &Call,
+        decision: &Decision,
+        response: &mut UpstreamResponse,
+    ) -> Result<(), Refusal>;
+}
+
+/// The pass-through implementation of every seam.
+pub struct PassThrough;
+
+impl ApprovalGate for PassThrough {
+    fn gate(&self, _: &Call, _: &Decision) -> Result<Gate, Refusal> {
+        Ok(Gate::Proceed)
+    }
+}
+
+impl AuditSink for PassThrough {
+    fn before_forward(&self, _: &Call, _: &Decision) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn completed(&self, _: &Call, _: StatusCode) {}
+}
+
+impl CredentialSource for PassThrough {
+    fn attach(&self, _: &Call, _: &mut HeaderMap) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+impl ResponseMasker for PassThrough {
+    fn mask(&self, _: &Call, _: &Decision, _: &mut UpstreamResponse) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+/// The seams a gateway runs with.
+#[derive(Clone)]
+pub struct Seams {
+    pub approvals: Arc<dyn ApprovalGate>,
+    pub audit: Arc<dyn AuditSink>,
+    pub credentials: Arc<dyn CredentialSource>,
+    pub masking: Arc<dyn ResponseMasker>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        let p = Arc::new(PassThrough);
+        Seams {
+            approvals: p.clone(),
+            audit: p.clone(),
+            credentials: p.clone(),
+            masking: p,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! TLS on the listener (rustls). The certificate and key are re-read when their files change,
+//! checked at each handshake, so a renewed certificate is served without a restart; a broken
+//! renewal keeps the previous certificate and is logged.
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing = crate::http_client::crypto_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key: {e}"))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(Arc::new(ck))
+}
+
+#[derive(Debug)]
+struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<(Stamp, Stamp, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, k) = (stamp(&self.cert), stamp(&self.key));
+        if (c, k) != (st.0, st.1) {
+            match load(&self.cert, &self.key) {
+                Ok(ck) => {
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    st.2 = ck;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate reload failed; serving the previous one")
+                }
+            }
+            st.0 = c;
+            st.1 = k;
+        }
+        Some(st.2.clone())
+    }
+}
+
+/// A server config serving `cert`/`key`, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let ck = load(cert, key)?;
+    let resolver = Reloading {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        state: Mutex::new((stamp(cert), stamp(key), ck)),
+    };
+    let mut cfg = ServerConfig::builder_with_provider(crate::http_client::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,142 @@
+//! Phase 9, forward: the upstream request is built from the call's arguments (never from the
+//! caller's bytes) and sent over the upstream's pooled client with the function's timeout.
+
+use bytes::Bytes;
+use callgate_core::Call;
+use callgate_core::args::UpstreamShape;
+use callgate_core::refusal::Refusal;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::http_client::HttpClient;
+use crate::seams::UpstreamResponse;
+
+/// Request headers never passed upstream: the caller's credentials, hop-by-hop headers, and
+/// headers Callgate sets itself.
+const DROP_REQUEST: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "host",
+    "content-length",
+    "content-type",
+    "expect",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Response headers not passed back (hop-by-hop, or recomputed).
+const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+];
+
+/// The caller's headers that may travel upstream (transparent proxy only).
+pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if DROP_REQUEST.contains(&n) || listed.iter().any(|l| l == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Sends the call upstream and reads the whole response (bounded by `max_response`).
+pub async fn forward(
+    client: &HttpClient,
+    call: &Call,
+    shape: UpstreamShape,
+    mut headers: HeaderMap,
+    max_response: usize,
+) -> Result<UpstreamResponse, Refusal> {
+    let url = format!("{}{}", call.function.upstream_url, shape.path_and_query);
+    let uri: http::Uri = url.parse().map_err(|_| Refusal::Internal {
+        detail: format!("cannot build upstream URI {url}"),
+    })?;
+    if shape.body.is_some() {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    if !headers.contains_key(header::ACCEPT) {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&call.request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if let Some(ip) = call.meta.source {
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    let mut req = Request::builder()
+        .method(shape.method)
+        .uri(uri)
+        .body(Full::new(shape.body.map(Bytes::from).unwrap_or_default()))
+        .map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+    *req.headers_mut() = headers;
+
+    let function = &call.function;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            tracing::warn!(request_id = %call.request_id, upstream = %function.upstream, error = %e, "upstream unreachable");
+            Refusal::UpstreamUnreachable { detail: format!("the upstream of {} could not be reached", function.name) }
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, max_response).collect().await.map_err(|e| {
+            tracing::warn!(request_id = %call.request_id, error = %e, "upstream response failed");
+            Refusal::UpstreamUnreachable {
+                detail: format!("the upstream of {} sent an unreadable or oversized response", function.name),
+            }
+        })?;
+        let mut headers = parts.headers;
+        for h in DROP_RESPONSE {
+            headers.remove(*h);
+        }
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers,
+            body: body.to_bytes(),
+        })
+    };
+    match tokio::time::timeout(function.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(Refusal::UpstreamTimeout {
+            detail: format!(
+                "the upstream of {} did not answer within {:?}",
+                function.name, function.timeout
+            ),
+        }),
+    }
+}
