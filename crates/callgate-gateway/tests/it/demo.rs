@@ -1,0 +1,157 @@
+//! The demo's acceptance rules, against `callgate demo` as it runs (demo upstream, demo IdP
+//! tokens verified over OIDC discovery + JWKS, written config and policies).
+
+use crate::common::*;
+use callgate_gateway::demo;
+use serde_json::Value;
+
+struct Demo {
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Demo {
+    let dir = tempfile::tempdir().unwrap();
+    let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
+    let base = format!("http://{}", d.addr);
+    tokio::spawn(d.serve(std::future::pending()));
+    Demo { base, _dir: dir }
+}
+
+impl Demo {
+    fn url(&self, p: &str) -> String {
+        format!("{}{p}", self.base)
+    }
+    async fn token(&self, user: &str) -> String {
+        let r = post_json(
+            &self.url("/demo/idp/token"),
+            &[],
+            &format!(r#"{{"user":"{user}"}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        r.json()["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[tokio::test]
+async fn demo_acceptance() {
+    let d = start().await;
+    let (alice, bob, ci) = (
+        d.token("alice").await,
+        d.token("bob").await,
+        d.token("ci-bot").await,
+    );
+    assert!(ci.starts_with("cgk_"), "ci-bot gets an API key");
+    let a = bearer(&alice);
+    let b = bearer(&bob);
+    get(&d.url("/users/u_1"), &[]).await.problem(401);
+    let r = get(&d.url("/users/u_1"), &[("authorization", &a)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], "u_1");
+    let reset = |t: &str, acct: &str| {
+        let (url, h, body) = (
+            d.url("/billing/reset"),
+            bearer(t),
+            format!(r#"{{"account_id":"{acct}"}}"#),
+        );
+        async move { post_json(&url, &[("authorization", &h)], &body).await }
+    };
+    reset(&alice, "acct_1").await.problem(403);
+    assert_eq!(reset(&bob, "acct_1").await.status, 200);
+    reset(&bob, "other_1").await.problem(403);
+    let adjust = |delta: i64| {
+        let (url, key, body) = (
+            d.url("/quota/adjust"),
+            ci.clone(),
+            format!(r#"{{"account_id":"acct_1","delta":{delta}}}"#),
+        );
+        async move { post_json(&url, &[("x-api-key", &key)], &body).await }
+    };
+    assert_eq!(adjust(50).await.status, 200);
+    adjust(5000).await.problem(403);
+    // Denied calls don't count against the limit: 9 more allowed, then the 11th allowed call is 429.
+    for _ in 0..9 {
+        assert_eq!(adjust(50).await.status, 200);
+    }
+    adjust(50).await.problem(429);
+    post_json(
+        &d.url("/billing/reset"),
+        &[("authorization", &b)],
+        r#"{"account_id":"acct_1","account_id":"acct_2"}"#,
+    )
+    .await
+    .problem(400);
+    // The naive demo upstream would serve /etc/passwd; Callgate never lets the request through.
+    let r = get(
+        &d.url("/files?path=/srv/reports/../../etc/passwd"),
+        &[("authorization", &a)],
+    )
+    .await;
+    r.problem(403);
+    assert!(!String::from_utf8_lossy(&r.body).contains("root:"));
+    let r = get(
+        &d.url("/files?path=/srv/reports/q3.csv"),
+        &[("authorization", &a)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let cat = get(&d.url("/v1/functions"), &[("authorization", &a)])
+        .await
+        .json();
+    let names: Vec<&str> = cat["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["users.get", "files.read"]);
+    // Bob's tools for a model, OpenAI style.
+    let tools: Value = get(
+        &d.url("/v1/functions?format=openai"),
+        &[("authorization", &b)],
+    )
+    .await
+    .json();
+    assert_eq!(tools.as_array().unwrap().len(), 3);
+    // Everyone else is denied by default.
+    let erin = bearer(&d.token("erin").await);
+    get(&d.url("/users/u_1"), &[("authorization", &erin)])
+        .await
+        .problem(403);
+    let cat = get(&d.url("/v1/functions"), &[("authorization", &erin)])
+        .await
+        .json();
+    assert_eq!(cat["functions"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn demo_writes_its_files_and_keeps_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
+    for f in [
+        "callgate.yaml",
+        "policies/demo.cedar",
+        "cases.yaml",
+        "idp-ed25519.pk8",
+        "ci-bot.key",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    drop(d);
+    std::fs::write(
+        dir.path().join("policies/demo.cedar"),
+        "forbid(principal, action, resource);",
+    )
+    .unwrap();
+    let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("policies/demo.cedar")).unwrap(),
+        "forbid(principal, action, resource);"
+    );
+    assert!(d.banner().contains("callgate demo token alice"));
+}

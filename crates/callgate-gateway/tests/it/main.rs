@@ -1,0 +1,10 @@
+//! Integration tests: the real gateway on loopback against real upstream servers, the real
+//! embedded config and policy files, and a real OIDC provider.
+#![allow(dead_code)]
+
+mod common;
+mod demo;
+mod gateway;
+mod jsontestsuite;
+mod oidc;
+mod wycheproof;
