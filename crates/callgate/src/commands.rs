@@ -93,6 +93,14 @@ pub async fn demo_token(user: &str, gateway: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `explain` and `test` decide offline: they need no live upstream or issuer, so unset
+/// `${VAR}` references get a placeholder instead of failing the load.
+fn offline_vars() -> runtime::Vars {
+    std::sync::Arc::new(|n: &str| {
+        Some(std::env::var(n).unwrap_or_else(|_| "http://127.0.0.1:9".into()))
+    })
+}
+
 pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let vars = runtime::env_vars(HashMap::new());
     match runtime::load(config, &vars, None) {

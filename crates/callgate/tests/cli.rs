@@ -1,0 +1,194 @@
+//! The `callgate` command line as a user runs it: check, explain, test, schema, keygen — and
+//! every example configuration validated.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn callgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(args)
+        .current_dir(root())
+        .env("CALLGATE_DEMO_ISSUER", "http://127.0.0.1:8080/demo/idp")
+        .env("CALLGATE_DEMO_UPSTREAM", "http://127.0.0.1:9")
+        .env(
+            "CALLGATE_DEMO_CI_KEY_HASH",
+            format!("sha256:{}", "0".repeat(64)),
+        )
+        .env_remove("CALLGATE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("callgate.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_example_config_checks_and_matches_the_published_schema() {
+    let schema_out = callgate(&["schema"]);
+    assert!(schema_out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&schema_out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let examples = examples();
+    assert!(examples.len() >= 2, "{examples:?}");
+    for cfg in examples {
+        let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", cfg.display(), text(&out));
+        let doc: serde_json::Value =
+            yaml_serde::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", cfg.display());
+    }
+}
+
+fn broken_config(policy: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml")).unwrap();
+    std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
+    std::fs::write(dir.path().join("policies/orders.cedar"), policy).unwrap();
+    let path = dir.path().join("callgate.yaml");
+    (dir, path)
+}
+
+#[test]
+fn check_fails_with_file_and_line() {
+    let (_d, cfg) = broken_config(
+        "// refunds\n\npermit (principal, action == Callgate::Action::\"orders.refnud\", resource);\n",
+    );
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("policies/orders.cedar:3:"), "{t}");
+    assert!(t.contains("orders.refnud"), "{t}");
+    // A config error names its line too.
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("risk: high", "risk: high\n    retries: 3");
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("callgate.yaml:"), "{}", text(&out));
+    assert!(text(&out).contains("retries"), "{}", text(&out));
+}
+
+#[test]
+fn explain_shows_decision_policies_and_reason() {
+    let cfg = root().join("examples/minimal/callgate.yaml");
+    let cfg = cfg.to_str().unwrap();
+    let allow = callgate(&[
+        "explain",
+        "--config",
+        cfg,
+        "--as",
+        "sam",
+        "--groups",
+        "support",
+        "orders.refund",
+        r#"{"order_id":"ord_1","amount_cents":100,"reason":"late"}"#,
+    ]);
+    assert!(allow.status.success(), "{}", text(&allow));
+    assert!(text(&allow).contains("decision: allow") && text(&allow).contains("refund-small"));
+    let deny = callgate(&[
+        "explain",
+        "--config",
+        cfg,
+        "--as",
+        "sam",
+        "--groups",
+        "support",
+        "orders.refund",
+        r#"{"order_id":"ord_1","amount_cents":9000,"reason":"late"}"#,
+    ]);
+    assert_eq!(deny.status.code(), Some(1));
+    assert!(
+        text(&deny).contains("denied by default")
+            && text(&deny).contains("refund-small (policies/orders.cedar:2)"),
+        "{}",
+        text(&deny)
+    );
+    let forbid = callgate(&[
+        "explain",
+        "--config",
+        cfg,
+        "--as",
+        "bot",
+        "--groups",
+        "deployers,finance",
+        "orders.refund",
+        r#"{"order_id":"ord_1","amount_cents":1,"reason":"late"}"#,
+    ]);
+    assert_eq!(forbid.status.code(), Some(1));
+    assert!(
+        text(&forbid).contains("no-bot-refunds"),
+        "{}",
+        text(&forbid)
+    );
+    let invalid = callgate(&[
+        "explain",
+        "--config",
+        cfg,
+        "--as",
+        "sam",
+        "orders.refund",
+        r#"{"order_id":"x"}"#,
+    ]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(
+        text(&invalid).contains("/amount_cents") || text(&invalid).contains("/reason"),
+        "{}",
+        text(&invalid)
+    );
+}
+
+#[test]
+fn policy_test_cases() {
+    let out = callgate(&["test", "examples/demo/cases.yaml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("21 passed, 0 failed"), "{}", text(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: billing.reset_account, arguments: {{account_id: acct_1}}, expect: allow}}\n",
+            root().join("examples/demo/callgate.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = callgate(&["test", cases.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("0 passed, 1 failed"), "{}", text(&out));
+}
+
+#[test]
+fn keygen_prints_a_key_and_its_hash() {
+    let out = callgate(&["keygen"]);
+    let t = text(&out);
+    let key = t.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap();
+    let hash = t.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap();
+    assert!(key.starts_with("cgk_"));
+    assert_eq!(hash, callgate_gateway::identity::apikey::hash_key(key));
+}
