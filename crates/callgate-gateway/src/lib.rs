@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod framing;
 pub mod http_client;
 pub mod identity;
 pub mod ingress;

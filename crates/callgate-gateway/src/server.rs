@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
+use crate::framing::FramingGuard;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains for up to `grace`.
 pub async fn serve(
@@ -56,7 +57,7 @@ pub async fn serve(
         match &acceptor {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(FramingGuard::new(stream)), service)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -80,7 +81,7 @@ pub async fn serve(
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls), service)
+                        .serve_connection(TokioIo::new(FramingGuard::new(tls)), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");

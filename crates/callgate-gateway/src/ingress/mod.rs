@@ -29,6 +29,7 @@ pub fn is_api_path(path: &str) -> bool {
 
 /// Refuses HTTP/1.1 messages whose framing two parsers could read differently
 /// (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or several Content-Length values.
+/// hyper hides some of these; [`crate::framing::FramingGuard`] marks them below it.
 pub fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
     let lengths: Vec<_> = req
         .headers()
@@ -37,7 +38,7 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
         .collect();
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     let bad = |d: &str| Refusal::bad_request(format!("ambiguous message framing: {d}"));
-    if chunked && !lengths.is_empty() {
+    if chunked && !lengths.is_empty() || req.headers().contains_key(crate::framing::MARKER) {
         return Err(bad("both Content-Length and Transfer-Encoding"));
     }
     if lengths.len() > 1 {

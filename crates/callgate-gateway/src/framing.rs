@@ -1,0 +1,366 @@
+//! HTTP/1.1 message-framing guard (RFC 9112 §6.3), below hyper.
+//!
+//! hyper resolves ambiguous framing on its own terms: with both `Content-Length` and
+//! `Transfer-Encoding` it silently drops the length, and it folds repeated identical lengths
+//! into one — so the request handler cannot see that the message was ambiguous. Callgate
+//! refuses such messages outright (400, connection closed), because a message two parsers can
+//! frame differently is how requests are smuggled.
+//!
+//! This reader sits between the socket and hyper and follows HTTP/1.1 message boundaries
+//! (header block, then a `Content-Length` body or chunked body). When a header block carries
+//! conflicting framing it appends the marker header [`MARKER`] to it; the handler refuses any
+//! request carrying the marker. Anything it does not understand (HTTP/2's preface, upgrades,
+//! malformed input, oversized headers) switches it to plain pass-through for the rest of the
+//! connection, where hyper's own strict parser still applies.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Added to a header block whose framing is ambiguous. A client that sends it itself is
+/// refused the same way.
+pub const MARKER: &str = "x-callgate-ambiguous-framing";
+
+const MAX_HEAD: usize = 64 * 1024;
+
+enum State {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkEnd(u8),
+    Trailers(Vec<u8>),
+    PassThrough,
+}
+
+pub struct FramingGuard<S> {
+    inner: S,
+    state: State,
+    pending: Vec<u8>,
+    offset: usize,
+}
+
+impl<S> FramingGuard<S> {
+    pub fn new(inner: S) -> FramingGuard<S> {
+        FramingGuard {
+            inner,
+            state: State::Head(Vec::new()),
+            pending: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    fn pass_through(&mut self, bytes: &[u8]) {
+        self.state = State::PassThrough;
+        self.emit(bytes);
+    }
+
+    /// Follows message boundaries through `input`, queueing the (possibly marked) bytes.
+    fn process(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            match &mut self.state {
+                State::PassThrough => {
+                    let all = input.to_vec();
+                    self.emit(&all);
+                    return;
+                }
+                State::Head(head) => {
+                    let start = head.len().saturating_sub(3);
+                    head.extend_from_slice(input);
+                    input = &[];
+                    let Some(end) = head[start..]
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| start + p + 4)
+                    else {
+                        if head.len() > MAX_HEAD {
+                            let h = std::mem::take(head);
+                            self.pass_through(&h);
+                        }
+                        continue;
+                    };
+                    let mut head = std::mem::take(head);
+                    let rest = head.split_off(end);
+                    self.head(head);
+                    self.process(&rest);
+                    return;
+                }
+                State::Body(n) => {
+                    let k = (*n).min(input.len() as u64) as usize;
+                    *n -= k as u64;
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                    let (a, b) = input.split_at(k);
+                    self.emit(a);
+                    input = b;
+                }
+                State::ChunkSize(line) | State::Trailers(line) => {
+                    let Some(nl) = input.iter().position(|b| *b == b'\n') else {
+                        line.extend_from_slice(input);
+                        let too_long = line.len() > 4096;
+                        let all = input.to_vec();
+                        self.emit(&all);
+                        if too_long {
+                            self.state = State::PassThrough;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&input[..=nl]);
+                    let l = std::mem::take(line);
+                    let trailers = matches!(self.state, State::Trailers(_));
+                    self.emit(&input[..=nl]);
+                    input = &input[nl + 1..];
+                    self.state = if trailers {
+                        if l == b"\r\n" {
+                            State::Head(Vec::new())
+                        } else {
+                            State::Trailers(Vec::new())
+                        }
+                    } else {
+                        let text = String::from_utf8_lossy(&l);
+                        let size = text.split(';').next().unwrap_or("").trim();
+                        match u64::from_str_radix(size, 16) {
+                            Ok(0) => State::Trailers(Vec::new()),
+                            Ok(n) => State::ChunkData(n),
+                            Err(_) => State::PassThrough,
+                        }
+                    };
+                }
+                State::ChunkData(n) => {
+                    let k = (*n).min(input.len() as u64) as usize;
+                    *n -= k as u64;
+                    if *n == 0 {
+                        self.state = State::ChunkEnd(2);
+                    }
+                    let (a, b) = input.split_at(k);
+                    self.emit(a);
+                    input = b;
+                }
+                State::ChunkEnd(n) => {
+                    let k = (*n as usize).min(input.len());
+                    *n -= k as u8;
+                    if *n == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                    let (a, b) = input.split_at(k);
+                    self.emit(a);
+                    input = b;
+                }
+            }
+        }
+    }
+
+    /// Inspects one complete header block and decides how the body is framed.
+    fn head(&mut self, head: Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return self.pass_through(&head),
+        }
+        let (mut lengths, mut te, mut upgrade, mut chunked_last) =
+            (Vec::new(), false, false, false);
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                for v in String::from_utf8_lossy(h.value).split(',') {
+                    lengths.push(v.trim().to_string());
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+                chunked_last = String::from_utf8_lossy(h.value)
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        let conflict = (te && !lengths.is_empty()) || lengths.len() > 1;
+        if conflict {
+            // Mark the message and stop following this connection: it is closed after the 400.
+            let mut marked = head[..head.len() - 2].to_vec();
+            marked.extend_from_slice(MARKER.as_bytes());
+            marked.extend_from_slice(b": 1\r\n\r\n");
+            return self.pass_through(&marked);
+        }
+        self.emit(&head);
+        self.state = if upgrade {
+            State::PassThrough
+        } else if te {
+            if chunked_last {
+                State::ChunkSize(Vec::new())
+            } else {
+                State::PassThrough
+            }
+        } else if let Some(l) = lengths.first() {
+            match l.parse::<u64>() {
+                Ok(0) => State::Head(Vec::new()),
+                Ok(n) => State::Body(n),
+                Err(_) => State::PassThrough,
+            }
+        } else {
+            State::Head(Vec::new())
+        };
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.offset < self.pending.len() {
+                let k = (self.pending.len() - self.offset).min(out.remaining());
+                let start = self.offset;
+                out.put_slice(&self.pending[start..start + k]);
+                self.offset += k;
+                if self.offset == self.pending.len() {
+                    self.pending.clear();
+                    self.offset = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(self.state, State::PassThrough) {
+                return Pin::new(&mut self.inner).poll_read(cx, out);
+            }
+            let mut buf = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut buf);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                // End of stream: hand over whatever partial head was buffered and finish.
+                if let State::Head(h) = &mut self.state {
+                    let h = std::mem::take(h);
+                    self.pass_through(&h);
+                } else {
+                    self.state = State::PassThrough;
+                }
+                if self.pending.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            self.process(&buf[..n]);
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FramingGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn run(input: &[u8], chunk: usize) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let data = input.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for c in data.chunks(chunk.max(1)) {
+                client.write_all(c).await.unwrap();
+            }
+        });
+        let mut g = FramingGuard::new(server);
+        let mut out = Vec::new();
+        writer.await.unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n =
+                tokio::time::timeout(std::time::Duration::from_millis(200), g.read(&mut buf)).await;
+            match n {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("{e}"),
+            }
+        }
+        out
+    }
+
+    const KEEPALIVE: &[u8] = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nt: 1\r\n\r\nGET /c HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn clean_messages_pass_unchanged() {
+        for chunk in [1, 2, 7, 64, 4096] {
+            assert_eq!(run(KEEPALIVE, chunk).await, KEEPALIVE, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicting_framing_is_marked_even_after_clean_messages() {
+        let mut input = KEEPALIVE.to_vec();
+        input.extend_from_slice(b"POST /d HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n");
+        let out = String::from_utf8(run(&input, 5).await).unwrap();
+        assert_eq!(out.matches(MARKER).count(), 1);
+        assert!(out.contains("/d HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\nx-callgate-ambiguous-framing: 1\r\n\r\n"));
+        for dup in [
+            "content-length: 3\r\ncontent-length: 3\r\n",
+            "content-length: 3, 3\r\n",
+        ] {
+            let m = format!("POST /e HTTP/1.1\r\n{dup}\r\nabc");
+            assert!(
+                String::from_utf8(run(m.as_bytes(), 3).await)
+                    .unwrap()
+                    .contains(MARKER),
+                "{dup}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever the input and however it is split, bytes are only ever passed through or
+        /// marked: nothing is lost or reordered.
+        #[test]
+        fn never_loses_bytes(body in proptest::collection::vec(any::<u8>(), 0..300), chunk in 1usize..50) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut input = KEEPALIVE.to_vec();
+            input.extend_from_slice(&body);
+            let out = rt.block_on(run(&input, chunk));
+            let marker = format!("{MARKER}: 1\r\n").into_bytes();
+            let mut cleaned = Vec::new();
+            let mut i = 0;
+            while i < out.len() {
+                if out[i..].starts_with(&marker) {
+                    i += marker.len();
+                } else {
+                    cleaned.push(out[i]);
+                    i += 1;
+                }
+            }
+            prop_assert_eq!(cleaned, input);
+        }
+    }
+}
