@@ -141,3 +141,29 @@ mod tests {
         assert_eq!(parse_object(br#"{"k":"v"}"#).unwrap()["k"], "v");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_strict(&bytes);
+        }
+
+        /// Whatever is accepted re-serializes to text that parses to the same value: what
+        /// policy saw is exactly what the upstream will read.
+        #[test]
+        fn accepted_values_round_trip(text in r#"\{("[a-c]{1,2}":(-?[0-9]{1,5}|"[^"\\]{0,4}"|true|null|\[[0-9,]{0,6}\]),?){0,4}\}"#) {
+            if let Ok(v) = parse_strict(text.as_bytes()) {
+                let again = parse_strict(&serde_json::to_vec(&v).unwrap()).unwrap();
+                prop_assert_eq!(again, v);
+            }
+        }
+    }
+}

@@ -250,3 +250,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary path text never panics, and an accepted path never yields a segment that
+        /// could change routing downstream.
+        #[test]
+        fn arbitrary_paths(raw in "/[ -~]{0,40}") {
+            if let Ok(segs) = normalize_path(&raw) {
+                for s in segs {
+                    prop_assert!(!s.contains('/') && !s.contains('\\') && s != "." && s != "..");
+                }
+            }
+        }
+    }
+}

@@ -59,6 +59,17 @@ pub async fn demo(listen: &str, data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn demo_upstream(listen: &str) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("bank-ops listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, callgate_gateway::demo::bank_ops::router())
+        .with_graceful_shutdown(server::shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn demo_token(user: &str, gateway: &str) -> anyhow::Result<ExitCode> {
     let client =
         http_client::build_client(None, Duration::from_secs(3)).map_err(anyhow::Error::msg)?;
@@ -132,9 +143,8 @@ pub fn explain(
     arguments: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let vars = runtime::env_vars(HashMap::new());
     let (_, registry, engine, _, _) =
-        runtime::load_parts(config, &vars).map_err(|e| anyhow!("{e}"))?;
+        runtime::load_parts(config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
     let args = callgate_core::json::parse_object(arguments.as_bytes())
         .map_err(|e| anyhow!("the arguments are not a JSON object: {e}"))?;
     let case = cases::Case {
@@ -211,12 +221,8 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
             cases_path.display()
         ),
     };
-    // Policy tests need no live upstreams or issuers: unset `${VAR}`s get a placeholder.
-    let vars: runtime::Vars = std::sync::Arc::new(|n: &str| {
-        Some(std::env::var(n).unwrap_or_else(|_| "http://127.0.0.1:9".into()))
-    });
     let (_, registry, engine, _, _) =
-        runtime::load_parts(&config, &vars).map_err(|e| anyhow!("{e}"))?;
+        runtime::load_parts(&config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
     let results = cases::run(&registry, &engine, &file.cases);
     let mut failed = 0;
     for r in &results {

@@ -83,6 +83,11 @@ enum DemoCommand {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         gateway: String,
     },
+    /// Run only the demo's bank-ops upstream (for load tests against a direct connection).
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +109,10 @@ fn main() -> ExitCode {
                 command: Some(DemoCommand::Token { user, gateway }),
                 ..
             } => commands::demo_token(&user, &gateway).await,
+            Command::Demo {
+                command: Some(DemoCommand::Upstream { listen }),
+                ..
+            } => commands::demo_upstream(&listen).await,
             Command::Demo {
                 command: None,
                 listen,

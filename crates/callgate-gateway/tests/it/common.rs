@@ -98,7 +98,15 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: &str, policies: &[(&str, &str)]) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), config, policies).await
+    }
+
+    /// Starts in `dir`, which may already hold files the config refers to (certificates).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        policies: &[(&str, &str)],
+    ) -> TestGateway {
         std::fs::write(dir.path().join("callgate.yaml"), config).unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         for (name, text) in policies {
@@ -107,6 +115,13 @@ impl TestGateway {
         let vars = runtime::env_vars(HashMap::new());
         let (rt, sources) = runtime::load(&dir.path().join("callgate.yaml"), &vars, None)
             .unwrap_or_else(|e| panic!("config does not load:\n{e}"));
+        let tls = rt.config.tls.as_ref().map(|t| {
+            callgate_gateway::tls::server_config(
+                &dir.path().join(&t.cert_file),
+                &dir.path().join(&t.key_file),
+            )
+            .unwrap()
+        });
         let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -116,7 +131,7 @@ impl TestGateway {
             callgate_gateway::server::serve(
                 g,
                 listener,
-                None,
+                tls,
                 async {
                     let _ = rx.await;
                 },

@@ -7,4 +7,5 @@ mod demo;
 mod gateway;
 mod jsontestsuite;
 mod oidc;
+mod tls;
 mod wycheproof;

@@ -1,0 +1,208 @@
+//! TLS on both sides: the listener (HTTP/2 and HTTP/1.1 by ALPN, certificate reload) and
+//! upstreams (a configured CA bundle; untrusted certificates refused).
+
+use crate::common::*;
+use axum::Router;
+use callgate_gateway::http_client;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca() -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "Callgate test CA");
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(p, key),
+    }
+}
+
+/// A leaf for localhost/127.0.0.1, as (cert PEM, key PEM).
+fn leaf(ca: &Ca, cn: &str) -> (String, String) {
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// A TLS upstream recording the HTTP version of each request.
+async fn tls_upstream(
+    cert: &str,
+    key: &str,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<http::Version>>>) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.pem", cert);
+    write(dir.path(), "k.pem", key);
+    let cfg =
+        callgate_gateway::tls::server_config(&dir.path().join("c.pem"), &dir.path().join("k.pem"))
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let versions: Arc<Mutex<Vec<http::Version>>> = Arc::default();
+    let v = versions.clone();
+    let app = Router::new().fallback(move |req: axum::extract::Request| {
+        let v = v.clone();
+        async move {
+            v.lock().unwrap().push(req.version());
+            axum::Json(serde_json::json!({"ok": true}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _keep = dir;
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, versions)
+}
+
+fn config(upstream: &str, ca_line: &str, key_hash: &str, tls: &str) -> String {
+    format!(
+        r#"
+{tls}
+identity:
+  api_keys: [{{id: k, hash: "{key_hash}", subject: sam, groups: [ops]}}]
+upstreams:
+  up:
+    url: "{upstream}"
+{ca_line}
+policies: [policies]
+functions:
+  - {{name: items.get, upstream: up, route: "GET /items/{{id}}"}}
+"#
+    )
+}
+
+const POLICY: &str = r#"permit (principal in Callgate::Group::"ops", action in Callgate::Action::"call", resource);"#;
+
+#[tokio::test]
+async fn upstreams_over_tls_with_a_ca_bundle_and_http2() {
+    let ca = ca();
+    let (cert, key) = leaf(&ca, "upstream");
+    let (addr, versions) = tls_upstream(&cert, &key).await;
+    let (api_key, hash) = api_key();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &ca.pem);
+    let url = format!("https://localhost:{}", addr.port());
+    let gw = TestGateway::start_in(
+        dir,
+        &config(&url, "    ca_file: ca.pem", &hash, ""),
+        &[("p.cedar", POLICY)],
+    )
+    .await;
+    let r = get(&gw.url("/items/1"), &[("x-api-key", &api_key)]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        versions.lock().unwrap().as_slice(),
+        &[http::Version::HTTP_2],
+        "HTTP/2 negotiated by ALPN"
+    );
+    // Without the CA bundle the upstream's certificate is not trusted: 502, nothing sent.
+    let gw = TestGateway::start(&config(&url, "", &hash, ""), &[("p.cedar", POLICY)]).await;
+    get(&gw.url("/items/1"), &[("x-api-key", &api_key)])
+        .await
+        .problem(502);
+    assert_eq!(versions.lock().unwrap().len(), 1);
+}
+
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", ca_pem);
+    let roots = http_client::root_store(Some(&dir.path().join("ca.pem"))).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(http_client::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = conn
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, c) = tls.get_ref();
+    let leaf: &CertificateDer = &c.peer_certificates().unwrap()[0];
+    (leaf.to_vec(), c.alpn_protocol().map(|p| p.to_vec()))
+}
+
+#[tokio::test]
+async fn the_listener_serves_tls_and_reloads_its_certificate() {
+    let ca = ca();
+    let (cert, key) = leaf(&ca, "gateway-1");
+    let up = Upstream::start().await;
+    let (api_key, hash) = api_key();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cert.pem", &cert);
+    write(dir.path(), "key.pem", &key);
+    let tls = "tls: {cert_file: cert.pem, key_file: key.pem}";
+    let gw = TestGateway::start_in(
+        dir,
+        &config(&up.url(), "", &hash, tls),
+        &[("p.cedar", POLICY)],
+    )
+    .await;
+    // Both protocols by ALPN.
+    let (first, alpn) = handshake(gw.addr, &ca.pem, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (_, alpn) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    // A full call over TLS through a client that trusts the CA.
+    let ca_dir = tempfile::tempdir().unwrap();
+    write(ca_dir.path(), "ca.pem", &ca.pem);
+    let client =
+        http_client::build_client(Some(&ca_dir.path().join("ca.pem")), Duration::from_secs(2))
+            .unwrap();
+    let req = http::Request::get(format!("https://localhost:{}/items/1", gw.addr.port()))
+        .header("x-api-key", &api_key)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let _ = resp.into_body().collect().await;
+    // Renew the certificate on disk: the next handshake serves the new one, no restart.
+    let (cert2, key2) = leaf(&ca, "gateway-2");
+    write(gw.dir.path(), "key.pem", &key2);
+    write(gw.dir.path(), "cert.pem", &cert2);
+    let (second, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_ne!(first, second);
+    // A broken renewal keeps the last good certificate.
+    write(gw.dir.path(), "cert.pem", "not a certificate");
+    let (third, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(second, third);
+}
