@@ -20,19 +20,24 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Every certificate in a PEM file; an empty file is an error.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 /// Trust roots: the CA bundle when given, else the system store.
 pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("CA bundle {}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("CA bundle {} holds no certificate", path.display()));
-            }
-            for c in certs {
+            for c in read_certs(path).map_err(|e| format!("CA bundle {e}"))? {
                 roots
                     .add(c)
                     .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;

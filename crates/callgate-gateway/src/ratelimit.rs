@@ -42,6 +42,14 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(
         .clone()
 }
 
+/// Takes one cell for `key`, or says how long to wait.
+fn admit(l: &Limiter, key: &String, detail: impl FnOnce() -> String) -> Result<(), Refusal> {
+    l.check_key(key).map_err(|not_until| Refusal::RateLimited {
+        retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        detail: detail(),
+    })
+}
+
 impl RateLimits {
     /// Admits the call or refuses it with 429 and how long to wait.
     pub fn check(
@@ -62,23 +70,15 @@ impl RateLimits {
         };
         if let Some(spec) = per_fn {
             let l = limiter(&self.per_function, (function.clone(), spec), spec);
-            if let Err(not_until) = l.check_key(&call.principal.subject) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Refusal::RateLimited {
-                    retry_after: wait,
-                    detail: format!("{function} allows {spec} per caller"),
-                });
-            }
+            admit(&l, &call.principal.subject, || {
+                format!("{function} allows {spec} per caller")
+            })?;
         }
         if let Some(spec) = cfg.per_caller {
             let l = limiter(&self.per_caller, spec, spec);
-            if let Err(not_until) = l.check_key(&call.principal.subject) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Refusal::RateLimited {
-                    retry_after: wait,
-                    detail: format!("at most {spec} per caller"),
-                });
-            }
+            admit(&l, &call.principal.subject, || {
+                format!("at most {spec} per caller")
+            })?;
         }
         // Forget idle keys now and then so the maps don't grow without bound.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {

@@ -12,13 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use crate::http_client::HttpClient;
 use crate::seams::UpstreamResponse;
 
-/// Request headers never passed upstream: the caller's credentials, hop-by-hop headers, and
-/// headers Callgate sets itself.
-const DROP_REQUEST: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross Callgate.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "te",
@@ -26,6 +21,15 @@ const DROP_REQUEST: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "proxy-connection",
+];
+
+/// Request headers never passed upstream besides the hop-by-hop ones: the caller's
+/// credentials, and headers Callgate sets itself.
+const DROP_REQUEST: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
     "host",
     "content-length",
     "content-type",
@@ -35,18 +39,6 @@ const DROP_REQUEST: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
-];
-
-/// Response headers not passed back (hop-by-hop, or recomputed).
-const DROP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "content-length",
 ];
 
 /// The caller's headers that may travel upstream (transparent proxy only).
@@ -61,7 +53,7 @@ pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if DROP_REQUEST.contains(&n) || listed.iter().any(|l| l == n) {
+        if HOP_BY_HOP.contains(&n) || DROP_REQUEST.contains(&n) || listed.iter().any(|l| l == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -121,9 +113,11 @@ pub async fn forward(
             }
         })?;
         let mut headers = parts.headers;
-        for h in DROP_RESPONSE {
+        for h in HOP_BY_HOP {
             headers.remove(*h);
         }
+        // The length is recomputed for the body Callgate sends back.
+        headers.remove(header::CONTENT_LENGTH);
         Ok(UpstreamResponse {
             status: parts.status,
             headers,

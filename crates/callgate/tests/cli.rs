@@ -192,3 +192,67 @@ fn keygen_prints_a_key_and_its_hash() {
     assert!(key.starts_with("cgk_"));
     assert_eq!(hash, callgate_gateway::identity::apikey::hash_key(key));
 }
+
+#[test]
+fn serve_logs_json_answers_and_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml"))
+        .unwrap()
+        .replace(
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:0\nlogging: {format: json, level: info}",
+        );
+    std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        root().join("examples/minimal/policies/orders.cedar"),
+        dir.path().join("policies/orders.cedar"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args([
+            "serve",
+            "--config",
+            dir.path().join("callgate.yaml").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        if let Some(a) = v["message"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("callgate listening on http://"))
+        {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("the listen address is logged");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("x-request-id:"));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}

@@ -126,12 +126,7 @@ async fn audience_algorithms_and_issuers_are_pinned() {
         json!({"alg": "EdDSA"}),
         claims("http://127.0.0.1:1", json!({})),
     );
-    get(
-        &gw.url("/items/1"),
-        &[("authorization", &format!("Bearer {fake}"))],
-    )
-    .await
-    .problem(503);
+    call(&gw, &fake).await.problem(503);
     assert_eq!(up.count(), 0);
 }
 
@@ -204,6 +199,15 @@ async fn jwks_server(initial: Value) -> Jwks {
 
 const ISS: &str = "https://issuer.test";
 
+/// `GET /items/1` with a bearer token.
+async fn call(gw: &TestGateway, token: &str) -> Resp {
+    get(
+        &gw.url("/items/1"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
 async fn own_issuer(extra: &str) -> (Ed25519KeyPair, Jwks, TestGateway, Upstream) {
     let pair = Ed25519KeyPair::from_pkcs8(&key()).unwrap();
     let jwks = jwks_server(json!({"keys": [jwk(&pair, "k1")]})).await;
@@ -216,13 +220,9 @@ async fn own_issuer(extra: &str) -> (Ed25519KeyPair, Jwks, TestGateway, Upstream
 #[tokio::test]
 async fn claim_and_header_rules() {
     let (pair, _jwks, gw, up) = own_issuer("").await;
-    let call = |t: String| {
-        let url = gw.url("/items/1");
-        async move { get(&url, &[("authorization", &format!("Bearer {t}"))]).await }
-    };
     let h = json!({"alg": "EdDSA", "kid": "k1"});
     assert_eq!(
-        call(signed(&pair, h.clone(), claims(ISS, json!({}))))
+        call(&gw, &signed(&pair, h.clone(), claims(ISS, json!({}))))
             .await
             .status,
         200
@@ -302,7 +302,7 @@ async fn claim_and_header_rules() {
         ),
     ];
     for (what, token) in refused {
-        call(token).await.problem(401);
+        call(&gw, &token).await.problem(401);
         let _ = what;
     }
     // HS256 with the issuer's public key as the secret (key confusion).
@@ -315,7 +315,7 @@ async fn claim_and_header_rules() {
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pair.public_key().as_ref()),
         msg.as_bytes(),
     );
-    call(format!("{msg}.{}", B64.encode(mac.as_ref())))
+    call(&gw, &format!("{msg}.{}", B64.encode(mac.as_ref())))
         .await
         .problem(401);
     assert_eq!(up.count(), 1);
@@ -326,22 +326,24 @@ async fn groups_from_nested_claims_and_scopes() {
     let (pair, _jwks, gw, _up) =
         own_issuer("      groups_claim: realm_access.roles\n      scopes_as_groups: true\n").await;
     let h = json!({"alg": "EdDSA", "kid": "k1"});
-    let call = |t: String| {
-        let url = gw.url("/items/1");
-        async move { get(&url, &[("authorization", &format!("Bearer {t}"))]).await }
-    };
     let nested = claims(
         ISS,
         json!({"groups": null, "realm_access": {"roles": ["support"]}}),
     );
-    assert_eq!(call(signed(&pair, h.clone(), nested)).await.status, 200);
+    assert_eq!(
+        call(&gw, &signed(&pair, h.clone(), nested)).await.status,
+        200
+    );
     let scoped = claims(
         ISS,
         json!({"groups": null, "scope": "openid functions:call"}),
     );
-    assert_eq!(call(signed(&pair, h.clone(), scoped)).await.status, 200);
+    assert_eq!(
+        call(&gw, &signed(&pair, h.clone(), scoped)).await.status,
+        200
+    );
     let neither = claims(ISS, json!({"groups": ["support"], "scope": "openid"}));
-    call(signed(&pair, h, neither)).await.problem(403);
+    call(&gw, &signed(&pair, h, neither)).await.problem(403);
 }
 
 #[tokio::test]
@@ -352,15 +354,7 @@ async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval() {
         json!({"alg": "EdDSA", "kid": "k1"}),
         claims(ISS, json!({})),
     );
-    assert_eq!(
-        get(
-            &gw.url("/items/1"),
-            &[("authorization", &format!("Bearer {ok}"))]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(call(&gw, &ok).await.status, 200);
     assert_eq!(jwks.hits.load(Ordering::SeqCst), 1);
     for i in 0..10 {
         let t = signed(
@@ -368,12 +362,7 @@ async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval() {
             json!({"alg": "EdDSA", "kid": format!("unknown-{i}")}),
             claims(ISS, json!({})),
         );
-        get(
-            &gw.url("/items/1"),
-            &[("authorization", &format!("Bearer {t}"))],
-        )
-        .await
-        .problem(401);
+        call(&gw, &t).await.problem(401);
     }
     assert!(
         jwks.hits.load(Ordering::SeqCst) <= 2,
@@ -390,15 +379,7 @@ async fn rotated_keys_are_picked_up() {
         json!({"alg": "EdDSA", "kid": "k1"}),
         claims(ISS, json!({})),
     );
-    assert_eq!(
-        get(
-            &gw.url("/items/1"),
-            &[("authorization", &format!("Bearer {t1}"))]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(call(&gw, &t1).await.status, 200);
     let new = Ed25519KeyPair::from_pkcs8(&key()).unwrap();
     *jwks.keys.lock().unwrap() = json!({"keys": [jwk(&pair, "k1"), jwk(&new, "k2")]});
     let t2 = signed(
@@ -406,25 +387,9 @@ async fn rotated_keys_are_picked_up() {
         json!({"alg": "EdDSA", "kid": "k2"}),
         claims(ISS, json!({"jti": "second"})),
     );
-    assert_eq!(
-        get(
-            &gw.url("/items/1"),
-            &[("authorization", &format!("Bearer {t2}"))]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(call(&gw, &t2).await.status, 200);
     // A cached verified token costs no further fetch.
     let hits = jwks.hits.load(Ordering::SeqCst);
-    assert_eq!(
-        get(
-            &gw.url("/items/1"),
-            &[("authorization", &format!("Bearer {t2}"))]
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(call(&gw, &t2).await.status, 200);
     assert_eq!(jwks.hits.load(Ordering::SeqCst), hits);
 }
