@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
     assert!(eng.decide(&call).unwrap().allowed());
     let mut small_case = case.clone();
     small_case.function = "svc0.act".into();
+    small_case.groups = vec!["team0".into(), "readers".into(), "ops3".into()];
     let (reg1, eng1) = engine(1);
     let call1 = cases::case_call(&reg1, &small_case).unwrap();
     assert!(eng1.decide(&call1).unwrap().allowed());

@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::context;
 use crate::schema::{self, CALL_ACTION, NAMESPACE};
@@ -124,10 +124,40 @@ struct FunctionSlice {
 pub struct PolicyEngine {
     policies: Vec<SourcedPolicy>,
     by_id: HashMap<String, usize>,
+    /// Per policy, computed once at load: how decisions name it, and what it obliges.
+    /// (`Policy::annotation` parses its key on every call — far too slow for the data path.)
+    refs: Vec<PolicyRef>,
+    duties: Vec<Obligations>,
     slices: HashMap<String, FunctionSlice>,
     authorizer: Authorizer,
     user_type: EntityTypeName,
     group_type: EntityTypeName,
+    /// Entity stores by (function, subject, groups): building one costs microseconds (Cedar
+    /// computes the transitive closure), and a caller tends to call the same functions again.
+    /// Dropped with the engine on reload.
+    entity_cache: Mutex<HashMap<String, Arc<Entities>>>,
+    /// `ip("…")` values by address: constructing the extension call parses its name each time.
+    ip_cache: Mutex<HashMap<IpAddr, RestrictedExpression>>,
+}
+
+/// Bound on each cache; past it the cache starts over.
+const CACHE_MAX: usize = 10_000;
+
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &Mutex<HashMap<K, V>>,
+    key: K,
+    make: impl FnOnce() -> Result<V, Refusal>,
+) -> Result<V, Refusal> {
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let v = make()?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= CACHE_MAX {
+        c.clear();
+    }
+    c.insert(key, v.clone());
+    Ok(v)
 }
 
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
@@ -246,7 +276,6 @@ impl PolicyEngine {
             let fixed_entities = vec![
                 Entity::new(resource.clone(), attrs, HashSet::new()).expect("string attributes"),
                 Entity::new_no_attrs(action.clone(), HashSet::from([call_uid.clone()])),
-                Entity::new_no_attrs(call_uid.clone(), HashSet::new()),
             ];
             slices.insert(
                 f.name.clone(),
@@ -259,13 +288,51 @@ impl PolicyEngine {
                 },
             );
         }
+        let refs = policies
+            .iter()
+            .map(|p| PolicyRef {
+                id: p.policy.id().to_string(),
+                file: p.file.clone(),
+                line: p.line,
+                reason: p
+                    .policy
+                    .annotation("reason")
+                    .or_else(|| p.policy.annotation("description"))
+                    .map(str::to_string),
+            })
+            .collect();
+        let duties = policies
+            .iter()
+            .map(|p| Obligations {
+                rate_limit: p
+                    .policy
+                    .annotation("rate_limit")
+                    .and_then(|r| r.parse().ok()),
+                approval: p
+                    .policy
+                    .annotation("approval")
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
+                mask: p
+                    .policy
+                    .annotation("mask")
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
         Ok(PolicyEngine {
             policies,
             by_id,
+            refs,
+            duties,
             slices,
             authorizer: Authorizer::new(),
             user_type: type_name("User"),
             group_type: type_name("Group"),
+            entity_cache: Mutex::default(),
+            ip_cache: Mutex::default(),
         })
     }
 
@@ -279,21 +346,10 @@ impl PolicyEngine {
     }
 
     fn policy_ref(&self, id: &str) -> Option<PolicyRef> {
-        let p = &self.policies[*self.by_id.get(id)?];
-        let reason = p
-            .policy
-            .annotation("reason")
-            .or_else(|| p.policy.annotation("description"))
-            .map(str::to_string);
-        Some(PolicyRef {
-            id: id.to_string(),
-            file: p.file.clone(),
-            line: p.line,
-            reason,
-        })
+        self.by_id.get(id).map(|&i| self.refs[i].clone())
     }
 
-    fn request(&self, call: &Call) -> Result<(Request, Entities, &FunctionSlice), Refusal> {
+    fn request(&self, call: &Call) -> Result<(Request, Arc<Entities>, &FunctionSlice), Refusal> {
         let slice = self
             .slices
             .get(&call.function.name)
@@ -301,21 +357,30 @@ impl PolicyEngine {
                 detail: format!("function {} has no policy slice", call.function.name),
             })?;
         let principal = uid(&self.user_type, &call.principal.subject);
-        let groups: HashSet<EntityUid> = call
-            .principal
-            .groups
-            .iter()
-            .map(|g| uid(&self.group_type, g))
-            .collect();
-        let mut entities = slice.fixed_entities.clone();
-        entities.extend(
-            groups
+        let mut key = String::with_capacity(64);
+        for part in [call.function.name.as_str(), call.principal.subject.as_str()]
+            .into_iter()
+            .chain(call.principal.groups.iter().map(String::as_str))
+        {
+            key.push_str(part);
+            key.push('\0');
+        }
+        let entities = cached(&self.entity_cache, key, || {
+            // Group entities and the `call` action group need not exist in the store: parents
+            // may dangle, and membership tests only read the child's ancestors.
+            let groups: HashSet<EntityUid> = call
+                .principal
+                .groups
                 .iter()
-                .map(|g| Entity::new_no_attrs(g.clone(), HashSet::new())),
-        );
-        entities.push(Entity::new_no_attrs(principal.clone(), groups));
-        let entities = Entities::from_entities(entities, None).map_err(|e| Refusal::Internal {
-            detail: format!("entities: {e}"),
+                .map(|g| uid(&self.group_type, g))
+                .collect();
+            let mut entities = slice.fixed_entities.clone();
+            entities.push(Entity::new_no_attrs(principal.clone(), groups));
+            Entities::from_entities(entities, None)
+                .map(Arc::new)
+                .map_err(|e| Refusal::Internal {
+                    detail: format!("entities: {e}"),
+                })
         })?;
         let arguments = context::record("", &call.arguments, &call.function.fields)?;
         let ip: IpAddr = call.meta.source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -326,7 +391,9 @@ impl PolicyEngine {
             ),
             (
                 "source_ip".to_string(),
-                RestrictedExpression::new_ip(ip.to_string()),
+                cached(&self.ip_cache, ip, || {
+                    Ok(RestrictedExpression::new_ip(ip.to_string()))
+                })?,
             ),
             (
                 "auth_method".to_string(),
@@ -376,11 +443,8 @@ impl PolicyEngine {
         let mut obligations = Obligations::default();
         if allowed {
             for r in &determining {
-                let p = &self.policies[self.by_id[&r.id]].policy;
-                if let Some(spec) = p
-                    .annotation("rate_limit")
-                    .and_then(|s| s.parse::<RateSpec>().ok())
-                {
+                let d = &self.duties[self.by_id[&r.id]];
+                if let Some(spec) = d.rate_limit {
                     let stricter = obligations
                         .rate_limit
                         .is_none_or(|cur| spec.per_second() < cur.per_second());
@@ -388,12 +452,8 @@ impl PolicyEngine {
                         obligations.rate_limit = Some(spec);
                     }
                 }
-                if let Some(a) = p.annotation("approval") {
-                    obligations.approval.push(a.to_string());
-                }
-                if let Some(m) = p.annotation("mask") {
-                    obligations.mask.push(m.to_string());
-                }
+                obligations.approval.extend(d.approval.iter().cloned());
+                obligations.mask.extend(d.mask.iter().cloned());
             }
         }
         Ok(Decision {
