@@ -96,10 +96,10 @@ impl Gateway {
         } else {
             ingress::proxy::handle(&self.shared, req, request_id.clone(), peer).await
         };
-        if !resp.headers().contains_key(problem::REQUEST_ID) {
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                resp.headers_mut().insert(problem::REQUEST_ID, v);
-            }
+        if !resp.headers().contains_key(problem::REQUEST_ID)
+            && let Ok(v) = HeaderValue::from_str(&request_id)
+        {
+            resp.headers_mut().insert(problem::REQUEST_ID, v);
         }
         resp
     }

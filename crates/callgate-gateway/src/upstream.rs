@@ -85,10 +85,10 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(&call.request_id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
-    if let Some(ip) = call.meta.source {
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    if let Some(ip) = call.meta.source
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     let mut req = Request::builder()
         .method(shape.method)

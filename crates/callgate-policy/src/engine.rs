@@ -581,14 +581,15 @@ fn check_scope_functions(
         }
         _ => None,
     };
-    if let Some(e) = named {
-        if e.type_name() == function_type && reg.get(e.id().unescaped()).is_none() {
-            errors.push(PolicyError {
-                file: p.file.clone(),
-                line: p.line,
-                message: format!("policy names unknown function {:?}", e.id().unescaped()),
-            });
-        }
+    if let Some(e) = named
+        && e.type_name() == function_type
+        && reg.get(e.id().unescaped()).is_none()
+    {
+        errors.push(PolicyError {
+            file: p.file.clone(),
+            line: p.line,
+            message: format!("policy names unknown function {:?}", e.id().unescaped()),
+        });
     }
 }
 

@@ -65,10 +65,10 @@ fn str_field<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, String> {
 impl VerifyKey {
     /// Accepts a JWK for signature verification, or says why not.
     pub fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
-        if let Some(u) = jwk.get("use") {
-            if u != "sig" {
-                return Err("JWK is not for signatures (use)".into());
-            }
+        if let Some(u) = jwk.get("use")
+            && u != "sig"
+        {
+            return Err("JWK is not for signatures (use)".into());
         }
         if let Some(ops) = jwk.get("key_ops") {
             let ok = ops
@@ -125,10 +125,10 @@ impl VerifyKey {
             }
             other => return Err(format!("key type {other} cannot verify signatures here")),
         };
-        if let Some(a) = alg {
-            if family_of(a) != family {
-                return Err("JWK alg does not fit its key type".into());
-            }
+        if let Some(a) = alg
+            && family_of(a) != family
+        {
+            return Err("JWK alg does not fit its key type".into());
         }
         let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);
         Ok(VerifyKey {

@@ -123,13 +123,13 @@ impl IssuerVerifier {
 
     /// Verifies the token's signature, fetching or refreshing keys when needed.
     async fn verify_signature(&self, token: &str) -> Result<jws::Verified, Refusal> {
-        if self.keys.load().fetched_at.is_none() {
-            if let Err(e) = self.refresh_keys(None).await {
-                tracing::error!(issuer = %self.cfg.issuer, error = %e, "cannot fetch JWKS");
-                return Err(Refusal::IdentityUnavailable {
-                    detail: "the token issuer's keys could not be fetched".into(),
-                });
-            }
+        if self.keys.load().fetched_at.is_none()
+            && let Err(e) = self.refresh_keys(None).await
+        {
+            tracing::error!(issuer = %self.cfg.issuer, error = %e, "cannot fetch JWKS");
+            return Err(Refusal::IdentityUnavailable {
+                detail: "the token issuer's keys could not be fetched".into(),
+            });
         }
         let keys = self.keys.load_full();
         let first = jws::verify(token, &keys.keys, &self.algorithms);
