@@ -436,6 +436,21 @@ functions:
     }
 
     #[test]
+    fn tool_name_aliases_are_unique() {
+        let cfg = Config::parse(
+            "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\nfunctions:\n  - {name: a.b, upstream: u, route: GET /x}\n  - {name: a__b, upstream: u, route: GET /y}\n",
+            &|_| None,
+        )
+        .unwrap();
+        let errs = Registry::build(&cfg).unwrap_err();
+        assert!(errs[0].contains("tool name"), "{errs:?}");
+        assert_eq!(
+            registry().get_or_alias("users__get").unwrap().name,
+            "users.get"
+        );
+    }
+
+    #[test]
     fn invoke_body_shape() {
         assert_eq!(
             from_invoke_body(Some("application/json"), br#"{"arguments":{"a":1}}"#).unwrap()["a"],

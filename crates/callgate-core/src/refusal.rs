@@ -27,6 +27,9 @@ pub enum Refusal {
     MethodNotAllowed { detail: String },
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+    /// HTTP/1.1 framing two parsers could read differently; the connection is closed.
+    #[error("ambiguous message framing: {detail}")]
+    AmbiguousFraming { detail: String },
     #[error("invalid arguments")]
     InvalidArguments { errors: Vec<FieldError> },
     #[error("request body over {limit} bytes")]
@@ -69,7 +72,7 @@ impl Refusal {
             Refusal::Forbidden { .. } => 403,
             Refusal::UnknownFunction { .. } => 404,
             Refusal::MethodNotAllowed { .. } => 405,
-            Refusal::BadRequest { .. } => 400,
+            Refusal::BadRequest { .. } | Refusal::AmbiguousFraming { .. } => 400,
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::InvalidArguments { .. } => 422,
             Refusal::RateLimited { .. } => 429,
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::UnknownFunction { .. } => "unknown-function",
             Refusal::MethodNotAllowed { .. } => "method-not-allowed",
             Refusal::BadRequest { .. } => "bad-request",
+            Refusal::AmbiguousFraming { .. } => "ambiguous-framing",
             Refusal::InvalidArguments { .. } => "invalid-arguments",
             Refusal::PayloadTooLarge { .. } => "payload-too-large",
             Refusal::RateLimited { .. } => "rate-limited",
@@ -108,6 +112,7 @@ impl Refusal {
             Refusal::UnknownFunction { .. } => "No such function",
             Refusal::MethodNotAllowed { .. } => "Method not allowed",
             Refusal::BadRequest { .. } => "Malformed request",
+            Refusal::AmbiguousFraming { .. } => "Ambiguous message framing",
             Refusal::InvalidArguments { .. } => "Invalid arguments",
             Refusal::PayloadTooLarge { .. } => "Request body too large",
             Refusal::RateLimited { .. } => "Rate limit exceeded",
@@ -127,6 +132,7 @@ impl Refusal {
             | Refusal::UnknownFunction { detail }
             | Refusal::MethodNotAllowed { detail }
             | Refusal::BadRequest { detail }
+            | Refusal::AmbiguousFraming { detail }
             | Refusal::RateLimited { detail, .. }
             | Refusal::UpstreamUnreachable { detail }
             | Refusal::UpstreamTimeout { detail }
@@ -151,6 +157,6 @@ impl Refusal {
 
     /// Whether the connection should be closed after answering (framing errors).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Refusal::BadRequest { detail } if detail.starts_with("ambiguous message framing"))
+        matches!(self, Refusal::AmbiguousFraming { .. })
     }
 }

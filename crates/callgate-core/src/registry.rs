@@ -139,6 +139,13 @@ impl FunctionDef {
 pub struct Registry {
     functions: Vec<Arc<FunctionDef>>,
     by_name: HashMap<String, Arc<FunctionDef>>,
+    /// OpenAI-safe tool names (see [`openai_name`]) → function.
+    by_alias: HashMap<String, Arc<FunctionDef>>,
+}
+
+/// The function name as an OpenAI tool name (`[a-zA-Z0-9_-]`): dots become `__`.
+pub fn openai_name(name: &str) -> String {
+    name.replace('.', "__")
 }
 
 /// A function name is dotted lowercase identifiers: `billing.reset_account`.
@@ -240,6 +247,13 @@ impl Registry {
                     .map(Duration::from_millis)
                     .unwrap_or(default_timeout),
             });
+            if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {
+                errors.push(format!(
+                    "{at}: its tool name {:?} is also that of {:?}",
+                    openai_name(&f.name),
+                    other.name
+                ));
+            }
             reg.by_name.insert(f.name.clone(), def.clone());
             reg.functions.push(def);
         }
@@ -269,6 +283,11 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<FunctionDef>> {
         self.by_name.get(name)
+    }
+
+    /// A function by its dotted name or its OpenAI tool name.
+    pub fn get_or_alias(&self, name: &str) -> Option<&Arc<FunctionDef>> {
+        self.by_name.get(name).or_else(|| self.by_alias.get(name))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<FunctionDef>> {

@@ -82,8 +82,7 @@ fn resolve(
         Target::Name(name) => {
             let f = rt
                 .registry
-                .get(name)
-                .or_else(|| rt.registry.iter().find(|f| openai_name(&f.name) == *name))
+                .get_or_alias(name)
                 .ok_or_else(|| Refusal::UnknownFunction {
                     detail: format!("no function named {name:?}"),
                 })?;
@@ -106,11 +105,6 @@ fn resolve(
             }
         }
     }
-}
-
-/// The function name as an OpenAI tool name (`[a-zA-Z0-9_-]`): dots become `__`.
-pub fn openai_name(name: &str) -> String {
-    name.replace('.', "__")
 }
 
 /// Reads the body, refusing more than `limit` bytes (413).

@@ -71,11 +71,17 @@ fn stamp(p: &Path) -> Stamp {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
+/// What a config file and its policies compile to, before any network client is built.
+pub struct Parts {
+    pub config: Config,
+    pub registry: Registry,
+    pub engine: PolicyEngine,
+    pub policy_hash: String,
+    pub sources: Sources,
+}
+
 /// Reads the config file and everything it references, without building network clients.
-pub fn load_parts(
-    config_path: &Path,
-    vars: &Vars,
-) -> Result<(Config, Registry, PolicyEngine, String, Sources), LoadErrors> {
+pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> {
     let one = |m: String| LoadErrors(vec![m]);
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| one(format!("{}: {e}", config_path.display())))?;
@@ -140,7 +146,13 @@ pub fn load_parts(
     let policy_hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let engine = PolicyEngine::load(&registry, &files)
         .map_err(|es| LoadErrors(es.into_iter().map(|e| e.to_string()).collect()))?;
-    Ok((cfg, registry, engine, policy_hash, sources))
+    Ok(Parts {
+        config: cfg,
+        registry,
+        engine,
+        policy_hash,
+        sources,
+    })
 }
 
 /// Loads a full runtime. `previous` lets identity (and its JWKS cache) carry over when the
@@ -150,7 +162,13 @@ pub fn load(
     vars: &Vars,
     previous: Option<&Runtime>,
 ) -> Result<(Runtime, Sources), LoadErrors> {
-    let (config, registry, engine, policy_hash, sources) = load_parts(config_path, vars)?;
+    let Parts {
+        config,
+        registry,
+        engine,
+        policy_hash,
+        sources,
+    } = load_parts(config_path, vars)?;
     let same_identity = previous.is_some_and(|p| {
         serde_json::to_value(&p.config.identity).ok() == serde_json::to_value(&config.identity).ok()
     });

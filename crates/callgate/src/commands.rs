@@ -143,8 +143,9 @@ pub fn explain(
     arguments: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (_, registry, engine, _, _) =
-        runtime::load_parts(config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
+    let runtime::Parts {
+        registry, engine, ..
+    } = runtime::load_parts(config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
     let args = callgate_core::json::parse_object(arguments.as_bytes())
         .map_err(|e| anyhow!("the arguments are not a JSON object: {e}"))?;
     let case = cases::Case {
@@ -221,8 +222,9 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
             cases_path.display()
         ),
     };
-    let (_, registry, engine, _, _) =
-        runtime::load_parts(&config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
+    let runtime::Parts {
+        registry, engine, ..
+    } = runtime::load_parts(&config, &offline_vars()).map_err(|e| anyhow!("{e}"))?;
     let results = cases::run(&registry, &engine, &file.cases);
     let mut failed = 0;
     for r in &results {

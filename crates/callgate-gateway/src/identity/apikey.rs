@@ -5,13 +5,14 @@ use callgate_core::config::ApiKeyConfig;
 use callgate_core::model::{AuthMethod, Principal};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Every Callgate API key starts with this, so a key is recognizable in a bearer header and by
 /// secret scanners.
 pub const PREFIX: &str = "cgk_";
 
 pub struct ApiKeys {
-    by_hash: HashMap<[u8; 32], Principal>,
+    by_hash: HashMap<[u8; 32], Arc<Principal>>,
 }
 
 fn parse_hash(s: &str) -> Result<[u8; 32], String> {
@@ -63,7 +64,7 @@ impl ApiKeys {
                 actor: None,
                 expires_at: None,
             };
-            if by_hash.insert(h, p).is_some() {
+            if by_hash.insert(h, Arc::new(p)).is_some() {
                 return Err(format!(
                     "api key {:?}: the same key is configured twice",
                     k.id
@@ -73,7 +74,7 @@ impl ApiKeys {
         Ok(ApiKeys { by_hash })
     }
 
-    pub fn lookup(&self, key: &str) -> Option<&Principal> {
+    pub fn lookup(&self, key: &str) -> Option<&Arc<Principal>> {
         let d: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.by_hash.get(&d)
     }

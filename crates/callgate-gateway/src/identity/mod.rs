@@ -101,7 +101,7 @@ impl Authenticator {
     fn api_key(&self, key: &str) -> Result<Arc<Principal>, Refusal> {
         self.api_keys
             .lookup(key)
-            .map(|p| Arc::new(p.clone()))
+            .cloned()
             .ok_or_else(|| unauthenticated("unknown API key"))
     }
 

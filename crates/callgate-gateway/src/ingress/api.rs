@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::pipeline::{Inbound, Target, openai_name};
+use callgate_core::registry::openai_name;
+
+use crate::pipeline::{Inbound, Target};
 use crate::{Peer, RequestId, Shared, problem};
 
 pub fn router(shared: Arc<Shared>) -> Router {

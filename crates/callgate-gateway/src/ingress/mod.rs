@@ -37,7 +37,9 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
         .iter()
         .collect();
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let bad = |d: &str| Refusal::bad_request(format!("ambiguous message framing: {d}"));
+    let bad = |d: &str| Refusal::AmbiguousFraming {
+        detail: d.to_string(),
+    };
     if chunked && !lengths.is_empty() || req.headers().contains_key(crate::framing::MARKER) {
         return Err(bad("both Content-Length and Transfer-Encoding"));
     }

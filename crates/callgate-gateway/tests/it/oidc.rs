@@ -302,8 +302,9 @@ async fn claim_and_header_rules() {
         ),
     ];
     for (what, token) in refused {
-        call(&gw, &token).await.problem(401);
-        let _ = what;
+        let r = call(&gw, &token).await;
+        assert_eq!(r.status, 401, "{what} must be refused");
+        r.problem(401);
     }
     // HS256 with the issuer's public key as the secret (key confusion).
     let msg = format!(
