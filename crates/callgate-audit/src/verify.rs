@@ -1,0 +1,476 @@
+//! Verifying a whole log: every record against its leaf hash and index, every checkpoint's
+//! signature, root and consistency with the one before, and, optionally, a checkpoint kept
+//! outside Callgate's control.
+//!
+//! The verifier is fed rows in index order ([`LogVerifier::push`]) so a store can stream them.
+//! The first problem ends verification and names the first index that cannot be trusted.
+//!
+//! Keys: the verifier trusts the key given to it (`--key`) or, without one, the first key the
+//! log announces (reported, so an auditor can compare it with the published one). A key
+//! announced later (key rotation, or a start with a new key) becomes trusted once a checkpoint
+//! covering its announcement verifies under an already trusted key.
+
+use std::fmt;
+
+use crate::merkle::{self, Frontier, Hash};
+use crate::note::{Checkpoint, Note, NoteError, Verifier};
+use crate::record::parse_record;
+
+/// One stored row: the record bytes (or `None` if retention pruned them) and the stored leaf
+/// hash.
+pub struct Row {
+    pub index: u64,
+    pub body: Option<Vec<u8>>,
+    pub leaf_hash: Vec<u8>,
+}
+
+/// The first thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The first index that cannot be trusted.
+    pub index: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "first bad index {}: {}", self.index, self.reason)
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub tree_size: u64,
+    pub root: Hash,
+    pub checkpoints: usize,
+    /// The largest checkpointed size: records beyond it are not yet covered by a signature.
+    pub checkpointed_size: u64,
+    pub pruned: u64,
+    /// Keys trusted by the end, in the order they became trusted.
+    pub keys: Vec<String>,
+    /// True when no key was given and the first announced key was taken on trust.
+    pub trusted_first_key: bool,
+}
+
+/// Streaming log verification.
+pub struct LogVerifier {
+    origin: String,
+    checkpoints: Vec<(u64, String)>,
+    next_checkpoint: usize,
+    external: Option<String>,
+    leaves: Vec<Hash>,
+    frontier: Frontier,
+    trusted: Vec<Verifier>,
+    announced: Vec<(u64, Verifier)>,
+    pinned: bool,
+    trusted_first_key: bool,
+    last_good: Option<(u64, Hash)>,
+    pruned: u64,
+    checked: usize,
+}
+
+impl LogVerifier {
+    /// `checkpoints` are the stored signed notes with the size they claim; `external` is a
+    /// signed checkpoint obtained elsewhere; `key` pins the trusted key.
+    pub fn new(
+        origin: &str,
+        mut checkpoints: Vec<(u64, String)>,
+        external: Option<String>,
+        key: Option<Verifier>,
+    ) -> Self {
+        checkpoints.sort_by_key(|c| c.0);
+        LogVerifier {
+            origin: origin.to_string(),
+            checkpoints,
+            next_checkpoint: 0,
+            external,
+            leaves: Vec::new(),
+            frontier: Frontier::default(),
+            pinned: key.is_some(),
+            trusted: key.into_iter().collect(),
+            announced: Vec::new(),
+            trusted_first_key: false,
+            last_good: None,
+            pruned: 0,
+            checked: 0,
+        }
+    }
+
+    fn fail(index: u64, reason: impl Into<String>) -> Failure {
+        Failure {
+            index,
+            reason: reason.into(),
+        }
+    }
+
+    /// Feeds the next row.
+    pub fn push(&mut self, row: Row) -> Result<(), Failure> {
+        let position = self.frontier.size();
+        // Checkpoints at the current size are checked before the next record is taken, so a
+        // failure names the earliest index.
+        self.check_checkpoints_at(position)?;
+        if row.index != position {
+            return Err(Self::fail(
+                position,
+                format!(
+                    "record {position} is missing (the next stored record is {}): deleted or reordered",
+                    row.index
+                ),
+            ));
+        }
+        let stored: Hash = row
+            .leaf_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| Self::fail(position, "the stored leaf hash is not a SHA-256 hash"))?;
+        match &row.body {
+            Some(body) => {
+                if merkle::leaf_hash(body) != stored {
+                    return Err(Self::fail(
+                        position,
+                        "the record does not match its leaf hash: altered",
+                    ));
+                }
+                let record = parse_record(position, body)
+                    .map_err(|e| Self::fail(position, e.to_string()))?;
+                if let Some(k) = record.event.announced_key() {
+                    let v = Verifier::parse(k).map_err(|e| {
+                        Self::fail(position, format!("the announced key is unusable: {e}"))
+                    })?;
+                    if !self.pinned && self.trusted.is_empty() {
+                        self.trusted.push(v.clone());
+                        self.trusted_first_key = true;
+                    }
+                    self.announced.push((position, v));
+                }
+            }
+            None => self.pruned += 1,
+        }
+        self.leaves.push(stored);
+        self.frontier.push(stored);
+        Ok(())
+    }
+
+    fn check_checkpoints_at(&mut self, size: u64) -> Result<(), Failure> {
+        while let Some((claimed, note)) = self.checkpoints.get(self.next_checkpoint).cloned() {
+            if claimed != size {
+                break;
+            }
+            self.next_checkpoint += 1;
+            self.check_checkpoint(&note, claimed, "checkpoint")?;
+        }
+        Ok(())
+    }
+
+    /// The index from which records may be bad when a checkpoint's root does not match.
+    fn suspect_from(&self) -> u64 {
+        self.last_good.map(|(s, _)| s).unwrap_or(0)
+    }
+
+    fn check_checkpoint(&mut self, note: &str, claimed: u64, what: &str) -> Result<(), Failure> {
+        let size = self.frontier.size();
+        let parsed = Note::parse(note)
+            .map_err(|e| Self::fail(claimed, format!("{what} at size {claimed}: {e}")))?;
+        let cp = Checkpoint::parse(&parsed.text)
+            .map_err(|e| Self::fail(claimed, format!("{what} at size {claimed}: {e}")))?;
+        if cp.size != claimed {
+            return Err(Self::fail(
+                claimed.min(cp.size),
+                format!("{what} stored for size {claimed} says size {}", cp.size),
+            ));
+        }
+        if cp.origin != self.origin {
+            return Err(Self::fail(
+                claimed,
+                format!(
+                    "{what} at size {claimed} names origin {:?}, not {:?}",
+                    cp.origin, self.origin
+                ),
+            ));
+        }
+        match parsed.verify(&self.trusted) {
+            Ok(_) => {}
+            Err(NoteError::Unverified) => {
+                return Err(Self::fail(
+                    claimed,
+                    format!("{what} at size {claimed} is not signed by a trusted key: forged"),
+                ));
+            }
+            Err(e) => {
+                return Err(Self::fail(
+                    claimed,
+                    format!("{what} at size {claimed}: {e}: forged"),
+                ));
+            }
+        }
+        if cp.size > size {
+            return Err(Self::fail(
+                size,
+                format!(
+                    "{what} at size {} but the log holds only {size} records: truncated",
+                    cp.size
+                ),
+            ));
+        }
+        let root = merkle::root(&self.leaves[..cp.size as usize]);
+        if root != cp.root {
+            return Err(Self::fail(
+                self.suspect_from().min(cp.size.saturating_sub(1)),
+                format!(
+                    "the tree of the first {} records does not match the signed {what}: records from index {} on were altered",
+                    cp.size,
+                    self.suspect_from()
+                ),
+            ));
+        }
+        if let Some((prev_size, prev_root)) = self.last_good
+            && prev_size > 0
+            && prev_size < cp.size
+        {
+            let proof =
+                merkle::consistency_proof(&self.leaves[..cp.size as usize], prev_size as usize)
+                    .expect("sizes are within the tree");
+            merkle::verify_consistency(prev_size, cp.size, &proof, &prev_root, &cp.root).map_err(
+                |e| {
+                    Self::fail(
+                        prev_size,
+                        format!(
+                            "checkpoints at {prev_size} and {} are not consistent: {e}",
+                            cp.size
+                        ),
+                    )
+                },
+            )?;
+        }
+        // Keys announced inside a verified checkpoint become trusted.
+        for (at, v) in &self.announced {
+            if *at < cp.size && !self.trusted.contains(v) {
+                self.trusted.push(v.clone());
+            }
+        }
+        if self.last_good.is_none_or(|(s, _)| s <= cp.size) {
+            self.last_good = Some((cp.size, cp.root));
+        }
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// Finishes: checkpoints beyond the end mean truncation; the external checkpoint, if any,
+    /// must match the tree at its size.
+    pub fn finish(mut self) -> Result<Report, Failure> {
+        let size = self.frontier.size();
+        self.check_checkpoints_at(size)?;
+        if let Some((claimed, note)) = self.checkpoints.get(self.next_checkpoint).cloned() {
+            // Its signature first: a forged checkpoint is not evidence of truncation.
+            self.check_checkpoint(&note, claimed, "checkpoint")?;
+        }
+        if let Some(note) = self.external.take() {
+            let claimed = Note::parse(&note)
+                .ok()
+                .and_then(|n| Checkpoint::parse(&n.text).ok())
+                .map(|c| c.size)
+                .ok_or_else(|| Self::fail(0, "the external checkpoint is not a checkpoint"))?;
+            let last_good = self.last_good;
+            self.check_checkpoint(&note, claimed, "external checkpoint")?;
+            self.last_good = last_good.max(self.last_good);
+        }
+        Ok(Report {
+            tree_size: size,
+            root: self.frontier.root(),
+            checkpoints: self.checked,
+            checkpointed_size: self.last_good.map(|(s, _)| s).unwrap_or(0),
+            pruned: self.pruned,
+            keys: self.trusted.iter().map(|v| v.to_string()).collect(),
+            trusted_first_key: self.trusted_first_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::note::Signer;
+    use crate::record::{Event, StartEvent, StopEvent, leaf_bytes};
+
+    const ORIGIN: &str = "test.example/audit";
+
+    struct Log {
+        rows: Vec<(u64, Option<Vec<u8>>, Hash)>,
+        checkpoints: Vec<(u64, String)>,
+        signer: Signer,
+    }
+
+    fn event(i: u64, signer: &Signer) -> Event {
+        if i == 0 {
+            Event::Start(StartEvent {
+                time_ms: 0,
+                version: "test".into(),
+                config_sha256: String::new(),
+                policy_sha256: String::new(),
+                key: signer.verifier().to_string(),
+            })
+        } else {
+            Event::Stop(StopEvent {
+                time_ms: i,
+                reason: format!("record {i}"),
+            })
+        }
+    }
+
+    /// A log of `n` records with a checkpoint every `every` records and one at the end.
+    fn log(n: u64, every: u64) -> Log {
+        let signer = Signer::from_seed(ORIGIN, [1; 32]).unwrap();
+        let mut rows = Vec::new();
+        let mut leaves = Vec::new();
+        let mut checkpoints = Vec::new();
+        for i in 0..n {
+            let body = leaf_bytes(i, &event(i, &signer).encode().unwrap().json);
+            let h = merkle::leaf_hash(&body);
+            leaves.push(h);
+            rows.push((i, Some(body), h));
+            if (i + 1) % every == 0 || i + 1 == n {
+                let cp = Checkpoint {
+                    origin: ORIGIN.into(),
+                    size: i + 1,
+                    root: merkle::root(&leaves),
+                };
+                checkpoints.push((i + 1, cp.sign(&[&signer]).unwrap()));
+            }
+        }
+        Log {
+            rows,
+            checkpoints,
+            signer,
+        }
+    }
+
+    fn verify(l: &Log, key: Option<Verifier>) -> Result<Report, Failure> {
+        let mut v = LogVerifier::new(ORIGIN, l.checkpoints.clone(), None, key);
+        for (index, body, h) in &l.rows {
+            v.push(Row {
+                index: *index,
+                body: body.clone(),
+                leaf_hash: h.to_vec(),
+            })?;
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let l = log(40, 7);
+        let r = verify(&l, Some(l.signer.verifier().clone())).unwrap();
+        assert_eq!(r.tree_size, 40);
+        assert_eq!(r.checkpoints, 6);
+        assert_eq!(r.checkpointed_size, 40);
+        assert!(!r.trusted_first_key);
+        assert!(verify(&l, None).unwrap().trusted_first_key);
+    }
+
+    /// Table of tamperings, each with the index verification must name.
+    #[test]
+    fn tampering_names_the_first_bad_index() {
+        type Tamper = fn(&mut Log);
+        let cases: Vec<(&str, Tamper, u64)> = vec![
+            (
+                "alter a record",
+                |l| {
+                    let b = l.rows[12].1.as_mut().unwrap();
+                    let s = String::from_utf8(b.clone())
+                        .unwrap()
+                        .replace("record 12", "record 99");
+                    *b = s.into_bytes();
+                },
+                12,
+            ),
+            (
+                "alter a record and its leaf hash",
+                |l| {
+                    let s = String::from_utf8(l.rows[12].1.clone().unwrap())
+                        .unwrap()
+                        .replace("record 12", "record 99");
+                    l.rows[12].2 = merkle::leaf_hash(s.as_bytes());
+                    l.rows[12].1 = Some(s.into_bytes());
+                },
+                7,
+            ),
+            (
+                "delete a record",
+                |l| {
+                    l.rows.remove(20);
+                },
+                20,
+            ),
+            (
+                "swap two records",
+                |l| {
+                    l.rows.swap(30, 31);
+                },
+                30,
+            ),
+            (
+                "swap two records and renumber",
+                |l| {
+                    l.rows.swap(30, 31);
+                    l.rows[30].0 = 30;
+                    l.rows[31].0 = 31;
+                },
+                30,
+            ),
+            (
+                "truncate the log",
+                |l| {
+                    l.rows.truncate(33);
+                },
+                33,
+            ),
+            (
+                "forge the last checkpoint",
+                |l| {
+                    let other = Signer::from_seed(ORIGIN, [2; 32]).unwrap();
+                    let last = l.checkpoints.last_mut().unwrap();
+                    let cp = Checkpoint::open(&last.1, &[l.signer.verifier().clone()]).unwrap();
+                    last.1 = cp.sign(&[&other]).unwrap();
+                },
+                40,
+            ),
+            (
+                "edit a checkpoint's size",
+                |l| {
+                    let c = &mut l.checkpoints[1];
+                    c.1 = c.1.replacen("\n14\n", "\n15\n", 1);
+                },
+                14,
+            ),
+        ];
+        for (name, tamper, want) in cases {
+            let mut l = log(40, 7);
+            tamper(&mut l);
+            let got = verify(&l, Some(l.signer.verifier().clone()));
+            match got {
+                Err(f) => assert_eq!(f.index, want, "{name}: {f}"),
+                Ok(r) => panic!("{name}: verified {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn pruned_bodies_keep_the_tree_verifiable() {
+        let mut l = log(20, 5);
+        for r in &mut l.rows[3..9] {
+            r.1 = None;
+        }
+        let r = verify(&l, None).unwrap();
+        assert_eq!(r.pruned, 6);
+    }
+
+    #[test]
+    fn a_checkpoint_signed_by_an_unannounced_key_is_refused() {
+        let l = log(10, 5);
+        let other = Signer::from_seed(ORIGIN, [3; 32]).unwrap();
+        let err = verify(&l, Some(other.verifier().clone())).unwrap_err();
+        assert_eq!(err.index, 5);
+        assert!(err.reason.contains("forged"), "{err}");
+    }
+}
