@@ -197,7 +197,7 @@ pub struct AuditReadEvent {
 #[serde(tag = "kind")]
 pub enum Event {
     #[serde(rename = "call")]
-    Call(CallEvent),
+    Call(Box<CallEvent>),
     #[serde(rename = "call.forward")]
     Forward(ForwardEvent),
     #[serde(rename = "call.response")]
@@ -403,7 +403,7 @@ mod tests {
     use serde_json::json;
 
     fn call() -> Event {
-        Event::Call(CallEvent {
+        Event::Call(Box::new(CallEvent {
             time_ms: 1_700_000_000_123,
             request_id: "0193-abc".into(),
             session: None,
@@ -433,7 +433,7 @@ mod tests {
                 upstream: "payments".into(),
                 credential_id: None,
             }),
-        })
+        }))
     }
 
     #[test]

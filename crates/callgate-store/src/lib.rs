@@ -1,0 +1,128 @@
+//! Callgate's durable state.
+//!
+//! - [`AuditStore`]: what the audit log needs from storage, so the embedded store and a later
+//!   Postgres store for several replicas are interchangeable.
+//! - [`sqlite`]: the embedded default, SQLite in WAL mode with `synchronous=FULL`: a commit
+//!   returns only after the write-ahead log is fsynced.
+//! - [`log`]: the single writer that assigns leaf indexes, group-commits records (one fsync
+//!   for every record that arrived while the previous commit was in flight), keeps the Merkle
+//!   frontier and signs checkpoints.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+
+use callgate_audit::Hash;
+use callgate_audit::record::Columns;
+use thiserror::Error;
+
+pub mod log;
+pub mod ops;
+pub mod sqlite;
+
+pub use log::{AuditLog, LogOptions};
+pub use sqlite::SqliteStore;
+
+/// Storage failures. Every one of them refuses the call being recorded.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("the audit store cannot be written: {0}")]
+    Unwritable(String),
+    #[error("the audit store cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the audit store is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("the audit writer has stopped")]
+    Closed,
+    #[error("{0}")]
+    Record(String),
+}
+
+/// A record ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub index: u64,
+    pub columns: Columns,
+    pub body: Vec<u8>,
+    pub leaf_hash: Hash,
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub index: u64,
+    pub kind: String,
+    pub time_ms: u64,
+    pub request_id: Option<String>,
+    pub session: Option<String>,
+    pub subject: Option<String>,
+    pub function: Option<String>,
+    pub decision: Option<String>,
+    /// `None` once retention pruned the body; the leaf hash stays.
+    pub body: Option<Vec<u8>>,
+    pub leaf_hash: Vec<u8>,
+}
+
+/// Search filters; all given ones must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub subject: Option<String>,
+    pub function: Option<String>,
+    /// `allow`, `deny`, `held` or `refused`.
+    pub decision: Option<String>,
+    pub kind: Option<String>,
+    pub session: Option<String>,
+    pub request_id: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Only records with an index greater than this (for following the log).
+    pub after_index: Option<u64>,
+    pub limit: u32,
+}
+
+/// A stored signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub note: String,
+    pub time_ms: u64,
+}
+
+/// What the audit log needs from storage. Appends are all-or-nothing and durable when they
+/// return `Ok`.
+pub trait AuditStore: Send + Sync + 'static {
+    /// The leaf hashes of the whole log in index order (to rebuild the frontier on start).
+    fn leaf_hashes(&self) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send;
+    /// Stores a batch durably, in one transaction.
+    fn append(&self, batch: &[NewRecord]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn add_checkpoint(
+        &self,
+        cp: &StoredCheckpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn checkpoints(&self) -> impl Future<Output = Result<Vec<StoredCheckpoint>, StoreError>> + Send;
+    /// Rows `from..from + limit` in index order.
+    fn rows(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+    fn search(
+        &self,
+        filter: &Filter,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+    /// Request ids forwarded after index `from` with no response record.
+    fn unfinished_since(
+        &self,
+        from: u64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The index of the last record of `kind`, if any.
+    fn last_of_kind(&self, kind: &str)
+    -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    /// Drops the bodies of call records older than `before_ms`; returns how many.
+    fn prune_bodies(&self, before_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn set_meta(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,466 @@
+//! The audit log's single writer: group commit, the Merkle frontier and signed checkpoints.
+//!
+//! Every append goes through one task that owns the tree's right edge. The task takes every
+//! command waiting in its queue, gives the appends consecutive leaf indexes, stores them in one
+//! transaction (one fsync) and only then answers. While that fsync runs, new calls queue up
+//! and become the next batch, so throughput grows with load instead of being one fsync per
+//! call. A failed batch changes nothing: the indexes are reused by the next batch and every
+//! waiting call is refused.
+//!
+//! Records whose caller does not wait (responses, audit reads) are kept and retried with the
+//! next batch when a write fails, so a passing store hiccup loses nothing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use callgate_audit::merkle::{self, Frontier};
+use callgate_audit::note::{Checkpoint, Signer, Verifier};
+use callgate_audit::record::{
+    EncodedEvent, Event, KeyRotationEvent, RecoveryEvent, StartEvent, StopEvent, leaf_bytes,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AuditStore, NewRecord, StoreError, StoredCheckpoint};
+
+/// How many records one transaction takes at most.
+const MAX_BATCH: usize = 4096;
+/// How many unacknowledged records are kept for retry while the store fails.
+const MAX_RETRY: usize = 100_000;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of a log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The checkpoint origin line, also the key name.
+    pub origin: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Command {
+    Append {
+        events: Vec<EncodedEvent>,
+        done: Option<Reply<u64>>,
+    },
+    Checkpoint {
+        done: Reply<Option<StoredCheckpoint>>,
+    },
+    Rotate {
+        signer: Box<Signer>,
+        done: Reply<StoredCheckpoint>,
+    },
+    Close {
+        stop: EncodedEvent,
+        done: Reply<Option<StoredCheckpoint>>,
+    },
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// A handle on the audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog<S: AuditStore + Clone> {
+    tx: mpsc::UnboundedSender<Command>,
+    store: S,
+    origin: Arc<str>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
+    verifier: Arc<arc_swap_free::Cell>,
+}
+
+/// A tiny lock-protected cell for the current verifier key (rotations are rare).
+mod arc_swap_free {
+    use callgate_audit::note::Verifier;
+    use std::sync::Mutex;
+
+    pub struct Cell(Mutex<Verifier>);
+
+    impl Cell {
+        pub fn new(v: Verifier) -> Self {
+            Cell(Mutex::new(v))
+        }
+        pub fn get(&self) -> Verifier {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+        pub fn set(&self, v: Verifier) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+        }
+    }
+}
+
+fn closed<T>(_: T) -> StoreError {
+    StoreError::Closed
+}
+
+impl<S: AuditStore + Clone> AuditLog<S> {
+    /// Opens the log: rebuilds the frontier, checks the store against its last checkpoint,
+    /// records a recovery if the previous run did not stop cleanly, then records `start`.
+    pub async fn open(
+        store: S,
+        signer: Signer,
+        opts: LogOptions,
+        start: StartEvent,
+    ) -> Result<AuditLog<S>, StoreError> {
+        match store.meta("origin").await? {
+            Some(o) if o != opts.origin => {
+                return Err(StoreError::Inconsistent(format!(
+                    "this audit store belongs to the log {o:?}, not {:?}",
+                    opts.origin
+                )));
+            }
+            Some(_) => {}
+            None => store.set_meta("origin", &opts.origin).await?,
+        }
+        let leaves = store.leaf_hashes().await?;
+        let frontier = Frontier::from_leaves(&leaves);
+        let checkpoints = store.checkpoints().await?;
+        if let Some(last) = checkpoints.last() {
+            if last.size > frontier.size() {
+                return Err(StoreError::Inconsistent(format!(
+                    "the log holds {} records but was checkpointed at {}: records were removed; run `callgate audit verify`",
+                    frontier.size(),
+                    last.size
+                )));
+            }
+            let root = merkle::root(&leaves[..last.size as usize]);
+            let cp = Checkpoint::open(&last.note, &[signer.verifier().clone()]).ok();
+            if cp.is_some_and(|cp| cp.root != root) {
+                return Err(StoreError::Inconsistent(format!(
+                    "the first {} records no longer match their checkpoint; run `callgate audit verify`",
+                    last.size
+                )));
+            }
+        }
+        let mut boot = Vec::new();
+        if frontier.size() > 0 {
+            let last_stop = store.last_of_kind("admin.stop").await?;
+            if last_stop != Some(frontier.size() - 1) {
+                let since = store.last_of_kind("admin.start").await?.unwrap_or(0);
+                let unfinished = store.unfinished_since(since).await?;
+                boot.push(Event::Recovery(RecoveryEvent {
+                    time_ms: now_ms(),
+                    tree_size: frontier.size(),
+                    unfinished,
+                }));
+            }
+        }
+        boot.push(Event::Start(start));
+        let boot = boot
+            .iter()
+            .map(Event::encode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Record(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(LogStats::default());
+        let verifier = Arc::new(arc_swap_free::Cell::new(signer.verifier().clone()));
+        let writer = Writer {
+            store: store.clone(),
+            origin: opts.origin.clone(),
+            signer,
+            frontier,
+            last_checkpoint: checkpoints.last().map(|c| c.size),
+            retry: VecDeque::new(),
+            healthy: healthy.clone(),
+            stats: stats.clone(),
+            verifier: verifier.clone(),
+        };
+        tokio::spawn(writer.run(rx));
+        let log = AuditLog {
+            tx,
+            store,
+            origin: opts.origin.into(),
+            healthy,
+            stats,
+            verifier,
+        };
+        log.append(boot).await?;
+        Ok(log)
+    }
+
+    /// Appends records and returns once they are durable, with the first one's index.
+    pub async fn append(&self, events: Vec<EncodedEvent>) -> Result<u64, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                events,
+                done: Some(done),
+            })
+            .map_err(closed)?;
+        rx.await
+            .map_err(closed)?
+            .map_err(StoreError::Unwritable)
+    }
+
+    /// Appends a record without waiting for it to be durable (it is retried if a write fails).
+    pub fn record(&self, event: EncodedEvent) {
+        let _ = self.tx.send(Command::Append {
+            events: vec![event],
+            done: None,
+        });
+    }
+
+    /// Signs a checkpoint of the log as it is now (after everything appended so far).
+    /// `None` when the log has not grown since the last checkpoint.
+    pub async fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::Checkpoint { done }).map_err(closed)?;
+        rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
+    }
+
+    /// Rotates the checkpoint key: records the rotation, signs a checkpoint covering it with
+    /// both keys, and signs with the new key from then on.
+    pub async fn rotate(&self, signer: Signer) -> Result<StoredCheckpoint, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Rotate {
+                signer: Box::new(signer),
+                done,
+            })
+            .map_err(closed)?;
+        rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
+    }
+
+    /// Records `stop`, signs a final checkpoint and stops the writer.
+    pub async fn close(&self, reason: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let stop = Event::Stop(StopEvent {
+            time_ms: now_ms(),
+            reason: reason.to_string(),
+        })
+        .encode()
+        .map_err(|e| StoreError::Record(e.to_string()))?;
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::Close { stop, done }).map_err(closed)?;
+        rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
+    }
+
+    /// False while the last write failed.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The key that signs checkpoints now.
+    pub fn verifier(&self) -> Verifier {
+        self.verifier.get()
+    }
+}
+
+struct Pending {
+    event: EncodedEvent,
+}
+
+struct Writer<S> {
+    store: S,
+    origin: String,
+    signer: Signer,
+    frontier: Frontier,
+    last_checkpoint: Option<u64>,
+    retry: VecDeque<Pending>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
+    verifier: Arc<arc_swap_free::Cell>,
+}
+
+impl<S: AuditStore> Writer<S> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut waiting: Vec<(Vec<EncodedEvent>, Option<Reply<u64>>)> = Vec::new();
+        let mut others: Vec<Command> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut count = 0;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { events, done } => {
+                        count += events.len();
+                        waiting.push((events, done));
+                    }
+                    other => {
+                        // Anything but an append ends the batch, so it sees every append
+                        // queued before it.
+                        others.push(other);
+                        break;
+                    }
+                }
+                if count < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(std::mem::take(&mut waiting)).await;
+            for cmd in others.drain(..) {
+                match cmd {
+                    Command::Checkpoint { done } => {
+                        let _ = done.send(self.checkpoint(&[]).await);
+                    }
+                    Command::Rotate { signer, done } => {
+                        let _ = done.send(self.rotate(*signer).await);
+                    }
+                    Command::Close { stop, done } => {
+                        let ok = self.commit(vec![(vec![stop], None)]).await;
+                        let result = if ok {
+                            self.checkpoint(&[]).await
+                        } else {
+                            Err("the stop record could not be written".to_string())
+                        };
+                        let _ = done.send(result);
+                        return;
+                    }
+                    Command::Append { .. } => unreachable!("appends are batched above"),
+                }
+            }
+        }
+    }
+
+    /// Stores the retry queue and `waiting` in one transaction. Returns whether it succeeded.
+    async fn commit(&mut self, waiting: Vec<(Vec<EncodedEvent>, Option<Reply<u64>>)>) -> bool {
+        if waiting.is_empty() && self.retry.is_empty() {
+            return true;
+        }
+        let base = self.frontier.size();
+        let mut rows = Vec::new();
+        let push = |rows: &mut Vec<NewRecord>, e: &EncodedEvent| {
+            let index = base + rows.len() as u64;
+            let body = leaf_bytes(index, &e.json);
+            rows.push(NewRecord {
+                index,
+                columns: e.columns.clone(),
+                leaf_hash: merkle::leaf_hash(&body),
+                body,
+            });
+        };
+        for p in &self.retry {
+            push(&mut rows, &p.event);
+        }
+        let mut firsts = Vec::with_capacity(waiting.len());
+        for (events, _) in &waiting {
+            firsts.push(base + rows.len() as u64);
+            for e in events {
+                push(&mut rows, e);
+            }
+        }
+        match self.store.append(&rows).await {
+            Ok(()) => {
+                for r in &rows {
+                    self.frontier.push(r.leaf_hash);
+                }
+                self.retry.clear();
+                self.healthy.store(true, Ordering::Relaxed);
+                self.stats
+                    .records
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                for ((_, done), first) in waiting.into_iter().zip(firsts) {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(first));
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, records = rows.len(), "audit write failed; calls are refused until it succeeds");
+                let msg = e.to_string();
+                for (events, done) in waiting {
+                    match done {
+                        Some(done) => {
+                            let _ = done.send(Err(msg.clone()));
+                        }
+                        None => {
+                            for event in events {
+                                if self.retry.len() >= MAX_RETRY {
+                                    self.retry.pop_front();
+                                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                self.retry.push_back(Pending { event });
+                            }
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, extra: &[&Signer]) -> Result<Option<StoredCheckpoint>, String> {
+        let size = self.frontier.size();
+        if self.last_checkpoint == Some(size) && extra.is_empty() {
+            return Ok(None);
+        }
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: self.frontier.root(),
+        };
+        let mut signers = vec![&self.signer];
+        signers.extend_from_slice(extra);
+        let note = cp.sign(&signers).map_err(|e| e.to_string())?;
+        let stored = StoredCheckpoint {
+            size,
+            note,
+            time_ms: now_ms(),
+        };
+        self.store
+            .add_checkpoint(&stored)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.last_checkpoint = Some(size);
+        Ok(Some(stored))
+    }
+
+    async fn rotate(&mut self, new: Signer) -> Result<StoredCheckpoint, String> {
+        if new.verifier().name() != self.origin {
+            return Err(format!(
+                "the new key is named {:?}; checkpoint keys are named after the origin {:?}",
+                new.verifier().name(),
+                self.origin
+            ));
+        }
+        let event = Event::KeyRotation(KeyRotationEvent {
+            time_ms: now_ms(),
+            previous_key: self.signer.verifier().to_string(),
+            key: new.verifier().to_string(),
+        })
+        .encode()
+        .map_err(|e| e.to_string())?;
+        let (done, rx) = oneshot::channel();
+        self.commit(vec![(vec![event], Some(done))]).await;
+        rx.await
+            .map_err(|_| "the writer stopped".to_string())??;
+        // The checkpoint that covers the rotation carries both signatures, so a verifier that
+        // trusts the old key learns the new one.
+        let cp = self
+            .checkpoint(&[&new])
+            .await?
+            .ok_or("no checkpoint was made")?;
+        self.verifier.set(new.verifier().clone());
+        self.signer = new;
+        Ok(cp)
+    }
+}

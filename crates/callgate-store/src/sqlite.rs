@@ -1,0 +1,351 @@
+//! The embedded audit store: one SQLite database in WAL mode.
+//!
+//! Why SQLite rather than hand-written segment files: WAL with `synchronous=FULL` gives
+//! crash-safe, fsynced, all-or-nothing batches, concurrent readers while the gateway writes
+//! (`callgate audit verify` on a live log), and indexed search, without Callgate owning a file
+//! format's recovery code. Tamper evidence does not depend on the store: the Merkle tree and
+//! the signed checkpoints do that, so the database may be as ordinary as it likes.
+//!
+//! One connection writes (the group-commit writer is the only caller of [`SqliteStore::append`]);
+//! a small pool reads.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use callgate_audit::Hash;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::{AuditStore, Filter, NewRecord, StoreError, StoredCheckpoint, StoredRecord};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS records (
+        idx INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        request_id TEXT,
+        session TEXT,
+        subject TEXT,
+        function TEXT,
+        decision TEXT,
+        body BLOB,
+        leaf_hash BLOB NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS records_request ON records(request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS records_session ON records(session) WHERE session IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS records_time ON records(time_ms)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (
+        size INTEGER PRIMARY KEY,
+        note TEXT NOT NULL,
+        time_ms INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+/// Rows per INSERT statement (10 parameters each, well under SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// The SQLite audit store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    /// Held while this process may write: one writer per store, or leaf indexes would clash.
+    lock: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
+}
+
+fn unwritable(e: sqlx::Error) -> StoreError {
+    StoreError::Unwritable(e.to_string())
+}
+
+fn unreadable(e: sqlx::Error) -> StoreError {
+    StoreError::Unreadable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` for writing. `busy_timeout` bounds how
+    /// long a write waits for a lock held by someone else before the call is refused.
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unwritable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Unwritable(format!("{}: {e}", lock_path.display())))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StoreError::Unwritable(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "another Callgate process is writing {} (it holds {})",
+                    path.display(),
+                    lock_path.display()
+                ),
+                std::fs::TryLockError::Error(e) => format!("{}: {e}", lock_path.display()),
+            }));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(unwritable)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(busy_timeout);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(unwritable)?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&writer)
+                .await
+                .map_err(unwritable)?;
+        }
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true).create_if_missing(false))
+            .await
+            .map_err(unreadable)?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            lock: std::sync::Arc::new(std::sync::Mutex::new(Some(lock))),
+        })
+    }
+
+    /// Opens an existing store for reading only (the auditor's commands).
+    pub async fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Unreadable(format!(
+                "no audit store at {}",
+                path.display()
+            )));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(unreadable)?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(unreadable)?;
+        Ok(SqliteStore {
+            writer: reader.clone(),
+            reader,
+            lock: Default::default(),
+        })
+    }
+
+    /// Closes the connections and releases the writer lock.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+fn record(row: SqliteRow) -> StoredRecord {
+    StoredRecord {
+        index: row.get::<i64, _>("idx") as u64,
+        kind: row.get("kind"),
+        time_ms: row.get::<i64, _>("time_ms") as u64,
+        request_id: row.get("request_id"),
+        session: row.get("session"),
+        subject: row.get("subject"),
+        function: row.get("function"),
+        decision: row.get("decision"),
+        body: row.get("body"),
+        leaf_hash: row.get("leaf_hash"),
+    }
+}
+
+const COLUMNS: &str =
+    "idx, kind, time_ms, request_id, session, subject, function, decision, body, leaf_hash";
+
+impl AuditStore for SqliteStore {
+    async fn leaf_hashes(&self) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query("SELECT idx, leaf_hash FROM records ORDER BY idx")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(unreadable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            let idx: i64 = row.get(0);
+            if idx as u64 != i as u64 {
+                return Err(StoreError::Inconsistent(format!(
+                    "record {i} is missing (found {idx} in its place); run `callgate audit verify`"
+                )));
+            }
+            let h: Vec<u8> = row.get(1);
+            out.push(h.as_slice().try_into().map_err(|_| {
+                StoreError::Inconsistent(format!("record {i} has a malformed leaf hash"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn append(&self, batch: &[NewRecord]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(unwritable)?;
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT INTO records ({COLUMNS}) "
+            ));
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.index as i64)
+                    .push_bind(r.columns.kind)
+                    .push_bind(r.columns.time_ms as i64)
+                    .push_bind(r.columns.request_id.as_deref())
+                    .push_bind(r.columns.session.as_deref())
+                    .push_bind(r.columns.subject.as_deref())
+                    .push_bind(r.columns.function.as_deref())
+                    .push_bind(r.columns.decision.as_deref())
+                    .push_bind(r.body.as_slice())
+                    .push_bind(r.leaf_hash.as_slice());
+            });
+            qb.build().execute(&mut *tx).await.map_err(unwritable)?;
+        }
+        tx.commit().await.map_err(unwritable)
+    }
+
+    async fn add_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO checkpoints (size, note, time_ms) VALUES (?, ?, ?)")
+            .bind(cp.size as i64)
+            .bind(&cp.note)
+            .bind(cp.time_ms as i64)
+            .execute(&self.writer)
+            .await
+            .map_err(unwritable)?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = sqlx::query("SELECT size, note, time_ms FROM checkpoints ORDER BY size")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unreadable)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredCheckpoint {
+                size: r.get::<i64, _>(0) as u64,
+                note: r.get(1),
+                time_ms: r.get::<i64, _>(2) as u64,
+            })
+            .collect())
+    }
+
+    async fn rows(&self, from: u64, limit: u32) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE idx >= ? ORDER BY idx LIMIT ?"
+        )))
+        .bind(from as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unreadable)?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    async fn search(&self, f: &Filter) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM records WHERE 1=1"));
+        for (col, val) in [
+            ("subject", &f.subject),
+            ("function", &f.function),
+            ("decision", &f.decision),
+            ("kind", &f.kind),
+            ("session", &f.session),
+            ("request_id", &f.request_id),
+        ] {
+            if let Some(v) = val {
+                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(t) = f.since_ms {
+            qb.push(" AND time_ms >= ").push_bind(t as i64);
+        }
+        if let Some(t) = f.until_ms {
+            qb.push(" AND time_ms < ").push_bind(t as i64);
+        }
+        if let Some(i) = f.after_index {
+            qb.push(" AND idx > ").push_bind(i as i64);
+        }
+        qb.push(" ORDER BY idx LIMIT ").push_bind(f.limit.max(1) as i64);
+        let rows = qb
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unreadable)?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    async fn unfinished_since(&self, from: u64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT request_id FROM records
+             WHERE idx >= ?1 AND request_id IS NOT NULL
+               AND (kind = 'call.forward' OR (kind = 'call' AND decision = 'allow'))
+               AND request_id NOT IN (
+                 SELECT request_id FROM records
+                 WHERE idx >= ?1 AND kind = 'call.response' AND request_id IS NOT NULL)
+             ORDER BY idx",
+        )
+        .bind(from as i64)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(unreadable)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn last_of_kind(&self, kind: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(idx) FROM records WHERE kind = ?")
+            .bind(kind)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(unreadable)?;
+        Ok(row.get::<Option<i64>, _>(0).map(|i| i as u64))
+    }
+
+    async fn prune_bodies(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE records SET body = NULL
+             WHERE time_ms < ? AND body IS NOT NULL AND kind LIKE 'call%'",
+        )
+        .bind(before_ms as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(unwritable)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unreadable)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.writer)
+            .await
+            .map_err(unwritable)?;
+        Ok(())
+    }
+}
