@@ -14,7 +14,7 @@ const ORIGIN: &str = "bench.callgate/audit";
 
 fn call(i: u64) -> Event {
     Event::Call(Box::new(CallEvent {
-        time_ms: 1_700_000_000_000 + i,
+        time_ms: callgate_store::log::now_ms(),
         request_id: format!("019a0000-0000-7000-8000-{i:012}"),
         session: None,
         caller: Caller {
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
-    for callers in [1u64, 256] {
+    for callers in [1u64, 256, 1024] {
         g.bench_function(format!("{callers}_concurrent_callers"), |b| {
             b.iter_custom(|iters| {
                 let log = log.clone();
