@@ -37,6 +37,9 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The audit log. Always on: a call is never forwarded before its record is durable.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 fn default_listen() -> String {
@@ -344,4 +347,89 @@ mod tests {
         assert_eq!(expand_vars("http://${A}:1", &f).unwrap(), "http://x:1");
         assert!(expand_vars("${B}", &f).is_err());
     }
+}
+
+/// What is kept of an upstream response body in the audit log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyRecording {
+    /// The body after masking (JSON as JSON, anything else as base64), plus its SHA-256.
+    #[default]
+    Full,
+    /// Only the SHA-256 of the body the caller got.
+    Digest,
+    /// Neither.
+    None,
+}
+
+/// The tamper-evident audit log.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The SQLite store, relative to this file's directory. Created on first start.
+    #[serde(default = "default_audit_path")]
+    pub path: String,
+    /// The checkpoint signing key (signed-note private key), relative to this file's
+    /// directory. Created with mode 0600 on first start.
+    #[serde(default = "default_audit_key")]
+    pub key_file: String,
+    /// The log's name: the first line of every checkpoint and the key's name. No spaces or
+    /// `+`; by convention a URL-like path such as `callgate.example.com/audit`.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// How often a checkpoint is signed while the log grows (also at shutdown and on demand).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// A directory outside Callgate's control where every checkpoint is also written
+    /// (`checkpoint` is the latest; `checkpoints/<size>` each one).
+    #[serde(default)]
+    pub publish_dir: Option<String>,
+    /// What is recorded of response bodies.
+    #[serde(default)]
+    pub response_body: BodyRecording,
+    /// Record bodies of calls older than this many days are pruned; leaf hashes stay, so the
+    /// log still verifies. Unset keeps everything.
+    #[serde(default)]
+    pub retention_days: Option<u64>,
+    /// Members of this group may read the log through `GET /v1/audit/...`.
+    #[serde(default = "default_auditors")]
+    pub auditors_group: String,
+    /// How long a write waits for a lock held by another process before calls are refused.
+    #[serde(default = "default_busy_ms")]
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: default_audit_path(),
+            key_file: default_audit_key(),
+            origin: default_origin(),
+            checkpoint_interval_ms: default_checkpoint_ms(),
+            publish_dir: None,
+            response_body: BodyRecording::default(),
+            retention_days: None,
+            auditors_group: default_auditors(),
+            busy_timeout_ms: default_busy_ms(),
+        }
+    }
+}
+
+fn default_audit_path() -> String {
+    "callgate-data/audit.db".into()
+}
+fn default_audit_key() -> String {
+    "callgate-data/audit.key".into()
+}
+fn default_origin() -> String {
+    "callgate.local/audit".into()
+}
+fn default_checkpoint_ms() -> u64 {
+    10_000
+}
+fn default_auditors() -> String {
+    "auditors".into()
+}
+fn default_busy_ms() -> u64 {
+    1_000
 }

@@ -42,6 +42,8 @@ pub struct Principal {
     pub actor: Option<String>,
     /// Unix time the credential stops being valid, if it expires.
     pub expires_at: Option<u64>,
+    /// The token's session (`sid` claim), which groups calls for session replay.
+    pub session: Option<String>,
 }
 
 /// Which ingress turned a request into this call.
@@ -71,6 +73,9 @@ pub struct CallMeta {
     pub source: Option<IpAddr>,
     /// Unix seconds when Callgate received the request.
     pub received_at: u64,
+    /// The session the call belongs to: the `Callgate-Session` header, else the token's
+    /// session. Groups calls for `callgate audit replay`.
+    pub session: Option<String>,
     /// Request headers that may be passed to the upstream: the caller's credentials,
     /// cookies and hop-by-hop headers are already removed.
     pub forward_headers: http::HeaderMap,

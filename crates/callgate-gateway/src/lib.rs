@@ -9,6 +9,7 @@
 //! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod demo;
 pub mod framing;
 pub mod http_client;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     pub limits: ratelimit::RateLimits,
     pub seams: seams::Seams,
+    /// The audit log: every call's record is durable before it is forwarded.
+    pub audit: Arc<audit::Audit>,
     /// The demo identity provider, when running `callgate demo`.
     pub demo: Option<demo::idp::DemoIdp>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending traffic.
@@ -45,12 +48,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(reloader: Reloader) -> Shared {
+    pub fn new(reloader: Reloader, audit: Arc<audit::Audit>) -> Shared {
+        let a = audit.clone();
+        reloader.on_reload(move |rt| a.reloaded(rt));
         Shared {
             reloader,
             metrics: Default::default(),
             limits: Default::default(),
             seams: Default::default(),
+            audit,
             demo: None,
             draining: AtomicBool::new(false),
         }

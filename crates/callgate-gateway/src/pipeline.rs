@@ -9,7 +9,8 @@
 //! 4. **authorize** — the Cedar decision ([`callgate_policy`]); a deny stops here.
 //! 5. **rate-limit** — after authorization, so denied calls do not eat a caller's quota.
 //! 6. **approval** — seam ([`crate::seams::ApprovalGate`]).
-//! 7. **audit** — seam; the record is durable before anything is forwarded.
+//! 7. **audit** — [`crate::audit`]: the call's record is durable before anything is forwarded
+//!    (a deny is recorded durably too, at phase 4); responses are recorded after phase 10.
 //! 8. **attach credential** — seam; the caller's credential was never copied.
 //! 9. **forward** — [`crate::upstream`].
 //! 10. **mask** — seam, on the response before anyone sees it.
@@ -58,7 +59,11 @@ pub struct Inbound {
 pub struct Trace {
     pub function: Option<String>,
     pub subject: Option<String>,
+    pub session: Option<String>,
     pub decision: Option<Decision>,
+    /// Whether the audit log already has this call's own record (so a refusal is not
+    /// recorded twice).
+    pub recorded: bool,
 }
 
 impl Trace {
@@ -130,6 +135,27 @@ async fn read_body(parts: &Parts, body: axum::body::Body, limit: usize) -> Resul
     }
 }
 
+/// The header a caller uses to group its calls into a session.
+pub const SESSION_HEADER: &str = "callgate-session";
+
+/// The call's session: the `Callgate-Session` header if sent (1–128 visible ASCII
+/// characters), else the token's session claim.
+fn session(parts: &Parts, principal: &Principal) -> Result<Option<String>, Refusal> {
+    match parts.headers.get(SESSION_HEADER) {
+        Some(v) => {
+            let s = v.to_str().ok().filter(|s| {
+                (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+            });
+            s.map(|s| Some(s.to_string())).ok_or_else(|| {
+                Refusal::bad_request(
+                    "Callgate-Session must be 1 to 128 visible ASCII characters",
+                )
+            })
+        }
+        None => Ok(principal.session.clone()),
+    }
+}
+
 /// Phases 2–3: builds the normalized call.
 async fn build_call(
     rt: &Runtime,
@@ -163,6 +189,7 @@ async fn build_call(
         )?,
     };
     args::validate(&function, &arguments)?;
+    let session = session(&inbound.parts, &principal)?;
     let forward_headers = match inbound.ingress {
         Ingress::Proxy => upstream::forwardable(&inbound.parts.headers),
         Ingress::Invoke => Default::default(),
@@ -176,6 +203,7 @@ async fn build_call(
             ingress: inbound.ingress,
             source: inbound.source,
             received_at: now_secs(),
+            session,
             forward_headers,
         },
     })
@@ -193,6 +221,7 @@ pub async fn run(
     trace.subject = Some(principal.subject.clone());
     // 2–3. resolve function, validate arguments
     let call = build_call(rt, inbound, principal, trace).await?;
+    trace.session = call.meta.session.clone();
     // 4. authorize
     let decision = rt.engine.decide(&call)?;
     let allowed = decision.allowed();
@@ -200,6 +229,9 @@ pub async fn run(
     trace.decision = Some(decision);
     let decision = trace.decision.as_ref().expect("just set");
     if !allowed {
+        // A deny is recorded, durably, before the caller hears of it.
+        shared.audit.call(&call, decision, "deny", None).await?;
+        trace.recorded = true;
         tracing::info!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %reason, "call denied");
         return Err(Refusal::Forbidden {
             detail: format!(
@@ -218,8 +250,13 @@ pub async fn run(
     match shared.seams.approvals.gate(&call, decision)? {
         Gate::Proceed => {}
     }
-    // 7. audit (durable before forwarding)
-    shared.seams.audit.before_forward(&call, decision)?;
+    // 7. audit: the record that this call is being forwarded is durable before the upstream
+    // sees anything; if it cannot be written the call is refused (503).
+    shared
+        .audit
+        .call(&call, decision, "allow", Some(&call.function.upstream))
+        .await?;
+    trace.recorded = true;
     // 8. attach credential
     let mut headers = call.meta.forward_headers.clone();
     shared.seams.credentials.attach(&call, &mut headers)?;
@@ -232,17 +269,26 @@ pub async fn run(
         })?;
     let shape = args::upstream_shape(&call.function, &call.arguments)?;
     let started = Instant::now();
-    let mut response = upstream::forward(
+    let mut response = match upstream::forward(
         client,
         &call,
         shape,
         headers,
         rt.config.limits.max_response_bytes,
     )
-    .await?;
+    .await
+    {
+        Ok(r) => r,
+        Err(refusal) => {
+            shared
+                .audit
+                .upstream_failed(&call, &refusal, started.elapsed());
+            return Err(refusal);
+        }
+    };
     // 10. mask
     shared.seams.masking.mask(&call, decision, &mut response)?;
-    shared.seams.audit.completed(&call, response.status);
+    shared.audit.response(&call, &response, started.elapsed());
     tracing::info!(
         request_id = %call.request_id,
         subject = %call.principal.subject,

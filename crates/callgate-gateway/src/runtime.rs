@@ -39,8 +39,10 @@ pub struct Runtime {
     pub engine: PolicyEngine,
     pub auth: Arc<Authenticator>,
     pub upstreams: HashMap<String, HttpClient>,
-    /// SHA-256 over the policy files' names and texts (audited on reload later).
+    /// SHA-256 over the policy files' names and texts (recorded in the audit log).
     pub policy_hash: String,
+    /// SHA-256 of the configuration file's text.
+    pub config_hash: String,
 }
 
 /// Everything that can be wrong with a configuration, each message with its location.
@@ -77,6 +79,7 @@ pub struct Parts {
     pub registry: Registry,
     pub engine: PolicyEngine,
     pub policy_hash: String,
+    pub config_hash: String,
     pub sources: Sources,
 }
 
@@ -146,11 +149,16 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
     let policy_hash = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let engine = PolicyEngine::load(&registry, &files)
         .map_err(|es| LoadErrors(es.into_iter().map(|e| e.to_string()).collect()))?;
+    let config_hash = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(Parts {
         config: cfg,
         registry,
         engine,
         policy_hash,
+        config_hash,
         sources,
     })
 }
@@ -167,6 +175,7 @@ pub fn load(
         registry,
         engine,
         policy_hash,
+        config_hash,
         sources,
     } = load_parts(config_path, vars)?;
     let same_identity = previous.is_some_and(|p| {
@@ -209,6 +218,7 @@ pub fn load(
             auth,
             upstreams,
             policy_hash,
+            config_hash,
         },
         sources,
     ))
@@ -219,6 +229,8 @@ pub struct Reloader {
     current: ArcSwap<Runtime>,
     vars: Vars,
     state: Mutex<WatchState>,
+    /// Called with each newly applied runtime (the audit log records reloads).
+    on_reload: std::sync::OnceLock<Box<dyn Fn(&Runtime) + Send + Sync>>,
 }
 
 struct WatchState {
@@ -241,7 +253,13 @@ impl Reloader {
             current: ArcSwap::from_pointee(runtime),
             vars,
             state: Mutex::new(WatchState { sources, stamps }),
+            on_reload: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what runs after every successful reload (once; later calls are ignored).
+    pub fn on_reload(&self, f: impl Fn(&Runtime) + Send + Sync + 'static) {
+        let _ = self.on_reload.set(Box::new(f));
     }
 
     /// The runtime to use for one request, after applying any file change.
@@ -278,6 +296,9 @@ impl Reloader {
                 );
                 st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
                 st.sources = sources;
+                if let Some(f) = self.on_reload.get() {
+                    f(&rt);
+                }
                 self.current.store(Arc::new(rt));
                 ReloadOutcome::Reloaded
             }

@@ -1,5 +1,5 @@
-//! Extension points of the pipeline that later capabilities fill in: approvals, the audit
-//! trail, just-in-time upstream credentials and response masking.
+//! Extension points of the pipeline that later capabilities fill in: approvals, just-in-time
+//! upstream credentials and response masking. (The audit phase is [`crate::audit`].)
 //!
 //! Each trait sits at a fixed place in [`crate::pipeline`] and sees only the call model and the
 //! decision, never protocol types. The defaults here are pass-throughs that do exactly what the
@@ -31,13 +31,6 @@ pub trait ApprovalGate: Send + Sync {
     fn gate(&self, call: &Call, decision: &Decision) -> Result<Gate, Refusal>;
 }
 
-/// Phase 7, audit: `before_forward` must make the record durable before it returns `Ok`; an
-/// error refuses the call (fail closed). `completed` records the outcome.
-pub trait AuditSink: Send + Sync {
-    fn before_forward(&self, call: &Call, decision: &Decision) -> Result<(), Refusal>;
-    fn completed(&self, call: &Call, status: StatusCode);
-}
-
 /// Phase 8, attach credential: adds the per-call upstream credential. The caller's own
 /// credential has already been removed and must never be re-added.
 pub trait CredentialSource: Send + Sync {
@@ -63,13 +56,6 @@ impl ApprovalGate for PassThrough {
     }
 }
 
-impl AuditSink for PassThrough {
-    fn before_forward(&self, _: &Call, _: &Decision) -> Result<(), Refusal> {
-        Ok(())
-    }
-    fn completed(&self, _: &Call, _: StatusCode) {}
-}
-
 impl CredentialSource for PassThrough {
     fn attach(&self, _: &Call, _: &mut HeaderMap) -> Result<(), Refusal> {
         Ok(())
@@ -86,7 +72,6 @@ impl ResponseMasker for PassThrough {
 #[derive(Clone)]
 pub struct Seams {
     pub approvals: Arc<dyn ApprovalGate>,
-    pub audit: Arc<dyn AuditSink>,
     pub credentials: Arc<dyn CredentialSource>,
     pub masking: Arc<dyn ResponseMasker>,
 }
@@ -96,7 +81,6 @@ impl Default for Seams {
         let p = Arc::new(PassThrough);
         Seams {
             approvals: p.clone(),
-            audit: p.clone(),
             credentials: p.clone(),
             masking: p,
         }

@@ -97,6 +97,8 @@ pub async fn serve(
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!("grace period over; closing remaining connections"),
     }
+    // Last: the stop record and the final checkpoint, after every in-flight call is recorded.
+    gateway.shared.audit.shutdown("shutdown").await;
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not

@@ -30,6 +30,8 @@ const DROP_REQUEST: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "x-api-key",
+    // Callgate's own control header; the upstream learns nothing from it.
+    "callgate-session",
     "host",
     "content-length",
     "content-type",

@@ -75,6 +75,7 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
             token_id: None,
             actor: None,
             expires_at: None,
+            session: None,
         }),
         function,
         arguments: case.arguments.clone(),
@@ -82,6 +83,7 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
             ingress: Ingress::Invoke,
             source: Some([127, 0, 0, 1].into()),
             received_at: 0,
+            session: None,
             forward_headers: Default::default(),
         },
     })

@@ -134,6 +134,7 @@ fn catalog_scope_matching() {
         token_id: None,
         actor: None,
         expires_at: None,
+        session: None,
     };
     let visible = |p: &callgate_core::Principal| {
         reg.iter()

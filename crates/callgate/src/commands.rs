@@ -39,7 +39,10 @@ pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<Exit
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(functions = rt.registry.len(), policies = rt.engine.len(), policy_hash = %rt.policy_hash, "configuration loaded");
-    let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars)));
+    let audit = callgate_gateway::audit::Audit::open(&rt, config)
+        .await
+        .map_err(|e| anyhow!("audit log: {e}"))?;
+    let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars), audit));
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

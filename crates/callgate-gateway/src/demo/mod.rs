@@ -81,7 +81,10 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
     ]));
     let (rt, sources) =
         runtime::load(&config_path, &vars, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut shared = Shared::new(Reloader::new(rt, sources, vars));
+    let audit = crate::audit::Audit::open(&rt, &config_path)
+        .await
+        .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+    let mut shared = Shared::new(Reloader::new(rt, sources, vars), audit);
     shared.demo = Some(idp::DemoIdp::new(issuer, &pkcs8, ci_key).map_err(anyhow::Error::msg)?);
     Ok(Demo {
         gateway: Gateway::new(shared),

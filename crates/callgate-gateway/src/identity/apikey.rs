@@ -63,6 +63,7 @@ impl ApiKeys {
                 token_id: None,
                 actor: None,
                 expires_at: None,
+                session: None,
             };
             if by_hash.insert(h, Arc::new(p)).is_some() {
                 return Err(format!(

@@ -228,6 +228,10 @@ impl IssuerVerifier {
                 .map(str::to_string),
             actor,
             expires_at: Some(exp),
+            session: claims
+                .get("sid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 }

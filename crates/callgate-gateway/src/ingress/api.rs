@@ -70,6 +70,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response<Body> {
             &json!({"status": "draining"}),
         );
     }
+    if !shared.audit.healthy() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "audit-unavailable"}),
+        );
+    }
     let rt = shared.reloader.peek();
     json_response(
         StatusCode::OK,

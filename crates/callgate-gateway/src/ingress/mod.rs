@@ -11,6 +11,7 @@ use http::{Request, Response, header};
 use std::time::Instant;
 
 use crate::Shared;
+use crate::audit::RefusedRequest;
 use crate::metrics::{CallLabels, FunctionLabels};
 use crate::pipeline::{self, Inbound, Trace};
 use crate::problem;
@@ -62,6 +63,7 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
 pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
     let started = Instant::now();
     let request_id = inbound.request_id.clone();
+    let (ingress, source) = (inbound.ingress, inbound.source);
     let rt = shared.reloader.current();
     let mut trace = Trace::default();
     let outcome = pipeline::run(shared, &rt, inbound, &mut trace).await;
@@ -83,6 +85,19 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
                 r => {
                     tracing::info!(request_id = %request_id, subject = ?trace.subject, function = ?trace.function, refusal = %r, "call refused")
                 }
+            }
+            if !trace.recorded {
+                shared.audit.refused(
+                    RefusedRequest {
+                        request_id: &request_id,
+                        ingress,
+                        source,
+                        session: trace.session.clone(),
+                        subject: trace.subject.clone(),
+                        function: trace.function.clone(),
+                    },
+                    &refusal,
+                );
             }
             problem::response(&refusal, &request_id)
         }

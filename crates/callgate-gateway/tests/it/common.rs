@@ -122,7 +122,10 @@ impl TestGateway {
             )
             .unwrap()
         });
-        let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars)));
+        let audit = callgate_gateway::audit::Audit::open(&rt, &dir.path().join("callgate.yaml"))
+            .await
+            .expect("audit log opens");
+        let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars), audit));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -139,9 +139,13 @@ async fn demo_writes_its_files_and_keeps_edits() {
         "cases.yaml",
         "idp-ed25519.pk8",
         "ci-bot.key",
+        "callgate-data/audit.db",
+        "callgate-data/audit.key",
     ] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
+    // A stopped demo releases its audit log for the next one.
+    d.gateway.shared.audit.shutdown("test").await;
     drop(d);
     std::fs::write(
         dir.path().join("policies/demo.cedar"),

@@ -1,0 +1,393 @@
+//! The audit phase of the gateway: turns calls, decisions, refusals and responses into audit
+//! events, writes them through the group-commit log, signs checkpoints on a timer, publishes
+//! them outside Callgate's control, and prunes old record bodies.
+//!
+//! Only [`Audit::call`] and [`Audit::read`] wait for durability: the first because a call is
+//! never forwarded (or denied) before its record is fsynced, the second because an auditor's
+//! read is itself recorded before the data leaves. Responses and refusals are queued and
+//! retried by the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use callgate_audit::note::Signer;
+use callgate_audit::record::{
+    AuditReadEvent, CallEvent, Caller, DecisionRecord, Event, ForwardRecord, RefusedEvent,
+    ReloadEvent, ResponseEvent, StartEvent,
+};
+use callgate_core::config::{AuditConfig, BodyRecording};
+use callgate_core::model::{AuthMethod, Ingress};
+use callgate_core::refusal::Refusal;
+use callgate_core::{Call, Principal};
+use callgate_policy::Decision;
+use callgate_store::log::now_ms;
+use callgate_store::{AuditLog, AuditStore, LogOptions, SqliteStore, StoredCheckpoint};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::Runtime;
+use crate::seams::UpstreamResponse;
+
+/// The audit log as the gateway uses it.
+pub type Log = AuditLog<SqliteStore>;
+
+/// The gateway's audit phase.
+pub struct Audit {
+    log: Log,
+    response_body: BodyRecording,
+    pub auditors_group: String,
+    publish_dir: Option<PathBuf>,
+}
+
+/// Where a config's audit files live: paths are relative to the config file's directory.
+pub struct AuditPaths {
+    pub store: PathBuf,
+    pub key: PathBuf,
+    pub publish_dir: Option<PathBuf>,
+}
+
+impl AuditPaths {
+    pub fn new(cfg: &AuditConfig, config_path: &Path) -> AuditPaths {
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        AuditPaths {
+            store: base.join(&cfg.path),
+            key: base.join(&cfg.key_file),
+            publish_dir: cfg.publish_dir.as_ref().map(|d| base.join(d)),
+        }
+    }
+}
+
+/// Reads the checkpoint key, creating it (mode 0600) on first use.
+pub fn load_or_create_key(path: &Path, origin: &str) -> Result<Signer, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let s = Signer::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            if s.verifier().name() != origin {
+                return Err(format!(
+                    "{}: the key is named {:?} but the log's origin is {origin:?}",
+                    path.display(),
+                    s.verifier().name()
+                ));
+            }
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = Signer::generate(origin).map_err(|e| e.to_string())?;
+            write_private(path, s.private_text().as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(s)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes a secret file readable by its owner only, replacing nothing.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Unavailable {
+        detail: format!("the audit log cannot be written, so the call was not executed ({e})"),
+    }
+}
+
+/// The caller as recorded: never the credential.
+pub fn caller(p: &Principal) -> Caller {
+    let (issuer, key_id) = match &p.auth {
+        AuthMethod::Oidc { issuer } => (Some(issuer.clone()), None),
+        AuthMethod::ApiKey { key_id } => (None, Some(key_id.clone())),
+    };
+    Caller {
+        subject: p.subject.clone(),
+        groups: p.groups.clone(),
+        auth_method: p.auth.name().to_string(),
+        issuer,
+        key_id,
+        token_id: p.token_id.clone(),
+        actor: p.actor.clone(),
+    }
+}
+
+fn decision_record(d: &Decision, effect: &str) -> DecisionRecord {
+    let obligations = serde_json::to_value(&d.obligations)
+        .ok()
+        .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()));
+    DecisionRecord {
+        effect: effect.to_string(),
+        policies: d.determining.iter().map(|p| p.id.clone()).collect(),
+        reason: d.reason(),
+        obligations,
+    }
+}
+
+/// What the ingress knew about a request that was refused.
+pub struct RefusedRequest<'a> {
+    pub request_id: &'a str,
+    pub ingress: Ingress,
+    pub source: Option<std::net::IpAddr>,
+    pub session: Option<String>,
+    pub subject: Option<String>,
+    pub function: Option<String>,
+}
+
+impl Audit {
+    /// Opens the log for a loaded runtime and starts the checkpoint and retention timers.
+    pub async fn open(rt: &Runtime, config_path: &Path) -> Result<Arc<Audit>, String> {
+        let cfg = &rt.config.audit;
+        let paths = AuditPaths::new(cfg, config_path);
+        let signer = load_or_create_key(&paths.key, &cfg.origin)?;
+        let store = SqliteStore::open(&paths.store, Duration::from_millis(cfg.busy_timeout_ms))
+            .await
+            .map_err(|e| e.to_string())?;
+        let start = StartEvent {
+            time_ms: now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_sha256: rt.config_hash.clone(),
+            policy_sha256: rt.policy_hash.clone(),
+            key: signer.verifier().to_string(),
+        };
+        let log = AuditLog::open(
+            store,
+            signer,
+            LogOptions {
+                origin: cfg.origin.clone(),
+            },
+            start,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let audit = Arc::new(Audit {
+            log,
+            response_body: cfg.response_body,
+            auditors_group: cfg.auditors_group.clone(),
+            publish_dir: paths.publish_dir,
+        });
+        // A first checkpoint right away, so even a short run is covered.
+        audit.checkpoint().await.map_err(|e| e.to_string())?;
+        let interval = Duration::from_millis(cfg.checkpoint_interval_ms.max(100));
+        let weak = Arc::downgrade(&audit);
+        let retention = cfg.retention_days;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune = None::<std::time::Instant>;
+            loop {
+                tick.tick().await;
+                let Some(audit) = weak.upgrade() else { return };
+                if let Err(e) = audit.checkpoint().await {
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+                if let Some(days) = retention
+                    && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+                {
+                    last_prune = Some(std::time::Instant::now());
+                    let before = now_ms().saturating_sub(days * 86_400_000);
+                    match audit.log.store().prune_bodies(before).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(records = n, "pruned audit record bodies past retention")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "pruning audit records failed"),
+                    }
+                }
+            }
+        });
+        Ok(audit)
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.log.healthy()
+    }
+
+    /// Signs a checkpoint now if the log grew, and publishes it.
+    pub async fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, callgate_store::StoreError> {
+        let cp = self.log.checkpoint().await?;
+        if let Some(cp) = &cp {
+            self.publish(cp);
+        }
+        Ok(cp)
+    }
+
+    fn publish(&self, cp: &StoredCheckpoint) {
+        let Some(dir) = &self.publish_dir else { return };
+        let write = || -> std::io::Result<()> {
+            let each = dir.join("checkpoints");
+            std::fs::create_dir_all(&each)?;
+            std::fs::write(each.join(cp.size.to_string()), &cp.note)?;
+            // Replace `checkpoint` atomically so a reader never sees half a note.
+            let tmp = dir.join(".checkpoint.tmp");
+            std::fs::write(&tmp, &cp.note)?;
+            std::fs::rename(&tmp, dir.join("checkpoint"))
+        };
+        if let Err(e) = write() {
+            tracing::error!(dir = %dir.display(), error = %e, "publishing the checkpoint failed");
+        }
+    }
+
+    /// Records that a reload took effect.
+    pub fn reloaded(&self, rt: &Runtime) {
+        if let Ok(e) = Event::Reload(ReloadEvent {
+            time_ms: now_ms(),
+            config_sha256: rt.config_hash.clone(),
+            policy_sha256: rt.policy_hash.clone(),
+        })
+        .encode()
+        {
+            self.log.record(e);
+        }
+    }
+
+    /// Records the call and its decision and, when `upstream` is given, that it is being
+    /// forwarded there. Returns once the record is durable; an error refuses the call.
+    pub async fn call(
+        &self,
+        call: &Call,
+        decision: &Decision,
+        effect: &str,
+        upstream: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let event = Event::Call(Box::new(CallEvent {
+            time_ms: now_ms(),
+            request_id: call.request_id.clone(),
+            session: call.meta.session.clone(),
+            caller: caller(&call.principal),
+            source: call.meta.source.map(|s| s.to_string()),
+            ingress: call.meta.ingress.name().to_string(),
+            function: call.function.name.clone(),
+            arguments: call.arguments.clone(),
+            decision: decision_record(decision, effect),
+            forward: upstream.map(|u| ForwardRecord {
+                upstream: u.to_string(),
+                credential_id: None,
+            }),
+        }))
+        .encode()
+        .map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+        self.log.append(vec![event]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records what came back (after masking), without waiting.
+    pub fn response(&self, call: &Call, response: &UpstreamResponse, latency: Duration) {
+        let (body, body_base64, body_sha256) = match self.response_body {
+            BodyRecording::None => (None, None, None),
+            mode => {
+                let digest = Some(hex(&Sha256::digest(&response.body)));
+                if mode == BodyRecording::Digest || response.body.is_empty() {
+                    (None, None, digest)
+                } else {
+                    match callgate_core::json::parse_strict(&response.body) {
+                        Ok(v) => (Some(v), None, digest),
+                        Err(_) => (None, Some(STANDARD.encode(&response.body)), digest),
+                    }
+                }
+            }
+        };
+        self.queue(Event::Response(ResponseEvent {
+            time_ms: now_ms(),
+            request_id: call.request_id.clone(),
+            session: call.meta.session.clone(),
+            function: call.function.name.clone(),
+            status: response.status.as_u16(),
+            latency_us: latency.as_micros() as u64,
+            body,
+            body_base64,
+            body_sha256,
+            error: None,
+        }));
+    }
+
+    /// Records that a forwarded call failed upstream (unreachable, timeout, too large).
+    pub fn upstream_failed(&self, call: &Call, refusal: &Refusal, latency: Duration) {
+        self.queue(Event::Response(ResponseEvent {
+            time_ms: now_ms(),
+            request_id: call.request_id.clone(),
+            session: call.meta.session.clone(),
+            function: call.function.name.clone(),
+            status: refusal.status(),
+            latency_us: latency.as_micros() as u64,
+            body: None,
+            body_base64: None,
+            body_sha256: None,
+            error: Some(refusal.to_string()),
+        }));
+    }
+
+    /// Records a request refused for anything but a policy deny, without waiting.
+    pub fn refused(&self, req: RefusedRequest<'_>, refusal: &Refusal) {
+        self.queue(Event::Refused(RefusedEvent {
+            time_ms: now_ms(),
+            request_id: req.request_id.to_string(),
+            session: req.session,
+            subject: req.subject,
+            function: req.function,
+            source: req.source.map(|s| s.to_string()),
+            ingress: req.ingress.name().to_string(),
+            status: refusal.status(),
+            code: refusal.code().to_string(),
+            detail: refusal.to_string(),
+        }));
+    }
+
+    /// Records an auditor's read of the log; returns once durable.
+    pub async fn read(
+        &self,
+        request_id: &str,
+        subject: &str,
+        resource: &str,
+    ) -> Result<(), Refusal> {
+        let e = Event::AuditRead(AuditReadEvent {
+            time_ms: now_ms(),
+            request_id: request_id.to_string(),
+            subject: subject.to_string(),
+            resource: resource.to_string(),
+        })
+        .encode()
+        .map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+        self.log.append(vec![e]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn queue(&self, event: Event) {
+        match event.encode() {
+            Ok(e) => self.log.record(e),
+            Err(e) => tracing::error!(error = %e, "an audit event could not be encoded"),
+        }
+    }
+
+    /// Records `stop`, signs and publishes the final checkpoint.
+    pub async fn shutdown(&self, reason: &str) {
+        match self.log.close(reason).await {
+            Ok(Some(cp)) => self.publish(&cp),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "the audit log did not close cleanly"),
+        }
+        self.log.store().close().await;
+    }
+}
