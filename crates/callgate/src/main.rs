@@ -2,6 +2,7 @@
 //! lives in the library crates.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -73,6 +74,13 @@ enum Command {
     Schema,
     /// Print a new API key and the hash to put in the config.
     Keygen,
+    /// Read and verify the tamper-evident audit log.
+    Audit {
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,10 +138,19 @@ fn main() -> ExitCode {
             Command::Test { cases, config } => commands::test(&cases, config.as_deref()),
             Command::Schema => commands::schema(),
             Command::Keygen => commands::keygen(),
+            Command::Audit { config, command } => audit_cmd::run(&config, command).await,
         }
     });
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing left to say.
+        Err(e)
+            if e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("callgate: {e:#}");
             ExitCode::FAILURE
