@@ -1,0 +1,160 @@
+//! The audit log through the real gateway and the real SQLite store: what a call leaves
+//! behind, that secrets do not, that a call whose record cannot be written is refused and never
+//! forwarded, and that `prove` output verifies with an independent RFC 6962 verifier.
+
+use crate::common::*;
+use crate::gateway::{POLICY, config};
+use callgate_store::{AuditStore, Filter, ops};
+use serde_json::Value;
+
+async fn records(gw: &TestGateway, request_id: &str) -> Vec<Value> {
+    let store = gw.gateway.shared.audit.log().store();
+    ops::call_records(store, request_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(ops::record_json)
+        .collect()
+}
+
+/// Waits for queued (not awaited) records such as responses to reach the store.
+async fn settle(gw: &TestGateway) {
+    gw.gateway.shared.audit.checkpoint().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_allowed_call_is_recorded_with_decision_forward_and_response() {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key), ("callgate-session", "s-7")]).await;
+    assert_eq!(r.status, 200);
+    // The session header is Callgate's own: the upstream never sees it.
+    assert!(up.last().headers.get("callgate-session").is_none());
+    let id = r.header("x-request-id").unwrap().to_string();
+    settle(&gw).await;
+    let recs = records(&gw, &id).await;
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    let call = &recs[0]["event"];
+    assert_eq!(call["kind"], "call");
+    assert_eq!(call["caller"]["subject"], "olivia");
+    assert_eq!(call["caller"]["key_id"], "ops");
+    assert_eq!(call["session"], "s-7");
+    assert_eq!(call["arguments"]["id"], "a1");
+    assert_eq!(call["decision"]["effect"], "allow");
+    assert_eq!(call["decision"]["policies"][0], "ops-all");
+    assert_eq!(call["forward"]["upstream"], "up");
+    let resp = &recs[1]["event"];
+    assert_eq!(resp["kind"], "call.response");
+    assert_eq!(resp["status"], 200);
+    assert_eq!(resp["body"]["path"], "/items/a1");
+    assert!(resp["body_sha256"].as_str().unwrap().len() == 64);
+}
+
+#[tokio::test]
+async fn denials_and_refusals_are_recorded_and_secrets_are_not() {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (viewer_key, viewer_hash) = api_key();
+    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
+    let denied = get(&gw.url("/items/secret"), &[("x-api-key", &viewer_key)]).await;
+    assert_eq!(denied.status, 403);
+    let bad = get(&gw.url("/items/a1"), &[("x-api-key", "cgk_not-a-real-key")]).await;
+    assert_eq!(bad.status, 401);
+    let ok = get(&gw.url("/items/a2"), &[("x-api-key", &ops_key)]).await;
+    assert_eq!(ok.status, 200);
+    settle(&gw).await;
+    let d = records(&gw, denied.header("x-request-id").unwrap()).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["event"]["decision"]["effect"], "deny");
+    assert!(d[0]["event"].get("forward").is_none());
+    let b = records(&gw, bad.header("x-request-id").unwrap()).await;
+    assert_eq!(b[0]["event"]["kind"], "call.refused");
+    assert_eq!(b[0]["event"]["status"], 401);
+    assert_eq!(up.count(), 1, "only the allowed call was forwarded");
+    // No caller credential appears anywhere in the log.
+    let store = gw.gateway.shared.audit.log().store();
+    let all = store.rows(0, 10_000).await.unwrap();
+    for r in &all {
+        let body = String::from_utf8_lossy(r.body.as_deref().unwrap_or_default()).into_owned();
+        for secret in [ops_key.as_str(), viewer_key.as_str(), "cgk_not-a-real-key"] {
+            assert!(!body.contains(secret), "record {} holds a credential", r.index);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
+    use sqlx::Connection;
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let cfg = config(&up.url(), &ops_hash, &viewer_hash) + "audit: {busy_timeout_ms: 200}\n";
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let db = gw.path("callgate-data/audit.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    let p = r.problem(503);
+    assert!(p["detail"].as_str().unwrap().contains("audit log"), "{p}");
+    let r = post_json(&gw.url("/v1/functions/items.get/invoke"), &[("x-api-key", &ops_key)], r#"{"arguments":{"id":"a1"}}"#).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(up.count(), 0, "nothing reached the upstream without its record");
+    let ready = get(&gw.url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 503);
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 1);
+    settle(&gw).await;
+    let store = gw.gateway.shared.audit.log().store();
+    let report = ops::verify(store, "callgate.local/audit", None, None).await.unwrap().unwrap();
+    assert!(report.tree_size >= 4);
+    // The refusals themselves were kept and written once the store came back.
+    let refused = store
+        .search(&Filter { decision: Some("refused".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 2);
+}
+
+#[tokio::test]
+async fn prove_output_verifies_with_an_independent_rfc6962_verifier() {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let r = get(&gw.url(&format!("/items/a{i}")), &[("x-api-key", &ops_key)]).await;
+        ids.push(r.header("x-request-id").unwrap().to_string());
+    }
+    settle(&gw).await;
+    let store = gw.gateway.shared.audit.log().store();
+    for id in [&ids[0], &ids[3], &ids[6]] {
+        let proof = ops::prove(store, id).await.unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/audit/rfc6962_verify.py"))
+            .arg(proof.to_string())
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The same proof with a changed record does not verify.
+        let mut forged = proof.clone();
+        forged["record"]["event"]["caller"]["subject"] = "mallory".into();
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/audit/rfc6962_verify.py"))
+            .arg(forged.to_string())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+}
