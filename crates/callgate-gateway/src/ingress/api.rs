@@ -1,5 +1,5 @@
-//! The API surface (axum): the invoke API, the per-caller catalog, operations endpoints and,
-//! in demo mode, the demo identity provider.
+//! The API surface (axum): the invoke API, the per-caller catalog, operations endpoints, the
+//! auditors' API ([`super::audit_api`]) and, in demo mode, the demo identity provider.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -24,7 +24,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(catalog))
-        .route("/v1/functions/{name}/invoke", post(invoke));
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .merge(super::audit_api::routes());
     if shared.demo.is_some() {
         r = r.merge(crate::demo::idp::routes());
     }

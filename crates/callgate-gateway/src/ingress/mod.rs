@@ -3,6 +3,7 @@
 //! [`govern`], which runs the pipeline, records metrics and maps a refusal to HTTP once.
 
 pub mod api;
+pub mod audit_api;
 pub mod proxy;
 
 use axum::body::Body;

@@ -158,3 +158,47 @@ async fn prove_output_verifies_with_an_independent_rfc6962_verifier() {
         assert!(!out.status.success());
     }
 }
+
+#[tokio::test]
+async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let (auditor_key, auditor_hash) = api_key();
+    let cfg = config(&up.url(), &ops_hash, &viewer_hash).replace(
+        "    - {id: viewer,",
+        &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
+    );
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key), ("callgate-session", "sess-1")]).await;
+    let call_id = r.header("x-request-id").unwrap().to_string();
+    let path = format!("/v1/audit/calls/{call_id}");
+    // No credential, and a caller outside the auditors group.
+    assert_eq!(get(&gw.url(&path), &[]).await.status, 401);
+    assert_eq!(get(&gw.url(&path), &[("x-api-key", &ops_key)]).await.status, 403);
+    let auditor = [("x-api-key", auditor_key.as_str())];
+    let story = get(&gw.url(&path), &auditor).await;
+    assert_eq!(story.status, 200);
+    assert_eq!(story.json()["records"][0]["event"]["caller"]["subject"], "olivia");
+    let proof = get(&gw.url(&format!("{path}/proof")), &auditor).await;
+    assert_eq!(proof.status, 200, "{:?}", proof.body);
+    assert_eq!(proof.json()["record"]["event"]["request_id"], call_id.as_str());
+    let session = get(&gw.url("/v1/audit/sessions/sess-1"), &auditor).await;
+    assert_eq!(session.json()["records"].as_array().unwrap().len(), 2);
+    let found = get(&gw.url("/v1/audit/records?caller=olivia&decision=allow"), &auditor).await;
+    assert_eq!(found.json()["records"].as_array().unwrap().len(), 1);
+    let bad = get(&gw.url("/v1/audit/records?colour=red"), &auditor).await;
+    bad.problem(400);
+    let missing = get(&gw.url("/v1/audit/calls/nope"), &auditor).await;
+    missing.problem(404);
+    let verify = get(&gw.url("/v1/audit/verify"), &auditor).await;
+    assert_eq!(verify.json()["ok"], true, "{:?}", verify.body);
+    let key = get(&gw.url("/v1/audit/key"), &auditor).await;
+    assert!(String::from_utf8_lossy(&key.body).starts_with("callgate.local/audit+"));
+    // Every read by the auditor is in the log, the refused ones are not reads.
+    let reads = get(&gw.url("/v1/audit/records?kind=admin.audit_read&limit=100"), &auditor).await;
+    let reads = reads.json()["records"].as_array().unwrap().clone();
+    assert_eq!(reads.len(), 9, "{reads:#?}");
+    assert!(reads.iter().all(|r| r["event"]["subject"] == "ada"));
+    assert!(reads[0]["event"]["resource"].as_str().unwrap().contains(&call_id));
+}

@@ -1,0 +1,295 @@
+//! `/v1/audit/...`: the auditor's HTTP API, the equivalents of `callgate audit ...`.
+//!
+//! Only members of the configured auditors group get in (403 for everyone else, 401 without
+//! a credential). Every read is itself recorded in the log, durably, before the answer
+//! leaves, so the log shows who looked at what.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use callgate_core::refusal::Refusal;
+use callgate_store::ops::{self, ProveError};
+use callgate_store::{AuditStore, Filter, StoreError};
+use http::{Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use crate::{RequestId, Shared, problem};
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/audit/calls/{request_id}", get(call))
+        .route("/v1/audit/calls/{request_id}/proof", get(proof))
+        .route("/v1/audit/sessions/{session}", get(session))
+        .route("/v1/audit/records", get(search))
+        .route("/v1/audit/checkpoint", get(latest).post(checkpoint_now))
+        .route("/v1/audit/key", get(key))
+        .route("/v1/audit/verify", get(verify))
+}
+
+/// What the access check needs from a request.
+struct Access {
+    id: String,
+    headers: http::HeaderMap,
+    resource: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Access {
+            id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            resource: parts
+                .uri
+                .path_and_query()
+                .map(|p| format!("{} {p}", parts.method))
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Authenticates, checks the auditors group, and records the read.
+async fn admit(shared: &Shared, access: &Access) -> Result<String, Response<Body>> {
+    let id = access.id.clone();
+    let rt = shared.reloader.current();
+    let principal = rt
+        .auth
+        .authenticate(&access.headers)
+        .await
+        .map_err(|r| problem::response(&r, &id))?;
+    if !principal.groups.contains(&shared.audit.auditors_group) {
+        return Err(problem::response(
+            &Refusal::Forbidden {
+                detail: format!(
+                    "reading the audit log needs membership of {:?}",
+                    shared.audit.auditors_group
+                ),
+            },
+            &id,
+        ));
+    }
+    shared
+        .audit
+        .read(&id, &principal.subject, &access.resource)
+        .await
+        .map_err(|r| problem::response(&r, &id))?;
+    Ok(id)
+}
+
+fn json(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(v.to_string()))
+        .expect("static headers are valid")
+}
+
+fn text(body: String) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+        .expect("static headers are valid")
+}
+
+fn store_error(e: StoreError, id: &str) -> Response<Body> {
+    problem::response(
+        &Refusal::Unavailable {
+            detail: format!("the audit store cannot answer: {e}"),
+        },
+        id,
+    )
+}
+
+fn not_found(detail: String, id: &str) -> Response<Body> {
+    problem::response(&Refusal::UnknownFunction { detail }, id)
+}
+
+async fn call(
+    State(shared): State<Arc<Shared>>,
+    Path(request_id): Path<String>,
+    access: Access,
+) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match ops::call_records(shared.audit.log().store(), &request_id).await {
+        Ok(rs) if rs.is_empty() => not_found(format!("no record has request id {request_id:?}"), &id),
+        Ok(rs) => json(
+            StatusCode::OK,
+            &json!({"request_id": request_id, "records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => store_error(e, &id),
+    }
+}
+
+async fn proof(
+    State(shared): State<Arc<Shared>>,
+    Path(request_id): Path<String>,
+    access: Access,
+) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    // Sign a checkpoint first so a call made a moment ago can be proved.
+    if let Err(e) = shared.audit.checkpoint().await {
+        return store_error(e, &id);
+    }
+    match ops::prove(shared.audit.log().store(), &request_id).await {
+        Ok(p) => json(StatusCode::OK, &p),
+        Err(ProveError::NotFound(_)) => {
+            not_found(format!("no record has request id {request_id:?}"), &id)
+        }
+        Err(ProveError::Store(e)) => store_error(e, &id),
+        Err(e) => problem::response(
+            &Refusal::Unavailable {
+                detail: e.to_string(),
+            },
+            &id,
+        ),
+    }
+}
+
+async fn session(
+    State(shared): State<Arc<Shared>>,
+    Path(session): Path<String>,
+    access: Access,
+) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let filter = Filter {
+        session: Some(session.clone()),
+        limit: 100_000,
+        ..Default::default()
+    };
+    match shared.audit.log().store().search(&filter).await {
+        Ok(rs) if rs.is_empty() => not_found(format!("no record belongs to session {session:?}"), &id),
+        Ok(rs) => json(
+            StatusCode::OK,
+            &json!({"session": session, "records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => store_error(e, &id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    caller: Option<String>,
+    function: Option<String>,
+    decision: Option<String>,
+    kind: Option<String>,
+    session: Option<String>,
+    /// Unix milliseconds.
+    since: Option<u64>,
+    until: Option<u64>,
+    /// Only records after this index (to page or follow).
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn search(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+    access: Access,
+) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return problem::response(&Refusal::bad_request(e.body_text()), &id),
+    };
+    let filter = Filter {
+        subject: q.caller,
+        function: q.function,
+        decision: q.decision,
+        kind: q.kind,
+        session: q.session,
+        since_ms: q.since,
+        until_ms: q.until,
+        after_index: q.after,
+        request_id: None,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    match shared.audit.log().store().search(&filter).await {
+        Ok(rs) => json(
+            StatusCode::OK,
+            &json!({"records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => store_error(e, &id),
+    }
+}
+
+async fn latest(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match shared.audit.log().store().checkpoints().await {
+        Ok(cps) => match cps.into_iter().next_back() {
+            Some(cp) => text(cp.note),
+            None => not_found("no checkpoint yet".into(), &id),
+        },
+        Err(e) => store_error(e, &id),
+    }
+}
+
+async fn checkpoint_now(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if let Err(e) = shared.audit.checkpoint().await {
+        return store_error(e, &id);
+    }
+    match shared.audit.log().store().checkpoints().await {
+        Ok(cps) => match cps.into_iter().next_back() {
+            Some(cp) => text(cp.note),
+            None => not_found("no checkpoint yet".into(), &id),
+        },
+        Err(e) => store_error(e, &id),
+    }
+}
+
+async fn key(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
+    if let Err(r) = admit(&shared, &access).await {
+        return r;
+    }
+    text(format!("{}\n", shared.audit.log().verifier()))
+}
+
+async fn verify(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
+    let id = match admit(&shared, &access).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let log = shared.audit.log();
+    match ops::verify(log.store(), log.origin(), None, None).await {
+        Ok(Ok(r)) => json(
+            StatusCode::OK,
+            &json!({"ok": true, "tree_size": r.tree_size, "checkpoints": r.checkpoints,
+                    "checkpointed_size": r.checkpointed_size, "pruned": r.pruned, "keys": r.keys}),
+        ),
+        Ok(Err(f)) => json(
+            StatusCode::OK,
+            &json!({"ok": false, "first_bad_index": f.index, "reason": f.reason}),
+        ),
+        Err(e) => store_error(e, &id),
+    }
+}
