@@ -384,6 +384,10 @@ pub struct AuditConfig {
     /// (`checkpoint` is the latest; `checkpoints/<size>` each one).
     #[serde(default)]
     pub publish_dir: Option<String>,
+    /// An HTTP(S) endpoint outside Callgate's control (a witness) that receives every
+    /// checkpoint as `POST` with a `text/plain` signed note.
+    #[serde(default)]
+    pub publish_url: Option<String>,
     /// What is recorded of response bodies.
     #[serde(default)]
     pub response_body: BodyRecording,
@@ -407,6 +411,7 @@ impl Default for AuditConfig {
             origin: default_origin(),
             checkpoint_interval_ms: default_checkpoint_ms(),
             publish_dir: None,
+            publish_url: None,
             response_body: BodyRecording::default(),
             retention_days: None,
             auditors_group: default_auditors(),

@@ -39,6 +39,7 @@ pub struct Audit {
     response_body: BodyRecording,
     pub auditors_group: String,
     publish_dir: Option<PathBuf>,
+    publish_url: Option<(http::Uri, crate::http_client::HttpClient)>,
 }
 
 /// Where a config's audit files live: paths are relative to the config file's directory.
@@ -174,11 +175,24 @@ impl Audit {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let publish_url = match &cfg.publish_url {
+            Some(u) => {
+                let uri: http::Uri = u
+                    .parse()
+                    .ok()
+                    .filter(|u: &http::Uri| matches!(u.scheme_str(), Some("http" | "https")))
+                    .ok_or_else(|| format!("audit.publish_url: {u:?} is not an http(s) URL"))?;
+                let client = crate::http_client::build_client(None, Duration::from_secs(5))?;
+                Some((uri, client))
+            }
+            None => None,
+        };
         let audit = Arc::new(Audit {
             log,
             response_body: cfg.response_body,
             auditors_group: cfg.auditors_group.clone(),
             publish_dir: paths.publish_dir,
+            publish_url,
         });
         // A first checkpoint right away, so even a short run is covered.
         audit.checkpoint().await.map_err(|e| e.to_string())?;
@@ -231,6 +245,33 @@ impl Audit {
     }
 
     fn publish(&self, cp: &StoredCheckpoint) {
+        if let Some((uri, client)) = &self.publish_url {
+            // In the background: a slow witness never holds up the log.
+            let req = http::Request::post(uri.clone())
+                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    cp.note.clone(),
+                )));
+            let (client, uri, size) = (client.clone(), uri.clone(), cp.size);
+            if let Ok(req) = req {
+                tokio::spawn(async move {
+                    let sent =
+                        tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+                    match sent {
+                        Ok(Ok(r)) if r.status().is_success() => {}
+                        Ok(Ok(r)) => {
+                            tracing::error!(%uri, size, status = r.status().as_u16(), "the checkpoint witness refused the checkpoint")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(%uri, size, error = %e, "publishing the checkpoint failed")
+                        }
+                        Err(_) => {
+                            tracing::error!(%uri, size, "publishing the checkpoint timed out")
+                        }
+                    }
+                });
+            }
+        }
         let Some(dir) = &self.publish_dir else { return };
         let write = || -> std::io::Result<()> {
             let each = dir.join("checkpoints");

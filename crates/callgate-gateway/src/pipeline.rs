@@ -77,12 +77,11 @@ impl Trace {
     }
 }
 
+/// A resolved function and the path parameters its route captured.
+type FunctionMatch = (Arc<FunctionDef>, Vec<(String, String)>);
+
 /// Phase 2 for the proxy and the invoke API.
-fn resolve(
-    rt: &Runtime,
-    target: &Target,
-    parts: &Parts,
-) -> Result<(Arc<FunctionDef>, Vec<(String, String)>), Refusal> {
+fn resolve(rt: &Runtime, target: &Target, parts: &Parts) -> Result<FunctionMatch, Refusal> {
     match target {
         Target::Name(name) => {
             let f = rt
@@ -147,9 +146,7 @@ fn session(parts: &Parts, principal: &Principal) -> Result<Option<String>, Refus
                 (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
             });
             s.map(|s| Some(s.to_string())).ok_or_else(|| {
-                Refusal::bad_request(
-                    "Callgate-Session must be 1 to 128 visible ASCII characters",
-                )
+                Refusal::bad_request("Callgate-Session must be 1 to 128 visible ASCII characters")
             })
         }
         None => Ok(principal.session.clone()),

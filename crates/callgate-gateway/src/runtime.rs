@@ -224,13 +224,16 @@ pub fn load(
     ))
 }
 
+/// What runs after a reload took effect.
+type ReloadHook = Box<dyn Fn(&Runtime) + Send + Sync>;
+
 /// Holds the current runtime and reloads it when its files change.
 pub struct Reloader {
     current: ArcSwap<Runtime>,
     vars: Vars,
     state: Mutex<WatchState>,
     /// Called with each newly applied runtime (the audit log records reloads).
-    on_reload: std::sync::OnceLock<Box<dyn Fn(&Runtime) + Send + Sync>>,
+    on_reload: std::sync::OnceLock<ReloadHook>,
 }
 
 struct WatchState {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use callgate_audit::note::Signer;
-use callgate_audit::record::{Caller, CallEvent, DecisionRecord, Event, ForwardRecord, StartEvent};
+use callgate_audit::record::{CallEvent, Caller, DecisionRecord, Event, ForwardRecord, StartEvent};
 use callgate_store::{AuditLog, LogOptions, SqliteStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -29,17 +29,21 @@ fn call(i: u64) -> Event {
         source: Some("127.0.0.1".into()),
         ingress: "invoke".into(),
         function: "payments.refund".into(),
-        arguments: serde_json::json!({"account": "acct_123", "amount": 4200, "reason": "duplicate charge"})
-            .as_object()
-            .unwrap()
-            .clone(),
+        arguments:
+            serde_json::json!({"account": "acct_123", "amount": 4200, "reason": "duplicate charge"})
+                .as_object()
+                .unwrap()
+                .clone(),
         decision: DecisionRecord {
             effect: "allow".into(),
             policies: vec!["support-refunds".into()],
             reason: "permitted".into(),
             obligations: None,
         },
-        forward: Some(ForwardRecord { upstream: "payments".into(), credential_id: None }),
+        forward: Some(ForwardRecord {
+            upstream: "payments".into(),
+            credential_id: None,
+        }),
     }))
 }
 
@@ -59,7 +63,9 @@ fn bench(c: &mut Criterion) {
         AuditLog::open(
             store,
             signer,
-            LogOptions { origin: ORIGIN.into() },
+            LogOptions {
+                origin: ORIGIN.into(),
+            },
             StartEvent {
                 time_ms: 0,
                 version: "bench".into(),
@@ -95,7 +101,9 @@ fn bench(c: &mut Criterion) {
                     for t in tasks {
                         t.await.unwrap();
                     }
-                    started.elapsed().mul_f64(iters as f64 / (per * callers) as f64)
+                    started
+                        .elapsed()
+                        .mul_f64(iters as f64 / (per * callers) as f64)
                 })
             })
         });

@@ -98,7 +98,8 @@ pub trait AuditStore: Send + Sync + 'static {
         &self,
         cp: &StoredCheckpoint,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn checkpoints(&self) -> impl Future<Output = Result<Vec<StoredCheckpoint>, StoreError>> + Send;
+    fn checkpoints(&self)
+    -> impl Future<Output = Result<Vec<StoredCheckpoint>, StoreError>> + Send;
     /// Rows `from..from + limit` in index order.
     fn rows(
         &self,
@@ -115,8 +116,10 @@ pub trait AuditStore: Send + Sync + 'static {
         from: u64,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The index of the last record of `kind`, if any.
-    fn last_of_kind(&self, kind: &str)
-    -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    fn last_of_kind(
+        &self,
+        kind: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
     /// Drops the bodies of call records older than `before_ms`; returns how many.
     fn prune_bodies(&self, before_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;

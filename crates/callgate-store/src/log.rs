@@ -202,9 +202,7 @@ impl<S: AuditStore + Clone> AuditLog<S> {
                 done: Some(done),
             })
             .map_err(closed)?;
-        rx.await
-            .map_err(closed)?
-            .map_err(StoreError::Unwritable)
+        rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
     }
 
     /// Appends a record without waiting for it to be durable (it is retried if a write fails).
@@ -245,7 +243,9 @@ impl<S: AuditStore + Clone> AuditLog<S> {
         .encode()
         .map_err(|e| StoreError::Record(e.to_string()))?;
         let (done, rx) = oneshot::channel();
-        self.tx.send(Command::Close { stop, done }).map_err(closed)?;
+        self.tx
+            .send(Command::Close { stop, done })
+            .map_err(closed)?;
         rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
     }
 
@@ -451,8 +451,7 @@ impl<S: AuditStore> Writer<S> {
         .map_err(|e| e.to_string())?;
         let (done, rx) = oneshot::channel();
         self.commit(vec![(vec![event], Some(done))]).await;
-        rx.await
-            .map_err(|_| "the writer stopped".to_string())??;
+        rx.await.map_err(|_| "the writer stopped".to_string())??;
         // The checkpoint that covers the rotation carries both signatures, so a verifier that
         // trusts the old key learns the new one.
         let cp = self

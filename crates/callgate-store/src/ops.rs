@@ -130,8 +130,10 @@ pub fn record_json(r: &StoredRecord) -> Value {
     match r.body.as_deref().map(|b| parse_record(r.index, b)) {
         Some(Ok(rec)) => rec.json,
         Some(Err(e)) => json!({"index": r.index, "kind": r.kind, "error": e.to_string()}),
-        None => json!({"index": r.index, "pruned": true, "event": {"kind": r.kind, "time_ms": r.time_ms,
-            "request_id": r.request_id, "session": r.session, "function": r.function}}),
+        None => {
+            json!({"index": r.index, "pruned": true, "event": {"kind": r.kind, "time_ms": r.time_ms,
+            "request_id": r.request_id, "session": r.session, "function": r.function}})
+        }
     }
 }
 

@@ -204,9 +204,8 @@ impl AuditStore for SqliteStore {
     async fn append(&self, batch: &[NewRecord]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(unwritable)?;
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT INTO records ({COLUMNS}) "
-            ));
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO records ({COLUMNS}) "));
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(r.index as i64)
                     .push_bind(r.columns.kind)
@@ -286,7 +285,8 @@ impl AuditStore for SqliteStore {
         if let Some(i) = f.after_index {
             qb.push(" AND idx > ").push_bind(i as i64);
         }
-        qb.push(" ORDER BY idx LIMIT ").push_bind(f.limit.max(1) as i64);
+        qb.push(" ORDER BY idx LIMIT ")
+            .push_bind(f.limit.max(1) as i64);
         let rows = qb
             .build()
             .fetch_all(&self.reader)

@@ -36,7 +36,15 @@ fn event(i: u64) -> callgate_audit::record::EncodedEvent {
 
 async fn open(path: &std::path::Path) -> Result<AuditLog<SqliteStore>, StoreError> {
     let store = SqliteStore::open(path, Duration::from_millis(200)).await?;
-    AuditLog::open(store, signer(), LogOptions { origin: ORIGIN.into() }, start()).await
+    AuditLog::open(
+        store,
+        signer(),
+        LogOptions {
+            origin: ORIGIN.into(),
+        },
+        start(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +67,10 @@ async fn concurrent_appends_are_group_committed_and_verify() {
     let cp = log.checkpoint().await.unwrap().unwrap();
     assert_eq!(cp.size, 1001);
     assert!(
-        log.stats().batches.load(std::sync::atomic::Ordering::Relaxed) < 1001,
+        log.stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1001,
         "fewer transactions than records"
     );
     let report = ops::verify(log.store(), ORIGIN, Some(signer().verifier().clone()), None)
@@ -87,7 +98,19 @@ async fn a_second_writer_is_refused() {
         .await
         .err()
         .expect("second writer refused");
-    assert!(err.to_string().contains("another Callgate process"), "{err}");
+    assert!(
+        err.to_string().contains("another Callgate process"),
+        "{err}"
+    );
+}
+
+async fn recoveries(log: &AuditLog<SqliteStore>) -> Vec<callgate_store::StoredRecord> {
+    let filter = Filter {
+        kind: Some("admin.recovery".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    log.store().search(&filter).await.unwrap()
 }
 
 #[tokio::test]
@@ -102,24 +125,19 @@ async fn a_run_that_did_not_stop_cleanly_is_recorded_on_restart() {
     }
     {
         let log = open(&path).await.unwrap();
-        let rec = log
-            .store()
-            .search(&Filter { kind: Some("admin.recovery".into()), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
+        let rec = recoveries(&log).await;
         assert!(rec.is_empty(), "a clean stop needs no recovery");
         log.append(vec![event(2)]).await.unwrap();
         // No close: the process "dies" here.
         log.store().close().await;
     }
     let log = open(&path).await.unwrap();
-    let rec = log
-        .store()
-        .search(&Filter { kind: Some("admin.recovery".into()), limit: 10, ..Default::default() })
-        .await
-        .unwrap();
+    let rec = recoveries(&log).await;
     assert_eq!(rec.len(), 1);
-    let report = ops::verify(log.store(), ORIGIN, None, None).await.unwrap().unwrap();
+    let report = ops::verify(log.store(), ORIGIN, None, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.tree_size, 7);
 }
 
@@ -132,7 +150,10 @@ async fn a_locked_store_refuses_appends_and_recovers() {
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
     // A response record (not awaited) queued while the store is locked is kept for retry.
     log.record(event(100));
     let err = log.append(vec![event(1)]).await.unwrap_err();
@@ -144,7 +165,10 @@ async fn a_locked_store_refuses_appends_and_recovers() {
     // start + retried record + this one: nothing was lost and no index was skipped.
     assert_eq!(first, 2);
     log.checkpoint().await.unwrap();
-    ops::verify(log.store(), ORIGIN, None, None).await.unwrap().unwrap();
+    ops::verify(log.store(), ORIGIN, None, None)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -166,4 +190,41 @@ async fn key_rotation_is_recorded_and_the_new_key_is_trusted() {
         .unwrap()
         .unwrap();
     assert_eq!(report.keys.len(), 2);
+}
+
+#[tokio::test]
+async fn pruning_bodies_keeps_the_log_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = open(&path).await.unwrap();
+    let call = |t: u64| {
+        Event::Refused(callgate_audit::record::RefusedEvent {
+            time_ms: t,
+            request_id: format!("r{t}"),
+            session: None,
+            subject: None,
+            function: None,
+            source: None,
+            ingress: "proxy".into(),
+            status: 401,
+            code: "unauthenticated".into(),
+            detail: "no credential".into(),
+        })
+        .encode()
+        .unwrap()
+    };
+    log.append(vec![call(10), call(20), call(3_000)])
+        .await
+        .unwrap();
+    log.checkpoint().await.unwrap();
+    // Call records older than t=1000 lose their bodies; the start record is not a call record.
+    assert_eq!(log.store().prune_bodies(1_000).await.unwrap(), 2);
+    let report = ops::verify(log.store(), ORIGIN, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.pruned, 2);
+    assert_eq!(report.tree_size, 4);
+    let pruned = ops::call_records(log.store(), "r10").await.unwrap();
+    assert_eq!(ops::record_json(&pruned[0])["pruned"], true);
 }

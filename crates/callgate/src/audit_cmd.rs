@@ -146,10 +146,9 @@ fn audit_config(config: &Path) -> anyhow::Result<AuditConfig> {
         #[serde(default)]
         audit: AuditConfig,
     }
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("{}", config.display()))?;
-    let only: Only = yaml_serde::from_str(&text)
-        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    let text = std::fs::read_to_string(config).with_context(|| format!("{}", config.display()))?;
+    let only: Only =
+        yaml_serde::from_str(&text).map_err(|e| anyhow!("{}: {e}", config.display()))?;
     Ok(only.audit)
 }
 
@@ -158,9 +157,14 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let paths = AuditPaths::new(&cfg, config);
     match cmd {
         AuditCommand::Key => {
-            let text = std::fs::read_to_string(&paths.key)
-                .with_context(|| format!("{} (the key is created on the first start)", paths.key.display()))?;
-            let signer = Signer::parse(&text).map_err(|e| anyhow!("{}: {e}", paths.key.display()))?;
+            let text = std::fs::read_to_string(&paths.key).with_context(|| {
+                format!(
+                    "{} (the key is created on the first start)",
+                    paths.key.display()
+                )
+            })?;
+            let signer =
+                Signer::parse(&text).map_err(|e| anyhow!("{}: {e}", paths.key.display()))?;
             outln!("{}", signer.verifier());
             return Ok(ExitCode::SUCCESS);
         }
@@ -185,7 +189,10 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 Ok(r) => {
                     outln!(
                         "ok: {} records, {} checkpoints verified (signed up to {}), {} bodies pruned",
-                        r.tree_size, r.checkpoints, r.checkpointed_size, r.pruned
+                        r.tree_size,
+                        r.checkpoints,
+                        r.checkpointed_size,
+                        r.pruned
                     );
                     for k in &r.keys {
                         outln!("key: {k}");
@@ -327,12 +334,20 @@ async fn rotate(cfg: &AuditConfig, paths: &AuditPaths) -> anyhow::Result<ExitCod
     let cp = log.rotate(new).await?;
     log.close("key rotation").await?;
     store.close().await;
-    let retired = paths.key.with_extension(format!("key.retired-{}", now_ms()));
+    let retired = paths
+        .key
+        .with_extension(format!("key.retired-{}", now_ms()));
     std::fs::rename(&paths.key, &retired)?;
     std::fs::rename(&staged, &paths.key)?;
-    outln!("rotated: checkpoint at size {} is signed by both keys", cp.size);
+    outln!(
+        "rotated: checkpoint at size {} is signed by both keys",
+        cp.size
+    );
     outln!("new key: {verifier}");
-    outln!("the old private key is kept at {}; destroy it once it is no longer needed", retired.display());
+    outln!(
+        "the old private key is kept at {}; destroy it once it is no longer needed",
+        retired.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -371,13 +386,19 @@ fn rfc3339(ms: u64) -> String {
 }
 
 fn event(r: &StoredRecord) -> Option<Event> {
-    parse_record(r.index, r.body.as_deref()?).ok().map(|x| x.event)
+    parse_record(r.index, r.body.as_deref()?)
+        .ok()
+        .map(|x| x.event)
 }
 
 /// One line about a record.
 fn summary(r: &StoredRecord) -> String {
     let Some(e) = event(r) else {
-        return format!("{} (body pruned or unreadable) {}", r.kind, r.request_id.as_deref().unwrap_or(""));
+        return format!(
+            "{} (body pruned or unreadable) {}",
+            r.kind,
+            r.request_id.as_deref().unwrap_or("")
+        );
     };
     match e {
         Event::Call(c) => format!(
@@ -386,10 +407,17 @@ fn summary(r: &StoredRecord) -> String {
             c.function,
             c.caller.subject,
             c.decision.effect,
-            if c.decision.policies.is_empty() { String::new() } else { format!(" ({})", c.decision.policies.join(", ")) },
+            if c.decision.policies.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.decision.policies.join(", "))
+            },
             serde_json::to_string(&c.arguments).unwrap_or_default()
         ),
-        Event::Forward(f) => format!("forward {} {} -> {}", f.request_id, f.function, f.forward.upstream),
+        Event::Forward(f) => format!(
+            "forward {} {} -> {}",
+            f.request_id, f.function, f.forward.upstream
+        ),
         Event::Response(x) => format!(
             "response {} {} {} in {:.1} ms{}",
             x.request_id,
@@ -406,14 +434,25 @@ fn summary(r: &StoredRecord) -> String {
             x.status,
             x.detail
         ),
-        Event::Start(s) => format!("start {} (policy {})", s.version, &s.policy_sha256.get(..16).unwrap_or("")),
+        Event::Start(s) => format!(
+            "start {} (policy {})",
+            s.version,
+            &s.policy_sha256.get(..16).unwrap_or("")
+        ),
         Event::Stop(s) => format!("stop ({})", s.reason),
         Event::Recovery(x) => format!(
             "recovery after an unclean stop at size {}; unfinished calls: {}",
             x.tree_size,
-            if x.unfinished.is_empty() { "none".to_string() } else { x.unfinished.join(", ") }
+            if x.unfinished.is_empty() {
+                "none".to_string()
+            } else {
+                x.unfinished.join(", ")
+            }
         ),
-        Event::Reload(x) => format!("reload (policy {})", x.policy_sha256.get(..16).unwrap_or("")),
+        Event::Reload(x) => format!(
+            "reload (policy {})",
+            x.policy_sha256.get(..16).unwrap_or("")
+        ),
         Event::KeyRotation(k) => format!("key rotation -> {}", k.key),
         Event::AuditRead(a) => format!("audit read by {}: {}", a.subject, a.resource),
     }
@@ -427,7 +466,10 @@ fn story(records: &[StoredRecord]) -> String {
         let at = rfc3339(r.time_ms);
         match event(r) {
             Some(Event::Call(c)) => {
-                push("call", format!("{} at {at} (record {})", c.request_id, r.index));
+                push(
+                    "call",
+                    format!("{} at {at} (record {})", c.request_id, r.index),
+                );
                 if let Some(s) = &c.session {
                     push("session", s.clone());
                 }
@@ -442,15 +484,31 @@ fn story(records: &[StoredRecord]) -> String {
                         "{} [{}] via {via}{}{}",
                         c.caller.subject,
                         c.caller.groups.join(", "),
-                        c.caller.token_id.as_ref().map(|t| format!(", token {t}")).unwrap_or_default(),
-                        c.caller.actor.as_ref().map(|a| format!(", acting agent {a}")).unwrap_or_default()
+                        c.caller
+                            .token_id
+                            .as_ref()
+                            .map(|t| format!(", token {t}"))
+                            .unwrap_or_default(),
+                        c.caller
+                            .actor
+                            .as_ref()
+                            .map(|a| format!(", acting agent {a}"))
+                            .unwrap_or_default()
                     ),
                 );
                 push(
                     "function",
-                    format!("{} ({} from {})", c.function, c.ingress, c.source.as_deref().unwrap_or("-")),
+                    format!(
+                        "{} ({} from {})",
+                        c.function,
+                        c.ingress,
+                        c.source.as_deref().unwrap_or("-")
+                    ),
                 );
-                push("arguments", serde_json::to_string(&c.arguments).unwrap_or_default());
+                push(
+                    "arguments",
+                    serde_json::to_string(&c.arguments).unwrap_or_default(),
+                );
                 push(
                     "decision",
                     format!(
@@ -469,16 +527,24 @@ fn story(records: &[StoredRecord]) -> String {
                         format!(
                             "to {} with credential {}",
                             f.upstream,
-                            f.credential_id.as_deref().unwrap_or("(none: caller credentials stripped)")
+                            f.credential_id
+                                .as_deref()
+                                .unwrap_or("(none: caller credentials stripped)")
                         ),
                     );
                 }
             }
-            Some(Event::Forward(f)) => push("forward", format!("to {} at {at}", f.forward.upstream)),
+            Some(Event::Forward(f)) => {
+                push("forward", format!("to {} at {at}", f.forward.upstream))
+            }
             Some(Event::Response(x)) => {
                 push(
                     "response",
-                    format!("{} after {:.1} ms at {at}", x.status, x.latency_us as f64 / 1000.0),
+                    format!(
+                        "{} after {:.1} ms at {at}",
+                        x.status,
+                        x.latency_us as f64 / 1000.0
+                    ),
                 );
                 if let Some(e) = x.error {
                     push("error", e);
@@ -493,7 +559,10 @@ fn story(records: &[StoredRecord]) -> String {
                 }
             }
             Some(Event::Refused(x)) => {
-                push("refused", format!("{} {} at {at}: {}", x.status, x.code, x.detail));
+                push(
+                    "refused",
+                    format!("{} {} at {at}: {}", x.status, x.code, x.detail),
+                );
                 if let Some(s) = x.subject {
                     push("caller", s);
                 }

@@ -76,7 +76,12 @@ enum Command {
     Keygen,
     /// Read and verify the tamper-evident audit log.
     Audit {
-        #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml", global = true)]
+        #[arg(
+            long,
+            env = "CALLGATE_CONFIG",
+            default_value = "callgate.yaml",
+            global = true
+        )]
         config: PathBuf,
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
@@ -145,8 +150,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader of our output went away (`| head`): nothing left to say.
         Err(e)
-            if e
-                .downcast_ref::<std::io::Error>()
+            if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             ExitCode::SUCCESS

@@ -130,23 +130,100 @@ async fn refund(addr: &str, key: &str, i: usize) -> Option<u16> {
     let req = http::Request::post(format!("http://{addr}/orders/ord_{i}/refund"))
         .header("x-api-key", key)
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(format!(r#"{{"amount_cents": {i}}}"#))))
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+            r#"{{"amount_cents": {i}}}"#
+        ))))
         .unwrap();
     let resp = client.request(req).await.ok()?;
     Some(resp.status().as_u16())
 }
 
+/// A refund with an optional session; returns the status and the request id.
+async fn refund_with_id(addr: &str, key: &str, i: usize, session: Option<&str>) -> (u16, String) {
+    let client = callgate_gateway::http_client::build_client(None, Duration::from_secs(2)).unwrap();
+    let mut req = http::Request::post(format!("http://{addr}/orders/ord_{i}/refund"))
+        .header("x-api-key", key)
+        .header("content-type", "application/json");
+    if let Some(s) = session {
+        req = req.header("callgate-session", s);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+            r#"{{"amount_cents": {i}}}"#
+        ))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    (resp.status().as_u16(), id)
+}
+
+/// show, prove, search, export, replay and tail on a log written by `serve`.
+fn auditor_commands_read_the_log(config: &Path, ids: &[String]) {
+    let ok = |args: &[&str]| {
+        let out = audit(config, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let story = ok(&["show", &ids[3]]);
+    for want in [
+        "olivia",
+        "orders.refund",
+        "ord_3",
+        "allow",
+        "ops-refunds",
+        "to orders",
+        "200",
+    ] {
+        assert!(story.contains(want), "show lacks {want}:\n{story}");
+    }
+    let proof: serde_json::Value = serde_json::from_str(&ok(&["prove", &ids[3]])).unwrap();
+    assert_eq!(proof["record"]["event"]["request_id"], ids[3].as_str());
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/audit/rfc6962_verify.py"))
+        .arg(proof.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let found = ok(&[
+        "search",
+        "--caller",
+        "olivia",
+        "--decision",
+        "allow",
+        "--json",
+    ]);
+    assert_eq!(found.lines().count(), 12);
+    let none = ok(&["search", "--decision", "deny"]);
+    assert_eq!(none.lines().count(), 0);
+    let ocsf = ok(&["export", "--format", "ocsf", "--kind", "call"]);
+    let first: serde_json::Value = serde_json::from_str(ocsf.lines().next().unwrap()).unwrap();
+    assert_eq!(first["class_uid"], 6003);
+    assert_eq!(first["actor"]["user"]["name"], "olivia");
+    assert_eq!(
+        ok(&["export", "--format", "jsonl"]).lines().count(),
+        ok(&["tail", "-n", "1000"]).lines().count()
+    );
+    let replay = ok(&["replay", "s-cli"]);
+    assert!(replay.starts_with("session s-cli: 24 records"), "{replay}");
+    let bad = audit(config, &["export", "--format", "csv"]);
+    assert!(!bad.status.success() && text(&bad).contains("unknown format"));
+    let missing = audit(config, &["show", "no-such-id"]);
+    assert!(!missing.status.success() && text(&missing).contains("no record"));
+}
+
 fn sqlite(db: &Path, sql: &str) {
     let out = Command::new("python3")
         .arg("-c")
-        .arg(format!(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"
-        ))
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()")
         .arg(db)
         .arg(sql)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -167,12 +244,16 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
     let (up, _) = counting_upstream().await;
     let (dir, config, key) = setup(up);
     let (mut child, addr) = serve(&config);
+    let mut ids = Vec::new();
     for i in 0..12 {
-        assert_eq!(refund(&addr, &key, i).await, Some(200));
+        let (status, id) = refund_with_id(&addr, &key, i, Some("s-cli")).await;
+        assert_eq!(status, 200);
+        ids.push(id);
     }
     signal(&mut child, "-TERM");
     let ok = audit(&config, &["verify"]);
     assert!(ok.status.success(), "{}", text(&ok));
+    auditor_commands_read_the_log(&config, &ids);
     let published = dir.path().join("published/checkpoint");
     assert!(published.exists(), "checkpoints are published");
 
@@ -227,7 +308,10 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
         &copy.path().join("callgate-data/audit.db"),
         "DELETE FROM records WHERE idx >= 20; DELETE FROM checkpoints WHERE size > 20",
     );
-    assert!(audit(&cfg, &["verify"]).status.success(), "the store alone looks intact");
+    assert!(
+        audit(&cfg, &["verify"]).status.success(),
+        "the store alone looks intact"
+    );
     let out = audit(
         &cfg,
         &["verify", "--from-checkpoint", published.to_str().unwrap()],
@@ -244,6 +328,26 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
     assert!(ops::open_checkpoint(&note, &verifier).is_ok());
     let pinned = audit(&config, &["verify", "--key", &vkey]);
     assert!(pinned.status.success(), "{}", text(&pinned));
+
+    // Key rotation: recorded, and the log still verifies from the old key onwards.
+    let rotated = audit(&config, &["rotate-key"]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    let new_key = String::from_utf8_lossy(&audit(&config, &["key"]).stdout)
+        .trim()
+        .to_string();
+    assert_ne!(new_key, vkey);
+    let out = audit(&config, &["verify", "--key", &vkey]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&new_key),
+        "the new key is trusted: {}",
+        text(&out)
+    );
+    let rotations = audit(&config, &["search", "--kind", "admin.key_rotation"]);
+    assert_eq!(
+        String::from_utf8_lossy(&rotations.stdout).lines().count(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,13 +384,15 @@ async fn a_gateway_killed_under_load_leaves_a_log_that_verifies() {
     let out = audit(&config, &["verify"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let store = SqliteStore::open_read_only(&config.parent().unwrap().join("callgate-data/audit.db"))
-        .await
-        .unwrap();
+    let store =
+        SqliteStore::open_read_only(&config.parent().unwrap().join("callgate-data/audit.db"))
+            .await
+            .unwrap();
     for id in &received {
         let recs = ops::call_records(&store, id).await.unwrap();
         let forward = recs.iter().find(|r| r.kind == "call").map(ops::record_json);
-        let forward = forward.unwrap_or_else(|| panic!("the upstream received {id} with no record"));
+        let forward =
+            forward.unwrap_or_else(|| panic!("the upstream received {id} with no record"));
         assert_eq!(forward["event"]["forward"]["upstream"], "orders", "{id}");
     }
     let recovery = store

@@ -125,7 +125,9 @@ async fn call(
         Err(r) => return r,
     };
     match ops::call_records(shared.audit.log().store(), &request_id).await {
-        Ok(rs) if rs.is_empty() => not_found(format!("no record has request id {request_id:?}"), &id),
+        Ok(rs) if rs.is_empty() => {
+            not_found(format!("no record has request id {request_id:?}"), &id)
+        }
         Ok(rs) => json(
             StatusCode::OK,
             &json!({"request_id": request_id, "records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
@@ -177,7 +179,9 @@ async fn session(
         ..Default::default()
     };
     match shared.audit.log().store().search(&filter).await {
-        Ok(rs) if rs.is_empty() => not_found(format!("no record belongs to session {session:?}"), &id),
+        Ok(rs) if rs.is_empty() => {
+            not_found(format!("no record belongs to session {session:?}"), &id)
+        }
         Ok(rs) => json(
             StatusCode::OK,
             &json!({"session": session, "records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
@@ -236,18 +240,23 @@ async fn search(
     }
 }
 
+/// The latest signed checkpoint as text.
+async fn latest_note(shared: &Shared, id: &str) -> Response<Body> {
+    match shared.audit.log().store().checkpoints().await {
+        Ok(cps) => match cps.into_iter().next_back() {
+            Some(cp) => text(cp.note),
+            None => not_found("no checkpoint yet".into(), id),
+        },
+        Err(e) => store_error(e, id),
+    }
+}
+
 async fn latest(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
     let id = match admit(&shared, &access).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match shared.audit.log().store().checkpoints().await {
-        Ok(cps) => match cps.into_iter().next_back() {
-            Some(cp) => text(cp.note),
-            None => not_found("no checkpoint yet".into(), &id),
-        },
-        Err(e) => store_error(e, &id),
-    }
+    latest_note(&shared, &id).await
 }
 
 async fn checkpoint_now(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {
@@ -258,13 +267,7 @@ async fn checkpoint_now(State(shared): State<Arc<Shared>>, access: Access) -> Re
     if let Err(e) = shared.audit.checkpoint().await {
         return store_error(e, &id);
     }
-    match shared.audit.log().store().checkpoints().await {
-        Ok(cps) => match cps.into_iter().next_back() {
-            Some(cp) => text(cp.note),
-            None => not_found("no checkpoint yet".into(), &id),
-        },
-        Err(e) => store_error(e, &id),
-    }
+    latest_note(&shared, &id).await
 }
 
 async fn key(State(shared): State<Arc<Shared>>, access: Access) -> Response<Body> {

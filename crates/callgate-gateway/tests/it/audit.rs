@@ -17,6 +17,17 @@ async fn records(gw: &TestGateway, request_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A gateway with the shared test config plus `extra` config lines; returns the upstream, the
+/// gateway and the key of a caller in the ops group (allowed everything).
+async fn start(extra: &str) -> (Upstream, TestGateway, String) {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let cfg = config(&up.url(), &ops_hash, &viewer_hash) + extra;
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    (up, gw, ops_key)
+}
+
 /// Waits for queued (not awaited) records such as responses to reach the store.
 async fn settle(gw: &TestGateway) {
     gw.gateway.shared.audit.checkpoint().await.unwrap();
@@ -24,11 +35,12 @@ async fn settle(gw: &TestGateway) {
 
 #[tokio::test]
 async fn an_allowed_call_is_recorded_with_decision_forward_and_response() {
-    let up = Upstream::start().await;
-    let (ops_key, ops_hash) = api_key();
-    let (_, viewer_hash) = api_key();
-    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
-    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key), ("callgate-session", "s-7")]).await;
+    let (up, gw, ops_key) = start("").await;
+    let r = get(
+        &gw.url("/items/a1"),
+        &[("x-api-key", &ops_key), ("callgate-session", "s-7")],
+    )
+    .await;
     assert_eq!(r.status, 200);
     // The session header is Callgate's own: the upstream never sees it.
     assert!(up.last().headers.get("callgate-session").is_none());
@@ -57,7 +69,11 @@ async fn denials_and_refusals_are_recorded_and_secrets_are_not() {
     let up = Upstream::start().await;
     let (ops_key, ops_hash) = api_key();
     let (viewer_key, viewer_hash) = api_key();
-    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
+    let gw = TestGateway::start(
+        &config(&up.url(), &ops_hash, &viewer_hash),
+        &[("p.cedar", POLICY)],
+    )
+    .await;
     let denied = get(&gw.url("/items/secret"), &[("x-api-key", &viewer_key)]).await;
     assert_eq!(denied.status, 403);
     let bad = get(&gw.url("/items/a1"), &[("x-api-key", "cgk_not-a-real-key")]).await;
@@ -79,7 +95,11 @@ async fn denials_and_refusals_are_recorded_and_secrets_are_not() {
     for r in &all {
         let body = String::from_utf8_lossy(r.body.as_deref().unwrap_or_default()).into_owned();
         for secret in [ops_key.as_str(), viewer_key.as_str(), "cgk_not-a-real-key"] {
-            assert!(!body.contains(secret), "record {} holds a credential", r.index);
+            assert!(
+                !body.contains(secret),
+                "record {} holds a credential",
+                r.index
+            );
         }
     }
 }
@@ -87,22 +107,30 @@ async fn denials_and_refusals_are_recorded_and_secrets_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
     use sqlx::Connection;
-    let up = Upstream::start().await;
-    let (ops_key, ops_hash) = api_key();
-    let (_, viewer_hash) = api_key();
-    let cfg = config(&up.url(), &ops_hash, &viewer_hash) + "audit: {busy_timeout_ms: 200}\n";
-    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let (up, gw, ops_key) = start("audit: {busy_timeout_ms: 200}\n").await;
     let db = gw.path("callgate-data/audit.db");
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
     let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
     let p = r.problem(503);
     assert!(p["detail"].as_str().unwrap().contains("audit log"), "{p}");
-    let r = post_json(&gw.url("/v1/functions/items.get/invoke"), &[("x-api-key", &ops_key)], r#"{"arguments":{"id":"a1"}}"#).await;
+    let r = post_json(
+        &gw.url("/v1/functions/items.get/invoke"),
+        &[("x-api-key", &ops_key)],
+        r#"{"arguments":{"id":"a1"}}"#,
+    )
+    .await;
     assert_eq!(r.status, 503);
-    assert_eq!(up.count(), 0, "nothing reached the upstream without its record");
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing reached the upstream without its record"
+    );
     let ready = get(&gw.url("/readyz"), &[]).await;
     assert_eq!(ready.status, 503);
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
@@ -111,11 +139,18 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
     assert_eq!(up.count(), 1);
     settle(&gw).await;
     let store = gw.gateway.shared.audit.log().store();
-    let report = ops::verify(store, "callgate.local/audit", None, None).await.unwrap().unwrap();
+    let report = ops::verify(store, "callgate.local/audit", None, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(report.tree_size >= 4);
     // The refusals themselves were kept and written once the store came back.
     let refused = store
-        .search(&Filter { decision: Some("refused".into()), limit: 10, ..Default::default() })
+        .search(&Filter {
+            decision: Some("refused".into()),
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(refused.len(), 2);
@@ -123,10 +158,7 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
 
 #[tokio::test]
 async fn prove_output_verifies_with_an_independent_rfc6962_verifier() {
-    let up = Upstream::start().await;
-    let (ops_key, ops_hash) = api_key();
-    let (_, viewer_hash) = api_key();
-    let gw = TestGateway::start(&config(&up.url(), &ops_hash, &viewer_hash), &[("p.cedar", POLICY)]).await;
+    let (_up, gw, ops_key) = start("").await;
     let mut ids = Vec::new();
     for i in 0..7 {
         let r = get(&gw.url(&format!("/items/a{i}")), &[("x-api-key", &ops_key)]).await;
@@ -170,22 +202,39 @@ async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
         &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
     );
     let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
-    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key), ("callgate-session", "sess-1")]).await;
+    let r = get(
+        &gw.url("/items/a1"),
+        &[("x-api-key", &ops_key), ("callgate-session", "sess-1")],
+    )
+    .await;
     let call_id = r.header("x-request-id").unwrap().to_string();
     let path = format!("/v1/audit/calls/{call_id}");
     // No credential, and a caller outside the auditors group.
     assert_eq!(get(&gw.url(&path), &[]).await.status, 401);
-    assert_eq!(get(&gw.url(&path), &[("x-api-key", &ops_key)]).await.status, 403);
+    assert_eq!(
+        get(&gw.url(&path), &[("x-api-key", &ops_key)]).await.status,
+        403
+    );
     let auditor = [("x-api-key", auditor_key.as_str())];
     let story = get(&gw.url(&path), &auditor).await;
     assert_eq!(story.status, 200);
-    assert_eq!(story.json()["records"][0]["event"]["caller"]["subject"], "olivia");
+    assert_eq!(
+        story.json()["records"][0]["event"]["caller"]["subject"],
+        "olivia"
+    );
     let proof = get(&gw.url(&format!("{path}/proof")), &auditor).await;
     assert_eq!(proof.status, 200, "{:?}", proof.body);
-    assert_eq!(proof.json()["record"]["event"]["request_id"], call_id.as_str());
+    assert_eq!(
+        proof.json()["record"]["event"]["request_id"],
+        call_id.as_str()
+    );
     let session = get(&gw.url("/v1/audit/sessions/sess-1"), &auditor).await;
     assert_eq!(session.json()["records"].as_array().unwrap().len(), 2);
-    let found = get(&gw.url("/v1/audit/records?caller=olivia&decision=allow"), &auditor).await;
+    let found = get(
+        &gw.url("/v1/audit/records?caller=olivia&decision=allow"),
+        &auditor,
+    )
+    .await;
     assert_eq!(found.json()["records"].as_array().unwrap().len(), 1);
     let bad = get(&gw.url("/v1/audit/records?colour=red"), &auditor).await;
     bad.problem(400);
@@ -196,9 +245,58 @@ async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
     let key = get(&gw.url("/v1/audit/key"), &auditor).await;
     assert!(String::from_utf8_lossy(&key.body).starts_with("callgate.local/audit+"));
     // Every read by the auditor is in the log, the refused ones are not reads.
-    let reads = get(&gw.url("/v1/audit/records?kind=admin.audit_read&limit=100"), &auditor).await;
+    let reads = get(
+        &gw.url("/v1/audit/records?kind=admin.audit_read&limit=100"),
+        &auditor,
+    )
+    .await;
     let reads = reads.json()["records"].as_array().unwrap().clone();
     assert_eq!(reads.len(), 9, "{reads:#?}");
     assert!(reads.iter().all(|r| r["event"]["subject"] == "ada"));
-    assert!(reads[0]["event"]["resource"].as_str().unwrap().contains(&call_id));
+    assert!(
+        reads[0]["event"]["resource"]
+            .as_str()
+            .unwrap()
+            .contains(&call_id)
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_are_published_to_a_directory_and_a_witness() {
+    let witness = Upstream::start().await;
+    let (_up, gw, ops_key) = start(&format!(
+        "audit: {{publish_dir: published, publish_url: \"{}/witness/checkpoints\"}}\n",
+        witness.url()
+    ))
+    .await;
+    get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    let cp = gw.gateway.shared.audit.checkpoint().await.unwrap().unwrap();
+    let published = std::fs::read_to_string(gw.path("published/checkpoint")).unwrap();
+    assert_eq!(published, cp.note);
+    assert_eq!(
+        std::fs::read_to_string(gw.path(&format!("published/checkpoints/{}", cp.size))).unwrap(),
+        cp.note
+    );
+    // The witness got it too (in the background).
+    for _ in 0..100 {
+        if witness
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.body == cp.note.as_bytes())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = witness.seen.lock().unwrap().clone();
+    let last = seen
+        .iter()
+        .find(|s| s.body == cp.note.as_bytes())
+        .expect("the witness received the checkpoint");
+    assert_eq!(last.method, "POST");
+    assert_eq!(last.path_and_query, "/witness/checkpoints");
+    let verifier = gw.gateway.shared.audit.log().verifier();
+    assert!(ops::open_checkpoint(&cp.note, &verifier).is_ok());
 }

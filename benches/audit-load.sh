@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Gateway throughput with the audit log on vs off, same load, same run. "Off" is Callgate built
+# from the commit before the audit phase existed (the gateway has no switch to turn audit off:
+# a call is never forwarded without its record). Runs alternate off/on three times each and the
+# medians are compared.
+#
+#   benches/audit-load.sh [seconds] [connections] [baseline-rev]
+#
+# Needs wrk (apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=${2:-32}
+base_rev=${3:-4a11b9d}
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+cargo build --release -q
+on=$PWD/target/release/callgate
+base_dir=target/audit-baseline
+if [ ! -x "$base_dir/target/release/callgate" ]; then
+  rm -rf "$base_dir"
+  git worktree add -f --detach "$base_dir" "$base_rev" >/dev/null
+  (cd "$base_dir" && CARGO_TARGET_DIR=target cargo build --release -q)
+fi
+off=$PWD/$base_dir/target/release/callgate
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+up_port=18181
+gw_port=18180
+$on demo upstream --listen 127.0.0.1:$up_port 2>/dev/null &
+read -r key hash < <($on keygen | awk '/^key:/{k=$2} /^hash:/{h=$2} END{print k, h}')
+mkdir -p "$work/policies"
+cat > "$work/callgate.yaml" <<YAML
+listen: 127.0.0.1:$gw_port
+logging: {level: warn}
+identity:
+  api_keys: [{id: bench, hash: "$hash", subject: bench, groups: [billing-ops]}]
+upstreams: {bank-ops: {url: "http://127.0.0.1:$up_port"}}
+policies: [policies]
+functions:
+  - name: quota.adjust
+    upstream: bank-ops
+    route: POST /quota/adjust
+    arguments:
+      type: object
+      properties: {account_id: {type: string}, delta: {type: integer}}
+      required: [account_id, delta]
+      additionalProperties: false
+YAML
+# The baseline predates the audit section; give it the same file without it.
+cp "$work/callgate.yaml" "$work/callgate-off.yaml"
+cat > "$work/policies/bench.cedar" <<'CEDAR'
+permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"quota.adjust", resource)
+when { context.arguments.account_id like "acct_*" && context.arguments.delta >= -100 && context.arguments.delta <= 100 };
+CEDAR
+pad=$(printf 'x%.0s' $(seq 1 990))
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"account_id":"acct_$pad","delta":5}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "$key"
+LUA
+
+measure() { # binary config
+  "$1" serve --config "$2" &
+  local pid=$!
+  sleep 1
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$gw_port/quota/adjust" \
+    -H "X-API-Key: $key" -H 'content-type: application/json' -d "{\"account_id\":\"acct_$pad\",\"delta\":5}")
+  [ "$code" = 200 ] || { echo "the gateway answered $code, not 200" >&2; exit 1; }
+  wrk -t2 -c"$conns" -d"${secs}s" -s "$work/post.lua" "http://127.0.0.1:$gw_port/quota/adjust" \
+    | awk '/Requests\/sec/{print $2}'
+  kill -TERM $pid; wait $pid 2>/dev/null || true
+}
+offs=(); ons=()
+for i in 1 2 3; do
+  offs+=("$(measure "$off" "$work/callgate-off.yaml")")
+  ons+=("$(measure "$on" "$work/callgate.yaml")")
+done
+median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+mo=$(median "${offs[@]}"); mn=$(median "${ons[@]}")
+echo "audit off (baseline $base_rev): ${offs[*]} -> median $mo req/s"
+echo "audit on:                       ${ons[*]} -> median $mn req/s"
+echo "ratio on/off: $(awk -v a="$mn" -v b="$mo" 'BEGIN{printf "%.2f", a/b}')"
+records=$($on audit --config "$work/callgate.yaml" verify | head -1)
+echo "log after the runs: $records"
