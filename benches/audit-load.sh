@@ -61,22 +61,25 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = "$key"
 LUA
 
-measure() { # binary config
+measure() { # binary config -> sets $result
   "$1" serve --config "$2" &
   local pid=$!
-  sleep 1
+  for _ in $(seq 50); do
+    curl -s -m 1 -o /dev/null "http://127.0.0.1:$gw_port/healthz" && break
+    sleep 0.2
+  done
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$gw_port/quota/adjust" \
+  code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$gw_port/quota/adjust" \
     -H "X-API-Key: $key" -H 'content-type: application/json' -d "{\"account_id\":\"acct_$pad\",\"delta\":5}")
-  [ "$code" = 200 ] || { echo "the gateway answered $code, not 200" >&2; exit 1; }
-  wrk -t2 -c"$conns" -d"${secs}s" -s "$work/post.lua" "http://127.0.0.1:$gw_port/quota/adjust" \
-    | awk '/Requests\/sec/{print $2}'
+  [ "$code" = 200 ] || { echo "$1 answered $code, not 200" >&2; kill $pid; exit 1; }
+  result=$(wrk -t2 -c"$conns" -d"${secs}s" -s "$work/post.lua" "http://127.0.0.1:$gw_port/quota/adjust" \
+    | awk '/Requests\/sec/{print $2}')
   kill -TERM $pid; wait $pid 2>/dev/null || true
 }
 offs=(); ons=()
 for i in 1 2 3; do
-  offs+=("$(measure "$off" "$work/callgate-off.yaml")")
-  ons+=("$(measure "$on" "$work/callgate.yaml")")
+  measure "$off" "$work/callgate-off.yaml"; offs+=("$result")
+  measure "$on" "$work/callgate.yaml"; ons+=("$result")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 mo=$(median "${offs[@]}"); mn=$(median "${ons[@]}")

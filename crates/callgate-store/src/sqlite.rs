@@ -46,8 +46,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
 
-/// Rows per INSERT statement (10 parameters each, well under SQLite's limit).
-const ROWS_PER_STATEMENT: usize = 200;
+/// Rows per INSERT statement (10 parameters each, well under SQLite's limit of 32,766).
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// The SQLite audit store.
 #[derive(Clone)]
@@ -161,6 +161,25 @@ impl SqliteStore {
     }
 }
 
+/// `INSERT INTO records ... VALUES (...), (...)` for `rows`.
+fn insert(rows: &[NewRecord]) -> QueryBuilder<Sqlite> {
+    let mut qb: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("INSERT INTO records ({COLUMNS}) "));
+    qb.push_values(rows, |mut b, r| {
+        b.push_bind(r.index as i64)
+            .push_bind(r.columns.kind)
+            .push_bind(r.columns.time_ms as i64)
+            .push_bind(r.columns.request_id.as_deref())
+            .push_bind(r.columns.session.as_deref())
+            .push_bind(r.columns.subject.as_deref())
+            .push_bind(r.columns.function.as_deref())
+            .push_bind(r.columns.decision.as_deref())
+            .push_bind(r.body.as_slice())
+            .push_bind(r.leaf_hash.as_slice());
+    });
+    qb
+}
+
 fn record(row: SqliteRow) -> StoredRecord {
     StoredRecord {
         index: row.get::<i64, _>("idx") as u64,
@@ -202,23 +221,23 @@ impl AuditStore for SqliteStore {
     }
 
     async fn append(&self, batch: &[NewRecord]) -> Result<(), StoreError> {
+        // One multi-row INSERT is atomic on its own: a batch that fits in one statement costs a
+        // single round trip to SQLite's thread (and one fsync at its implicit commit).
+        if batch.len() <= ROWS_PER_STATEMENT {
+            return insert(batch)
+                .build()
+                .execute(&self.writer)
+                .await
+                .map(|_| ())
+                .map_err(unwritable);
+        }
         let mut tx = self.writer.begin().await.map_err(unwritable)?;
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO records ({COLUMNS}) "));
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.index as i64)
-                    .push_bind(r.columns.kind)
-                    .push_bind(r.columns.time_ms as i64)
-                    .push_bind(r.columns.request_id.as_deref())
-                    .push_bind(r.columns.session.as_deref())
-                    .push_bind(r.columns.subject.as_deref())
-                    .push_bind(r.columns.function.as_deref())
-                    .push_bind(r.columns.decision.as_deref())
-                    .push_bind(r.body.as_slice())
-                    .push_bind(r.leaf_hash.as_slice());
-            });
-            qb.build().execute(&mut *tx).await.map_err(unwritable)?;
+            insert(chunk)
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(unwritable)?;
         }
         tx.commit().await.map_err(unwritable)
     }
