@@ -51,9 +51,12 @@ impl Shared {
     pub fn new(reloader: Reloader, audit: Arc<audit::Audit>) -> Shared {
         let a = audit.clone();
         reloader.on_reload(move |rt| a.reloaded(rt));
+        let mut metrics = metrics::Metrics::default();
+        let (stats, healthy) = audit.log().stats_handle();
+        metrics.register_audit(stats, healthy);
         Shared {
             reloader,
-            metrics: Default::default(),
+            metrics,
             limits: Default::default(),
             seams: Default::default(),
             audit,

@@ -1,10 +1,18 @@
-//! Prometheus metrics: calls by function, decision and status; call latency; reloads.
+//! Prometheus metrics: calls by function, decision and status; call latency; reloads; the
+//! audit log's writes and health.
 
+use callgate_store::log::LogStats;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -65,7 +73,59 @@ impl Default for Metrics {
     }
 }
 
+/// Reads the audit writer's counters at scrape time.
+#[derive(Debug)]
+struct AuditCollector {
+    stats: Arc<LogStats>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = [
+            (
+                "audit_records",
+                "Audit records made durable",
+                &self.stats.records,
+            ),
+            (
+                "audit_commits",
+                "Audit transactions committed (one fsync each)",
+                &self.stats.batches,
+            ),
+            (
+                "audit_failed_commits",
+                "Audit transactions that failed; their calls were refused",
+                &self.stats.failed_batches,
+            ),
+            (
+                "audit_dropped_records",
+                "Queued audit records dropped after the retry queue overflowed",
+                &self.stats.dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value.load(Ordering::Relaxed));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let g = ConstGauge::new(i64::from(self.healthy.load(Ordering::Relaxed)));
+        g.encode(encoder.encode_descriptor(
+            "audit_writable",
+            "1 while the audit store accepts writes, 0 while calls are refused",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Adds the audit writer's counters to the registry.
+    pub fn register_audit(&mut self, stats: Arc<LogStats>, healthy: Arc<AtomicBool>) {
+        self.registry
+            .register_collector(Box::new(AuditCollector { stats, healthy }));
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

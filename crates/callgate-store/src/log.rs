@@ -66,9 +66,13 @@ enum Command {
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct LogStats {
+    /// Records made durable.
     pub records: AtomicU64,
+    /// Transactions committed (each one fsync).
     pub batches: AtomicU64,
+    /// Transactions that failed (their waiting calls were refused).
     pub failed_batches: AtomicU64,
+    /// Queued records given up after the retry queue overflowed.
     pub dropped: AtomicU64,
 }
 
@@ -256,6 +260,11 @@ impl<S: AuditStore + Clone> AuditLog<S> {
 
     pub fn stats(&self) -> &LogStats {
         &self.stats
+    }
+
+    /// The counters and the health flag, for a metrics collector that outlives this handle.
+    pub fn stats_handle(&self) -> (Arc<LogStats>, Arc<AtomicBool>) {
+        (self.stats.clone(), self.healthy.clone())
     }
 
     pub fn store(&self) -> &S {

@@ -292,7 +292,19 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 let t0 = records[0].time_ms;
                 outln!("session {session}: {} records", records.len());
                 for r in &records {
-                    outln!("  +{:>8} ms  {}", r.time_ms - t0, summary(r));
+                    outln!("  +{:>8} ms  {}", r.time_ms.saturating_sub(t0), summary(r));
+                    // The response as the caller got it (after masking), shortened.
+                    if let Some(Event::Response(x)) = event(r) {
+                        let body = x
+                            .body
+                            .map(|b| b.to_string())
+                            .or(x.body_base64.map(|b| format!("(base64) {b}")));
+                        if let Some(b) = body {
+                            let short: String = b.chars().take(160).collect();
+                            let more = if short.len() < b.len() { " ..." } else { "" };
+                            outln!("               body {short}{more}");
+                        }
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

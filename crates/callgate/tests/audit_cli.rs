@@ -205,6 +205,7 @@ fn auditor_commands_read_the_log(config: &Path, ids: &[String]) {
     );
     let replay = ok(&["replay", "s-cli"]);
     assert!(replay.starts_with("session s-cli: 24 records"), "{replay}");
+    assert!(replay.contains(r#"body {"refunded":true}"#), "{replay}");
     let bad = audit(config, &["export", "--format", "csv"]);
     assert!(!bad.status.success() && text(&bad).contains("unknown format"));
     let missing = audit(config, &["show", "no-such-id"]);

@@ -133,6 +133,14 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
     );
     let ready = get(&gw.url("/readyz"), &[]).await;
     assert_eq!(ready.status, 503);
+    let metrics = String::from_utf8_lossy(&get(&gw.url("/metrics"), &[]).await.body).into_owned();
+    assert!(metrics.contains("callgate_audit_writable 0"), "{metrics}");
+    let failed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("callgate_audit_failed_commits_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(failed >= 2, "{metrics}");
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
     assert_eq!(r.status, 200);
