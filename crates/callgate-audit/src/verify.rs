@@ -5,10 +5,11 @@
 //! The verifier is fed rows in index order ([`LogVerifier::push`]) so a store can stream them.
 //! The first problem ends verification and names the first index that cannot be trusted.
 //!
-//! Keys: the verifier trusts the key given to it (`--key`) or, without one, the first key the
+//! Keys: the verifier trusts the keys given to it (`--key`) or, without any, the first key the
 //! log announces (reported, so an auditor can compare it with the published one). A key
-//! announced later (key rotation, or a start with a new key) becomes trusted once a checkpoint
-//! covering its announcement verifies under an already trusted key.
+//! announced later becomes trusted once a checkpoint covering its announcement verifies under an
+//! already trusted key; a key rotation also retires the previous key from then on, so later
+//! checkpoints must carry the new key.
 
 use std::fmt;
 
@@ -16,12 +17,26 @@ use crate::merkle::{self, Frontier, Hash};
 use crate::note::{Checkpoint, Note, NoteError, Verifier};
 use crate::record::parse_record;
 
-/// One stored row: the record bytes (or `None` if retention pruned them) and the stored leaf
-/// hash.
+/// One stored row: the record bytes (or `None` if retention pruned them), the stored leaf
+/// hash and, when the store keeps them, the columns it indexes the record by (searches trust
+/// them, so they must say what the record says).
 pub struct Row {
     pub index: u64,
     pub body: Option<Vec<u8>>,
     pub leaf_hash: Vec<u8>,
+    pub columns: Option<RowColumns>,
+}
+
+/// A store's index columns for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowColumns {
+    pub kind: String,
+    pub time_ms: u64,
+    pub request_id: Option<String>,
+    pub session: Option<String>,
+    pub subject: Option<String>,
+    pub function: Option<String>,
+    pub decision: Option<String>,
 }
 
 /// The first thing found wrong.
@@ -62,7 +77,8 @@ pub struct LogVerifier {
     leaves: Vec<Hash>,
     frontier: Frontier,
     trusted: Vec<Verifier>,
-    announced: Vec<(u64, Verifier)>,
+    /// Announced keys: where, the key, and the key it replaces (rotations).
+    announced: Vec<(u64, Verifier, Option<Verifier>)>,
     pinned: bool,
     trusted_first_key: bool,
     last_good: Option<(u64, Hash)>,
@@ -72,12 +88,13 @@ pub struct LogVerifier {
 
 impl LogVerifier {
     /// `checkpoints` are the stored signed notes with the size they claim; `external` is a
-    /// signed checkpoint obtained elsewhere; `key` pins the trusted key.
+    /// signed checkpoint obtained elsewhere; `keys` pins the trusted keys (empty: trust the
+    /// first key the log announces).
     pub fn new(
         origin: &str,
         mut checkpoints: Vec<(u64, String)>,
         external: Option<String>,
-        key: Option<Verifier>,
+        keys: Vec<Verifier>,
     ) -> Self {
         checkpoints.sort_by_key(|c| c.0);
         LogVerifier {
@@ -87,8 +104,8 @@ impl LogVerifier {
             external,
             leaves: Vec::new(),
             frontier: Frontier::default(),
-            pinned: key.is_some(),
-            trusted: key.into_iter().collect(),
+            pinned: !keys.is_empty(),
+            trusted: keys,
             announced: Vec::new(),
             trusted_first_key: false,
             last_good: None,
@@ -134,18 +151,57 @@ impl LogVerifier {
                 }
                 let record = parse_record(position, body)
                     .map_err(|e| Self::fail(position, e.to_string()))?;
+                if let Some(stored) = &row.columns {
+                    let c = record.event.columns();
+                    let expected = RowColumns {
+                        kind: c.kind.to_string(),
+                        time_ms: c.time_ms,
+                        request_id: c.request_id,
+                        session: c.session,
+                        subject: c.subject,
+                        function: c.function,
+                        decision: c.decision,
+                    };
+                    if stored != &expected {
+                        return Err(Self::fail(
+                            position,
+                            "the store's index columns do not match the record: searches would be misled",
+                        ));
+                    }
+                }
                 if let Some(k) = record.event.announced_key() {
-                    let v = Verifier::parse(k).map_err(|e| {
-                        Self::fail(position, format!("the announced key is unusable: {e}"))
-                    })?;
+                    let parse = |k: &str| {
+                        Verifier::parse(k).map_err(|e| {
+                            Self::fail(position, format!("the announced key is unusable: {e}"))
+                        })
+                    };
+                    let v = parse(k)?;
+                    let previous = match &record.event {
+                        crate::record::Event::KeyRotation(r) => Some(parse(&r.previous_key)?),
+                        _ => None,
+                    };
                     if !self.pinned && self.trusted.is_empty() {
                         self.trusted.push(v.clone());
                         self.trusted_first_key = true;
                     }
-                    self.announced.push((position, v));
+                    self.announced.push((position, v, previous));
                 }
             }
-            None => self.pruned += 1,
+            None => {
+                // Retention prunes call records only; any other record without its body was
+                // erased.
+                if row
+                    .columns
+                    .as_ref()
+                    .is_some_and(|c| !c.kind.starts_with("call"))
+                {
+                    return Err(Self::fail(
+                        position,
+                        "the record's body is gone, and it is not a call record retention may prune",
+                    ));
+                }
+                self.pruned += 1
+            }
         }
         self.leaves.push(stored);
         self.frontier.push(stored);
@@ -213,7 +269,15 @@ impl LogVerifier {
                 ),
             ));
         }
-        let root = merkle::root(&self.leaves[..cp.size as usize]);
+        // Stored checkpoints are checked when the log has exactly their size, so the frontier
+        // gives the root in O(log n); only an external checkpoint for an older size needs the
+        // prefix recomputed. Two checkpoints whose roots both match the same leaves are
+        // consistent with each other by construction.
+        let root = if cp.size == size {
+            self.frontier.root()
+        } else {
+            merkle::root(&self.leaves[..cp.size as usize])
+        };
         if root != cp.root {
             return Err(Self::fail(
                 self.suspect_from().min(cp.size.saturating_sub(1)),
@@ -224,29 +288,35 @@ impl LogVerifier {
                 ),
             ));
         }
-        if let Some((prev_size, prev_root)) = self.last_good
-            && prev_size > 0
-            && prev_size < cp.size
+        // An external checkpoint older than the newest stored one: prove, as any third party
+        // would, that the newer tree extends it.
+        if let Some((last_size, last_root)) = self.last_good
+            && what != "checkpoint"
+            && cp.size > 0
+            && cp.size < last_size
         {
             let proof =
-                merkle::consistency_proof(&self.leaves[..cp.size as usize], prev_size as usize)
+                merkle::consistency_proof(&self.leaves[..last_size as usize], cp.size as usize)
                     .expect("sizes are within the tree");
-            merkle::verify_consistency(prev_size, cp.size, &proof, &prev_root, &cp.root).map_err(
+            merkle::verify_consistency(cp.size, last_size, &proof, &cp.root, &last_root).map_err(
                 |e| {
                     Self::fail(
-                        prev_size,
-                        format!(
-                            "checkpoints at {prev_size} and {} are not consistent: {e}",
-                            cp.size
-                        ),
+                        cp.size,
+                        format!("the {what} at {} and the checkpoint at {last_size} are not consistent: {e}", cp.size),
                     )
                 },
             )?;
         }
-        // Keys announced inside a verified checkpoint become trusted.
-        for (at, v) in &self.announced {
-            if *at < cp.size && !self.trusted.contains(v) {
-                self.trusted.push(v.clone());
+        // Keys announced inside a verified checkpoint become trusted; a rotation retires the
+        // key it replaces.
+        for (at, v, previous) in &self.announced {
+            if *at < cp.size {
+                if !self.trusted.contains(v) {
+                    self.trusted.push(v.clone());
+                }
+                if let Some(p) = previous {
+                    self.trusted.retain(|t| t != p);
+                }
             }
         }
         if self.last_good.is_none_or(|(s, _)| s <= cp.size) {
@@ -346,12 +416,18 @@ mod tests {
     }
 
     fn verify(l: &Log, key: Option<Verifier>) -> Result<Report, Failure> {
-        let mut v = LogVerifier::new(ORIGIN, l.checkpoints.clone(), None, key);
+        let mut v = LogVerifier::new(
+            ORIGIN,
+            l.checkpoints.clone(),
+            None,
+            key.into_iter().collect(),
+        );
         for (index, body, h) in &l.rows {
             v.push(Row {
                 index: *index,
                 body: body.clone(),
                 leaf_hash: h.to_vec(),
+                columns: None,
             })?;
         }
         v.finish()

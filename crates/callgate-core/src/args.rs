@@ -173,7 +173,46 @@ pub fn from_invoke_body(
 
 /// Checks the arguments against the function's schema; every violation is reported with the
 /// JSON pointer of the offending field.
+/// The largest integer every JSON implementation (and the audit log's canonical form, RFC 8785)
+/// represents exactly: 2^53 - 1.
+pub const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// Whether every integer in `v` is within ±(2^53 - 1), so policy, the audit record and the
+/// upstream all see exactly the same number.
+pub fn numbers_are_exact(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u <= MAX_EXACT_INTEGER,
+            (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT_INTEGER,
+            _ => true,
+        },
+        Value::Array(a) => a.iter().all(numbers_are_exact),
+        Value::Object(o) => o.values().all(numbers_are_exact),
+        _ => true,
+    }
+}
+
+fn exact_numbers(v: &Value, pointer: &str) -> Result<(), Refusal> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| exact_numbers(x, &format!("{pointer}/{i}"))),
+        Value::Object(o) => o
+            .iter()
+            .try_for_each(|(k, x)| exact_numbers(x, &format!("{pointer}/{}", pointer_token(k)))),
+        v if !numbers_are_exact(v) => Err(Refusal::invalid_argument(
+            pointer,
+            "integers beyond ±9007199254740991 (2^53 - 1) cannot be represented exactly everywhere; send it as a string",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate(func: &FunctionDef, args: &Map<String, Value>) -> Result<(), Refusal> {
+    for (k, v) in args {
+        exact_numbers(v, &format!("/{}", pointer_token(k)))?;
+    }
     let Some(validator) = &func.validator else {
         return Ok(());
     };
@@ -323,6 +362,40 @@ functions:
         )
         .unwrap();
         Registry::build(&cfg).unwrap()
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_are_refused_wherever_they_are() {
+        let reg = registry();
+        let f = reg.get("quota.adjust").unwrap();
+        let ok = json!({"account_id": "acct_1", "delta": 9007199254740991i64});
+        validate(f, ok.as_object().unwrap()).unwrap();
+        let neg = json!({"account_id": "acct_1", "delta": -9007199254740991i64});
+        validate(f, neg.as_object().unwrap()).unwrap();
+        for (bad, pointer) in [
+            (
+                json!({"account_id": "acct_1", "delta": 9007199254740993u64}),
+                "/delta",
+            ),
+            (
+                json!({"account_id": "acct_1", "delta": -9007199254740993i64}),
+                "/delta",
+            ),
+        ] {
+            match validate(f, bad.as_object().unwrap()) {
+                Err(Refusal::InvalidArguments { errors }) => assert_eq!(errors[0].pointer, pointer),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let users = reg.get("users.get").unwrap();
+        let nested = json!({"id": "u", "tags": [1, 18446744073709551615u64]});
+        match validate(users, nested.as_object().unwrap()) {
+            Err(Refusal::InvalidArguments { errors }) => assert_eq!(errors[0].pointer, "/tags/1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(numbers_are_exact(
+            &json!({"x": [1.5, -3, {"y": 9007199254740991u64}]})
+        ));
     }
 
     #[test]

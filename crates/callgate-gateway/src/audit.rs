@@ -84,6 +84,19 @@ pub fn load_or_create_key(path: &Path, origin: &str) -> Result<Signer, String> {
     }
 }
 
+/// The key for the store at `paths`: created only together with a new store. A store whose key
+/// file is missing is refused (a new key could not sign for the old records).
+pub fn load_key_for(paths: &AuditPaths, origin: &str) -> Result<Signer, String> {
+    if paths.store.exists() && !paths.key.exists() {
+        return Err(format!(
+            "{} holds an audit log but its key file {} is missing; restore the key (a new one cannot vouch for the old records)",
+            paths.store.display(),
+            paths.key.display()
+        ));
+    }
+    load_or_create_key(&paths.key, origin)
+}
+
 /// Writes a secret file readable by its owner only, replacing nothing.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -154,7 +167,7 @@ impl Audit {
     pub async fn open(rt: &Runtime, config_path: &Path) -> Result<Arc<Audit>, String> {
         let cfg = &rt.config.audit;
         let paths = AuditPaths::new(cfg, config_path);
-        let signer = load_or_create_key(&paths.key, &cfg.origin)?;
+        let signer = load_key_for(&paths, &cfg.origin)?;
         let store = SqliteStore::open(&paths.store, Duration::from_millis(cfg.busy_timeout_ms))
             .await
             .map_err(|e| e.to_string())?;
@@ -213,7 +226,7 @@ impl Audit {
                     && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
                 {
                     last_prune = Some(std::time::Instant::now());
-                    let before = now_ms().saturating_sub(days * 86_400_000);
+                    let before = now_ms().saturating_sub(days.saturating_mul(86_400_000));
                     match audit.log.store().prune_bodies(before).await {
                         Ok(n) if n > 0 => {
                             tracing::info!(records = n, "pruned audit record bodies past retention")
@@ -342,8 +355,12 @@ impl Audit {
                     (None, None, digest)
                 } else {
                     match callgate_core::json::parse_strict(&response.body) {
-                        Ok(v) => (Some(v), None, digest),
-                        Err(_) => (None, Some(STANDARD.encode(&response.body)), digest),
+                        // A body whose numbers the canonical form could not keep exactly is
+                        // kept byte for byte instead.
+                        Ok(v) if callgate_core::args::numbers_are_exact(&v) => {
+                            (Some(v), None, digest)
+                        }
+                        _ => (None, Some(STANDARD.encode(&response.body)), digest),
                     }
                 }
             }

@@ -206,6 +206,37 @@ async fn build_call(
     })
 }
 
+/// Phases 8–10 for a call whose record is durable: credential, forward, mask.
+async fn execute(
+    shared: &Shared,
+    rt: &Runtime,
+    call: &Call,
+    decision: &Decision,
+) -> Result<UpstreamResponse, Refusal> {
+    // 8. attach credential
+    let mut headers = call.meta.forward_headers.clone();
+    shared.seams.credentials.attach(call, &mut headers)?;
+    // 9. forward
+    let client = rt
+        .upstreams
+        .get(&call.function.upstream)
+        .ok_or_else(|| Refusal::Internal {
+            detail: format!("no client for upstream {}", call.function.upstream),
+        })?;
+    let shape = args::upstream_shape(&call.function, &call.arguments)?;
+    let mut response = upstream::forward(
+        client,
+        call,
+        shape,
+        headers,
+        rt.config.limits.max_response_bytes,
+    )
+    .await?;
+    // 10. mask
+    shared.seams.masking.mask(call, decision, &mut response)?;
+    Ok(response)
+}
+
 /// Runs the whole pipeline for one request.
 pub async fn run(
     shared: &Shared,
@@ -254,27 +285,9 @@ pub async fn run(
         .call(&call, decision, "allow", Some(&call.function.upstream))
         .await?;
     trace.recorded = true;
-    // 8. attach credential
-    let mut headers = call.meta.forward_headers.clone();
-    shared.seams.credentials.attach(&call, &mut headers)?;
-    // 9. forward
-    let client = rt
-        .upstreams
-        .get(&call.function.upstream)
-        .ok_or_else(|| Refusal::Internal {
-            detail: format!("no client for upstream {}", call.function.upstream),
-        })?;
-    let shape = args::upstream_shape(&call.function, &call.arguments)?;
+    // 8–10. Whatever happens from here on, the call's record says how it ended.
     let started = Instant::now();
-    let mut response = match upstream::forward(
-        client,
-        &call,
-        shape,
-        headers,
-        rt.config.limits.max_response_bytes,
-    )
-    .await
-    {
+    let response = match execute(shared, rt, &call, decision).await {
         Ok(r) => r,
         Err(refusal) => {
             shared
@@ -283,8 +296,6 @@ pub async fn run(
             return Err(refusal);
         }
     };
-    // 10. mask
-    shared.seams.masking.mask(&call, decision, &mut response)?;
     shared.audit.response(&call, &response, started.elapsed());
     tracing::info!(
         request_id = %call.request_id,

@@ -92,6 +92,8 @@ pub struct StoredCheckpoint {
 pub trait AuditStore: Send + Sync + 'static {
     /// The leaf hashes of the whole log in index order (to rebuild the frontier on start).
     fn leaf_hashes(&self) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send;
+    /// How many records the store holds (one more than the highest index).
+    fn size(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Stores a batch durably, in one transaction.
     fn append(&self, batch: &[NewRecord]) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn add_checkpoint(

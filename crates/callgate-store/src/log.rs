@@ -19,6 +19,7 @@ use callgate_audit::merkle::{self, Frontier};
 use callgate_audit::note::{Checkpoint, Signer, Verifier};
 use callgate_audit::record::{
     EncodedEvent, Event, KeyRotationEvent, RecoveryEvent, StartEvent, StopEvent, leaf_bytes,
+    parse_record,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,22 +134,65 @@ impl<S: AuditStore + Clone> AuditLog<S> {
         let leaves = store.leaf_hashes().await?;
         let frontier = Frontier::from_leaves(&leaves);
         let checkpoints = store.checkpoints().await?;
-        if let Some(last) = checkpoints.last() {
-            if last.size > frontier.size() {
-                return Err(StoreError::Inconsistent(format!(
-                    "the log holds {} records but was checkpointed at {}: records were removed; run `callgate audit verify`",
-                    frontier.size(),
-                    last.size
-                )));
+        // Before signing anything, make sure this key and this store belong together and that
+        // nothing unsigned smuggles in a key: the next checkpoint would vouch for it.
+        let signed = match checkpoints.last() {
+            Some(last) => {
+                if last.size > frontier.size() {
+                    return Err(StoreError::Inconsistent(format!(
+                        "the log holds {} records but was checkpointed at {}: records were removed; run `callgate audit verify`",
+                        frontier.size(),
+                        last.size
+                    )));
+                }
+                let cp = Checkpoint::open(&last.note, &[signer.verifier().clone()]).map_err(|e| {
+                    StoreError::Inconsistent(format!(
+                        "the last checkpoint (size {}) is not signed by the configured key ({e}); restore the log's key file or run `callgate audit verify`",
+                        last.size
+                    ))
+                })?;
+                if cp.root != merkle::root(&leaves[..last.size as usize]) {
+                    return Err(StoreError::Inconsistent(format!(
+                        "the first {} records no longer match their checkpoint; run `callgate audit verify`",
+                        last.size
+                    )));
+                }
+                last.size
             }
-            let root = merkle::root(&leaves[..last.size as usize]);
-            let cp = Checkpoint::open(&last.note, &[signer.verifier().clone()]).ok();
-            if cp.is_some_and(|cp| cp.root != root) {
-                return Err(StoreError::Inconsistent(format!(
-                    "the first {} records no longer match their checkpoint; run `callgate audit verify`",
-                    last.size
-                )));
+            None => 0,
+        };
+        let mut from = signed;
+        loop {
+            let rows = store.rows(from, 10_000).await?;
+            let n = rows.len() as u64;
+            for r in rows {
+                let body = r.body.as_deref().ok_or_else(|| {
+                    StoreError::Inconsistent(format!(
+                        "record {} past the last checkpoint has no body",
+                        r.index
+                    ))
+                })?;
+                if merkle::leaf_hash(body).as_slice() != r.leaf_hash.as_slice() {
+                    return Err(StoreError::Inconsistent(format!(
+                        "record {} does not match its leaf hash; run `callgate audit verify`",
+                        r.index
+                    )));
+                }
+                let record = parse_record(r.index, body)
+                    .map_err(|e| StoreError::Inconsistent(format!("record {}: {e}", r.index)))?;
+                if let Some(k) = record.event.announced_key()
+                    && k != signer.verifier().to_string()
+                {
+                    return Err(StoreError::Inconsistent(format!(
+                        "record {} (not yet under a checkpoint) announces a key other than the configured one; run `callgate audit verify`",
+                        r.index
+                    )));
+                }
             }
+            if n < 10_000 {
+                break;
+            }
+            from += n;
         }
         let mut boot = Vec::new();
         if frontier.size() > 0 {
@@ -412,8 +456,28 @@ impl<S: AuditStore> Writer<S> {
                         }
                     }
                 }
+                self.resync().await;
                 false
             }
+        }
+    }
+
+    /// After a failed commit: if the store holds more records than the frontier (the commit
+    /// reported an error but landed), rebuild the frontier so indexes are never reused.
+    async fn resync(&mut self) {
+        match self.store.size().await {
+            Ok(size) if size == self.frontier.size() => {}
+            Ok(size) => {
+                tracing::error!(
+                    store = size,
+                    writer = self.frontier.size(),
+                    "a failed audit commit reached the store; rebuilding the tree from it"
+                );
+                if let Ok(leaves) = self.store.leaf_hashes().await {
+                    self.frontier = Frontier::from_leaves(&leaves);
+                }
+            }
+            Err(_) => {}
         }
     }
 

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use callgate_audit::merkle;
 use callgate_audit::note::{Checkpoint, Verifier};
 use callgate_audit::record::parse_record;
-use callgate_audit::verify::{Failure, LogVerifier, Report, Row};
+use callgate_audit::verify::{Failure, LogVerifier, Report, Row, RowColumns};
 use serde_json::{Value, json};
 
 use crate::{AuditStore, Filter, StoreError, StoredRecord};
@@ -19,7 +19,7 @@ const PAGE: u32 = 10_000;
 pub async fn verify<S: AuditStore>(
     store: &S,
     origin: &str,
-    key: Option<Verifier>,
+    keys: Vec<Verifier>,
     external: Option<String>,
 ) -> Result<Result<Report, Failure>, StoreError> {
     let checkpoints = store
@@ -28,7 +28,7 @@ pub async fn verify<S: AuditStore>(
         .into_iter()
         .map(|c| (c.size, c.note))
         .collect();
-    let mut v = LogVerifier::new(origin, checkpoints, external, key);
+    let mut v = LogVerifier::new(origin, checkpoints, external, keys);
     let mut from = 0;
     loop {
         let rows = store.rows(from, PAGE).await?;
@@ -38,6 +38,15 @@ pub async fn verify<S: AuditStore>(
                 index: r.index,
                 body: r.body,
                 leaf_hash: r.leaf_hash,
+                columns: Some(RowColumns {
+                    kind: r.kind,
+                    time_ms: r.time_ms,
+                    request_id: r.request_id,
+                    session: r.session,
+                    subject: r.subject,
+                    function: r.function,
+                    decision: r.decision,
+                }),
             }) {
                 return Ok(Err(f));
             }

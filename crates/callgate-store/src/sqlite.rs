@@ -180,19 +180,37 @@ fn insert(rows: &[NewRecord]) -> QueryBuilder<Sqlite> {
     qb
 }
 
-fn record(row: SqliteRow) -> StoredRecord {
-    StoredRecord {
-        index: row.get::<i64, _>("idx") as u64,
-        kind: row.get("kind"),
-        time_ms: row.get::<i64, _>("time_ms") as u64,
-        request_id: row.get("request_id"),
-        session: row.get("session"),
-        subject: row.get("subject"),
-        function: row.get("function"),
-        decision: row.get("decision"),
-        body: row.get("body"),
-        leaf_hash: row.get("leaf_hash"),
-    }
+/// A column of a stored row; a value of the wrong type (someone edited the database) is an
+/// inconsistency to report, not a panic.
+fn col<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Inconsistent(format!("column {name}: {e}")))
+}
+
+fn col_at<'r, T>(row: &'r SqliteRow, i: usize) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(i)
+        .map_err(|e| StoreError::Inconsistent(format!("column {i}: {e}")))
+}
+
+fn record(row: SqliteRow) -> Result<StoredRecord, StoreError> {
+    Ok(StoredRecord {
+        index: col::<i64>(&row, "idx")? as u64,
+        kind: col(&row, "kind")?,
+        time_ms: col::<i64>(&row, "time_ms")? as u64,
+        request_id: col(&row, "request_id")?,
+        session: col(&row, "session")?,
+        subject: col(&row, "subject")?,
+        function: col(&row, "function")?,
+        decision: col(&row, "decision")?,
+        body: col(&row, "body")?,
+        leaf_hash: col(&row, "leaf_hash")?,
+    })
 }
 
 const COLUMNS: &str =
@@ -206,18 +224,26 @@ impl AuditStore for SqliteStore {
             .map_err(unreadable)?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.into_iter().enumerate() {
-            let idx: i64 = row.get(0);
+            let idx: i64 = col_at(&row, 0)?;
             if idx as u64 != i as u64 {
                 return Err(StoreError::Inconsistent(format!(
                     "record {i} is missing (found {idx} in its place); run `callgate audit verify`"
                 )));
             }
-            let h: Vec<u8> = row.get(1);
+            let h: Vec<u8> = col_at(&row, 1)?;
             out.push(h.as_slice().try_into().map_err(|_| {
                 StoreError::Inconsistent(format!("record {i} has a malformed leaf hash"))
             })?);
         }
         Ok(out)
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) FROM records")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(unreadable)?;
+        Ok(col_at::<i64>(&row, 0)? as u64)
     }
 
     async fn append(&self, batch: &[NewRecord]) -> Result<(), StoreError> {
@@ -243,7 +269,7 @@ impl AuditStore for SqliteStore {
     }
 
     async fn add_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO checkpoints (size, note, time_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO checkpoints (size, note, time_ms) VALUES (?, ?, ?)")
             .bind(cp.size as i64)
             .bind(&cp.note)
             .bind(cp.time_ms as i64)
@@ -258,14 +284,15 @@ impl AuditStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unreadable)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredCheckpoint {
-                size: r.get::<i64, _>(0) as u64,
-                note: r.get(1),
-                time_ms: r.get::<i64, _>(2) as u64,
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredCheckpoint {
+                    size: col_at::<i64>(&r, 0)? as u64,
+                    note: col_at(&r, 1)?,
+                    time_ms: col_at::<i64>(&r, 2)? as u64,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn rows(&self, from: u64, limit: u32) -> Result<Vec<StoredRecord>, StoreError> {
@@ -277,7 +304,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(unreadable)?;
-        Ok(rows.into_iter().map(record).collect())
+        rows.into_iter().map(record).collect()
     }
 
     async fn search(&self, f: &Filter) -> Result<Vec<StoredRecord>, StoreError> {
@@ -311,7 +338,7 @@ impl AuditStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unreadable)?;
-        Ok(rows.into_iter().map(record).collect())
+        rows.into_iter().map(record).collect()
     }
 
     async fn unfinished_since(&self, from: u64) -> Result<Vec<String>, StoreError> {
@@ -328,7 +355,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.writer)
         .await
         .map_err(unreadable)?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| col_at(r, 0)).collect()
     }
 
     async fn last_of_kind(&self, kind: &str) -> Result<Option<u64>, StoreError> {
@@ -337,7 +364,7 @@ impl AuditStore for SqliteStore {
             .fetch_one(&self.writer)
             .await
             .map_err(unreadable)?;
-        Ok(row.get::<Option<i64>, _>(0).map(|i| i as u64))
+        Ok(col_at::<Option<i64>>(&row, 0)?.map(|i| i as u64))
     }
 
     async fn prune_bodies(&self, before_ms: u64) -> Result<u64, StoreError> {
@@ -358,7 +385,7 @@ impl AuditStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(unreadable)?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| col_at(&r, 0)).transpose()
     }
 
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {

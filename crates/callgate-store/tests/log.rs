@@ -73,7 +73,7 @@ async fn concurrent_appends_are_group_committed_and_verify() {
             < 1001,
         "fewer transactions than records"
     );
-    let report = ops::verify(log.store(), ORIGIN, Some(signer().verifier().clone()), None)
+    let report = ops::verify(log.store(), ORIGIN, vec![signer().verifier().clone()], None)
         .await
         .unwrap()
         .unwrap();
@@ -134,7 +134,7 @@ async fn a_run_that_did_not_stop_cleanly_is_recorded_on_restart() {
     let log = open(&path).await.unwrap();
     let rec = recoveries(&log).await;
     assert_eq!(rec.len(), 1);
-    let report = ops::verify(log.store(), ORIGIN, None, None)
+    let report = ops::verify(log.store(), ORIGIN, vec![], None)
         .await
         .unwrap()
         .unwrap();
@@ -165,7 +165,7 @@ async fn a_locked_store_refuses_appends_and_recovers() {
     // start + retried record + this one: nothing was lost and no index was skipped.
     assert_eq!(first, 2);
     log.checkpoint().await.unwrap();
-    ops::verify(log.store(), ORIGIN, None, None)
+    ops::verify(log.store(), ORIGIN, vec![], None)
         .await
         .unwrap()
         .unwrap();
@@ -185,11 +185,12 @@ async fn key_rotation_is_recorded_and_the_new_key_is_trusted() {
     let cp = log.checkpoint().await.unwrap().unwrap();
     assert!(ops::open_checkpoint(&cp.note, &new_key).is_ok());
     assert!(ops::open_checkpoint(&cp.note, signer().verifier()).is_err());
-    let report = ops::verify(log.store(), ORIGIN, Some(signer().verifier().clone()), None)
+    let report = ops::verify(log.store(), ORIGIN, vec![signer().verifier().clone()], None)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(report.keys.len(), 2);
+    // Trust moved to the new key through the rotation, and the old key was retired.
+    assert_eq!(report.keys, vec![new_key.to_string()]);
 }
 
 #[tokio::test]
@@ -219,7 +220,7 @@ async fn pruning_bodies_keeps_the_log_verifiable() {
     log.checkpoint().await.unwrap();
     // Call records older than t=1000 lose their bodies; the start record is not a call record.
     assert_eq!(log.store().prune_bodies(1_000).await.unwrap(), 2);
-    let report = ops::verify(log.store(), ORIGIN, None, None)
+    let report = ops::verify(log.store(), ORIGIN, vec![], None)
         .await
         .unwrap()
         .unwrap();
@@ -227,4 +228,69 @@ async fn pruning_bodies_keeps_the_log_verifiable() {
     assert_eq!(report.tree_size, 4);
     let pruned = ops::call_records(log.store(), "r10").await.unwrap();
     assert_eq!(ops::record_json(&pruned[0])["pruned"], true);
+}
+
+#[tokio::test]
+async fn a_store_refuses_to_open_with_a_key_that_did_not_sign_it_or_an_unsigned_key_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    {
+        let log = open(&path).await.unwrap();
+        log.append(vec![event(1)]).await.unwrap();
+        log.close("test").await.unwrap();
+        log.store().close().await;
+    }
+    // Another key (a lost key file replaced by a fresh one) cannot vouch for these records.
+    let other = Signer::from_seed(ORIGIN, [9; 32]).unwrap();
+    let store = SqliteStore::open(&path, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let mut start = start();
+    start.key = other.verifier().to_string();
+    let err = AuditLog::open(
+        store.clone(),
+        other,
+        LogOptions {
+            origin: ORIGIN.into(),
+        },
+        start,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string().contains("not signed by the configured key"),
+        "{err}"
+    );
+    store.close().await;
+
+    // Someone with write access appends a record announcing their key after the last
+    // checkpoint: the next start must not sign over it.
+    {
+        let mallory = Signer::from_seed(ORIGIN, [8; 32]).unwrap();
+        let store = SqliteStore::open(&path, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let size = store.size().await.unwrap();
+        let event = Event::KeyRotation(callgate_audit::record::KeyRotationEvent {
+            time_ms: 5,
+            previous_key: signer().verifier().to_string(),
+            key: mallory.verifier().to_string(),
+        })
+        .encode()
+        .unwrap();
+        let body = callgate_audit::record::leaf_bytes(size, &event.json);
+        store
+            .append(&[callgate_store::NewRecord {
+                index: size,
+                columns: event.columns,
+                leaf_hash: merkle::leaf_hash(&body),
+                body,
+            }])
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let err = open(&path).await.err().expect("refused");
+    assert!(err.to_string().contains("announces a key"), "{err}");
 }

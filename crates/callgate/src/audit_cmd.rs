@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use callgate_audit::note::{Signer, Verifier};
 use callgate_audit::record::{Event, StartEvent, parse_record};
 use callgate_core::config::AuditConfig;
-use callgate_gateway::audit::{AuditPaths, load_or_create_key, write_private};
+use callgate_gateway::audit::{AuditPaths, load_key_for, write_private};
 use callgate_store::log::now_ms;
 use callgate_store::{AuditLog, AuditStore, Filter, LogOptions, SqliteStore, StoredRecord, ops};
 use clap::Subcommand;
@@ -33,10 +33,10 @@ pub enum AuditCommand {
         /// A checkpoint kept elsewhere (published copy) that the log must still contain.
         #[arg(long)]
         from_checkpoint: Option<PathBuf>,
-        /// The verifier key to trust (`name+hash+key`); default: the first key the log
-        /// announced.
+        /// A verifier key to trust (`name+hash+key`); repeat for several. Default: the first
+        /// key the log announced. Keys the log rotated to are trusted through the rotation.
         #[arg(long)]
-        key: Option<String>,
+        key: Vec<String>,
     },
     /// Print an RFC 6962 inclusion proof of a call's record against the latest checkpoint.
     Prove { request_id: String },
@@ -109,18 +109,17 @@ fn parse_time(s: &str) -> anyhow::Result<u64> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| anyhow!("{s:?} is neither unix milliseconds nor an age like 30m, 12h, 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let bad = || anyhow!("{s:?} is neither unix milliseconds nor an age like 30m, 12h, 7d");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => bail!("{s:?}: an age ends in s, m, h or d"),
     };
-    Ok(now_ms().saturating_sub(secs * 1000))
+    Ok(now_ms().saturating_sub(n.saturating_mul(per).saturating_mul(1000)))
 }
 
 impl FilterArgs {
@@ -180,8 +179,9 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             key,
         } => {
             let key = key
-                .map(|k| Verifier::parse(&k).map_err(|e| anyhow!("--key: {e}")))
-                .transpose()?;
+                .iter()
+                .map(|k| Verifier::parse(k).map_err(|e| anyhow!("--key {k}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let external = from_checkpoint
                 .map(|p| std::fs::read_to_string(&p).with_context(|| format!("{}", p.display())))
                 .transpose()?;
@@ -315,7 +315,7 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 
 /// `audit rotate-key`: only while the gateway is stopped (the store's writer lock says so).
 async fn rotate(cfg: &AuditConfig, paths: &AuditPaths) -> anyhow::Result<ExitCode> {
-    let old = load_or_create_key(&paths.key, &cfg.origin).map_err(|e| anyhow!("{e}"))?;
+    let old = load_key_for(paths, &cfg.origin).map_err(|e| anyhow!("{e}"))?;
     let store = SqliteStore::open(&paths.store, Duration::from_millis(cfg.busy_timeout_ms))
         .await
         .map_err(|e| anyhow!("{e} (stop the gateway before rotating its key)"))?;

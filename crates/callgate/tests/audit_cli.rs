@@ -267,6 +267,16 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
         ),
         ("delete a record", "DELETE FROM records WHERE idx = 7", 7),
         (
+            "hide a record from searches",
+            "UPDATE records SET subject = 'nobody' WHERE idx = 3",
+            3,
+        ),
+        (
+            "erase a record that retention never prunes",
+            "UPDATE records SET body = NULL WHERE idx = 0",
+            0,
+        ),
+        (
             "reorder two records",
             "UPDATE records SET idx = -1 WHERE idx = 4; UPDATE records SET idx = 4 WHERE idx = 5; UPDATE records SET idx = 5 WHERE idx = -1",
             4,

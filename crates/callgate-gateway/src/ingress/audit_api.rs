@@ -6,6 +6,7 @@
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use callgate_core::refusal::Refusal;
@@ -111,17 +112,27 @@ fn store_error(e: StoreError, id: &str) -> Response<Body> {
     )
 }
 
+/// A path parameter, or the problem+json for one that is not valid UTF-8.
+fn path(p: Result<Path<String>, PathRejection>, id: &str) -> Result<String, Response<Body>> {
+    p.map(|Path(v)| v)
+        .map_err(|e| problem::response(&Refusal::bad_request(e.body_text()), id))
+}
+
 fn not_found(detail: String, id: &str) -> Response<Body> {
     problem::response(&Refusal::UnknownFunction { detail }, id)
 }
 
 async fn call(
     State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
+    request_id: Result<Path<String>, PathRejection>,
     access: Access,
 ) -> Response<Body> {
     let id = match admit(&shared, &access).await {
         Ok(id) => id,
+        Err(r) => return r,
+    };
+    let request_id = match path(request_id, &id) {
+        Ok(p) => p,
         Err(r) => return r,
     };
     match ops::call_records(shared.audit.log().store(), &request_id).await {
@@ -138,11 +149,15 @@ async fn call(
 
 async fn proof(
     State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
+    request_id: Result<Path<String>, PathRejection>,
     access: Access,
 ) -> Response<Body> {
     let id = match admit(&shared, &access).await {
         Ok(id) => id,
+        Err(r) => return r,
+    };
+    let request_id = match path(request_id, &id) {
+        Ok(p) => p,
         Err(r) => return r,
     };
     // Sign a checkpoint first so a call made a moment ago can be proved.
@@ -166,11 +181,15 @@ async fn proof(
 
 async fn session(
     State(shared): State<Arc<Shared>>,
-    Path(session): Path<String>,
+    session: Result<Path<String>, PathRejection>,
     access: Access,
 ) -> Response<Body> {
     let id = match admit(&shared, &access).await {
         Ok(id) => id,
+        Err(r) => return r,
+    };
+    let session = match path(session, &id) {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let filter = Filter {
@@ -282,12 +301,24 @@ async fn verify(State(shared): State<Arc<Shared>>, access: Access) -> Response<B
         Ok(id) => id,
         Err(r) => return r,
     };
+    // Verification reads and hashes the whole log: one at a time, so auditors cannot starve
+    // the calls this gateway serves.
+    static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let Ok(_permit) = RUNNING.try_acquire() else {
+        return problem::response(
+            &Refusal::Unavailable {
+                detail: "a verification is already running; try again when it is done".into(),
+            },
+            &id,
+        );
+    };
     let log = shared.audit.log();
-    match ops::verify(log.store(), log.origin(), None, None).await {
+    match ops::verify(log.store(), log.origin(), vec![], None).await {
         Ok(Ok(r)) => json(
             StatusCode::OK,
             &json!({"ok": true, "tree_size": r.tree_size, "checkpoints": r.checkpoints,
-                    "checkpointed_size": r.checkpointed_size, "pruned": r.pruned, "keys": r.keys}),
+                    "checkpointed_size": r.checkpointed_size, "pruned": r.pruned, "keys": r.keys,
+                    "trusted_first_key": r.trusted_first_key}),
         ),
         Ok(Err(f)) => json(
             StatusCode::OK,

@@ -147,7 +147,7 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
     assert_eq!(up.count(), 1);
     settle(&gw).await;
     let store = gw.gateway.shared.audit.log().store();
-    let report = ops::verify(store, "callgate.local/audit", None, None)
+    let report = ops::verify(store, "callgate.local/audit", vec![], None)
         .await
         .unwrap()
         .unwrap();
