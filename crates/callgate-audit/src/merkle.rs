@@ -292,6 +292,25 @@ impl Frontier {
         self.size
     }
 
+    /// The peaks, concatenated (32 bytes each), for storing beside a checkpoint.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.peaks.concat()
+    }
+
+    /// A frontier stored with [`Frontier::to_bytes`] for a tree of `size` leaves. `None` if the
+    /// bytes cannot be the peaks of such a tree. Check the result's root against a signed one
+    /// before trusting it.
+    pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Frontier> {
+        if !bytes.len().is_multiple_of(32) || bytes.len() / 32 != size.count_ones() as usize {
+            return None;
+        }
+        let peaks = bytes
+            .chunks(32)
+            .map(|c| Hash::try_from(c).expect("32-byte chunks"))
+            .collect();
+        Some(Frontier { size, peaks })
+    }
+
     pub fn push(&mut self, leaf: Hash) {
         let mut h = leaf;
         let mut s = self.size;
@@ -341,6 +360,18 @@ mod tests {
         fn frontier_matches_recursive_root(n in 0usize..300) {
             let l = leaves(n);
             prop_assert_eq!(Frontier::from_leaves(&l).root(), root(&l));
+        }
+
+        #[test]
+        fn a_stored_frontier_continues_the_same_tree(n in 0usize..200, more in 0usize..50) {
+            let l = leaves(n + more);
+            let f = Frontier::from_leaves(&l[..n]);
+            let mut g = Frontier::from_bytes(n as u64, &f.to_bytes()).unwrap();
+            for h in &l[n..] {
+                g.push(*h);
+            }
+            prop_assert_eq!(g.root(), root(&l));
+            prop_assert!(Frontier::from_bytes(n as u64 + 1, &f.to_bytes()).is_none() || (n + 1).count_ones() == n.count_ones());
         }
 
         #[test]

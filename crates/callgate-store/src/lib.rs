@@ -85,6 +85,9 @@ pub struct StoredCheckpoint {
     pub size: u64,
     pub note: String,
     pub time_ms: u64,
+    /// The tree's right edge at this size ([`callgate_audit::merkle::Frontier::to_bytes`]), so
+    /// a restart reads only the records after the last checkpoint. Empty when unknown.
+    pub frontier: Vec<u8>,
 }
 
 /// What the audit log needs from storage. Appends are all-or-nothing and durable when they

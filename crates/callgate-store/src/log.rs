@@ -131,17 +131,15 @@ impl<S: AuditStore + Clone> AuditLog<S> {
             Some(_) => {}
             None => store.set_meta("origin", &opts.origin).await?,
         }
-        let leaves = store.leaf_hashes().await?;
-        let frontier = Frontier::from_leaves(&leaves);
         let checkpoints = store.checkpoints().await?;
+        let size = store.size().await?;
         // Before signing anything, make sure this key and this store belong together and that
         // nothing unsigned smuggles in a key: the next checkpoint would vouch for it.
-        let signed = match checkpoints.last() {
+        let (signed, mut frontier) = match checkpoints.last() {
             Some(last) => {
-                if last.size > frontier.size() {
+                if last.size > size {
                     return Err(StoreError::Inconsistent(format!(
-                        "the log holds {} records but was checkpointed at {}: records were removed; run `callgate audit verify`",
-                        frontier.size(),
+                        "the log holds {size} records but was checkpointed at {}: records were removed; run `callgate audit verify`",
                         last.size
                     )));
                 }
@@ -151,28 +149,49 @@ impl<S: AuditStore + Clone> AuditLog<S> {
                         last.size
                     ))
                 })?;
-                if cp.root != merkle::root(&leaves[..last.size as usize]) {
-                    return Err(StoreError::Inconsistent(format!(
-                        "the first {} records no longer match their checkpoint; run `callgate audit verify`",
-                        last.size
-                    )));
-                }
-                last.size
+                // The right edge stored with the checkpoint spares rereading every leaf; it is
+                // used only if it leads to the signed root.
+                let stored =
+                    Frontier::from_bytes(last.size, &last.frontier).filter(|f| f.root() == cp.root);
+                let f = match stored {
+                    Some(f) => f,
+                    None => {
+                        let leaves = store.leaf_hashes().await?;
+                        let f = Frontier::from_leaves(
+                            &leaves[..(last.size as usize).min(leaves.len())],
+                        );
+                        if f.size() != last.size || f.root() != cp.root {
+                            return Err(StoreError::Inconsistent(format!(
+                                "the first {} records no longer match their checkpoint; run `callgate audit verify`",
+                                last.size
+                            )));
+                        }
+                        f
+                    }
+                };
+                (last.size, f)
             }
-            None => 0,
+            None => (0, Frontier::default()),
         };
         let mut from = signed;
         loop {
             let rows = store.rows(from, 10_000).await?;
             let n = rows.len() as u64;
             for r in rows {
+                if r.index != frontier.size() {
+                    return Err(StoreError::Inconsistent(format!(
+                        "record {} is missing; run `callgate audit verify`",
+                        frontier.size()
+                    )));
+                }
                 let body = r.body.as_deref().ok_or_else(|| {
                     StoreError::Inconsistent(format!(
                         "record {} past the last checkpoint has no body",
                         r.index
                     ))
                 })?;
-                if merkle::leaf_hash(body).as_slice() != r.leaf_hash.as_slice() {
+                let leaf = merkle::leaf_hash(body);
+                if leaf.as_slice() != r.leaf_hash.as_slice() {
                     return Err(StoreError::Inconsistent(format!(
                         "record {} does not match its leaf hash; run `callgate audit verify`",
                         r.index
@@ -188,11 +207,18 @@ impl<S: AuditStore + Clone> AuditLog<S> {
                         r.index
                     )));
                 }
+                frontier.push(leaf);
             }
             if n < 10_000 {
                 break;
             }
             from += n;
+        }
+        if frontier.size() != size {
+            return Err(StoreError::Inconsistent(format!(
+                "the store holds records up to index {} but they are not contiguous; run `callgate audit verify`",
+                size.saturating_sub(1)
+            )));
         }
         let mut boot = Vec::new();
         if frontier.size() > 0 {
@@ -498,6 +524,7 @@ impl<S: AuditStore> Writer<S> {
             size,
             note,
             time_ms: now_ms(),
+            frontier: self.frontier.to_bytes(),
         };
         self.store
             .add_checkpoint(&stored)

@@ -41,7 +41,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS checkpoints (
         size INTEGER PRIMARY KEY,
         note TEXT NOT NULL,
-        time_ms INTEGER NOT NULL
+        time_ms INTEGER NOT NULL,
+        frontier BLOB
     )",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
@@ -269,10 +270,11 @@ impl AuditStore for SqliteStore {
     }
 
     async fn add_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO checkpoints (size, note, time_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO checkpoints (size, note, time_ms, frontier) VALUES (?, ?, ?, ?)")
             .bind(cp.size as i64)
             .bind(&cp.note)
             .bind(cp.time_ms as i64)
+            .bind(cp.frontier.as_slice())
             .execute(&self.writer)
             .await
             .map_err(unwritable)?;
@@ -280,16 +282,18 @@ impl AuditStore for SqliteStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows = sqlx::query("SELECT size, note, time_ms FROM checkpoints ORDER BY size")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unreadable)?;
+        let rows =
+            sqlx::query("SELECT size, note, time_ms, frontier FROM checkpoints ORDER BY size")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(unreadable)?;
         rows.into_iter()
             .map(|r| {
                 Ok(StoredCheckpoint {
                     size: col_at::<i64>(&r, 0)? as u64,
                     note: col_at(&r, 1)?,
                     time_ms: col_at::<i64>(&r, 2)? as u64,
+                    frontier: col_at::<Option<Vec<u8>>>(&r, 3)?.unwrap_or_default(),
                 })
             })
             .collect()

@@ -112,10 +112,10 @@ fn store_error(e: StoreError, id: &str) -> Response<Body> {
     )
 }
 
-/// A path parameter, or the problem+json for one that is not valid UTF-8.
-fn path(p: Result<Path<String>, PathRejection>, id: &str) -> Result<String, Response<Body>> {
+/// A path parameter, or why it cannot be read (not valid UTF-8, say).
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
     p.map(|Path(v)| v)
-        .map_err(|e| problem::response(&Refusal::bad_request(e.body_text()), id))
+        .map_err(|e| Refusal::bad_request(e.body_text()))
 }
 
 fn not_found(detail: String, id: &str) -> Response<Body> {
@@ -131,9 +131,9 @@ async fn call(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let request_id = match path(request_id, &id) {
+    let request_id = match path(request_id) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return problem::response(&r, &id),
     };
     match ops::call_records(shared.audit.log().store(), &request_id).await {
         Ok(rs) if rs.is_empty() => {
@@ -156,9 +156,9 @@ async fn proof(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let request_id = match path(request_id, &id) {
+    let request_id = match path(request_id) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return problem::response(&r, &id),
     };
     // Sign a checkpoint first so a call made a moment ago can be proved.
     if let Err(e) = shared.audit.checkpoint().await {
@@ -188,9 +188,9 @@ async fn session(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let session = match path(session, &id) {
+    let session = match path(session) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return problem::response(&r, &id),
     };
     let filter = Filter {
         session: Some(session.clone()),
