@@ -27,39 +27,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 up_port=18181
 gw_port=18180
-$on demo upstream --listen 127.0.0.1:$up_port 2>/dev/null &
-read -r key hash < <($on keygen | awk '/^key:/{k=$2} /^hash:/{h=$2} END{print k, h}')
-mkdir -p "$work/policies"
-cat > "$work/callgate.yaml" <<YAML
-listen: 127.0.0.1:$gw_port
-logging: {level: warn}
-identity:
-  api_keys: [{id: bench, hash: "$hash", subject: bench, groups: [billing-ops]}]
-upstreams: {bank-ops: {url: "http://127.0.0.1:$up_port"}}
-policies: [policies]
-functions:
-  - name: quota.adjust
-    upstream: bank-ops
-    route: POST /quota/adjust
-    arguments:
-      type: object
-      properties: {account_id: {type: string}, delta: {type: integer}}
-      required: [account_id, delta]
-      additionalProperties: false
-YAML
-# The baseline predates the audit section; give it the same file without it.
+source benches/common.sh
+bench_setup "$on" "$work" $up_port $gw_port
+# The baseline predates the audit section; the same file serves both.
 cp "$work/callgate.yaml" "$work/callgate-off.yaml"
-cat > "$work/policies/bench.cedar" <<'CEDAR'
-permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"quota.adjust", resource)
-when { context.arguments.account_id like "acct_*" && context.arguments.delta >= -100 && context.arguments.delta <= 100 };
-CEDAR
-pad=$(printf 'x%.0s' $(seq 1 990))
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"account_id":"acct_$pad","delta":5}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-API-Key"] = "$key"
-LUA
 
 measure() { # binary config -> sets $result
   "$1" serve --config "$2" &

@@ -18,40 +18,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 up_port=18181
 gw_port=18180
-$bin demo upstream --listen 127.0.0.1:$up_port 2>/dev/null &
-read -r key hash < <($bin keygen | awk '/^key:/{k=$2} /^hash:/{h=$2} END{print k, h}')
-mkdir -p "$work/policies"
-cat > "$work/callgate.yaml" <<YAML
-listen: 127.0.0.1:$gw_port
-logging: {level: warn}
-identity:
-  api_keys: [{id: bench, hash: "$hash", subject: bench, groups: [billing-ops]}]
-upstreams: {bank-ops: {url: "http://127.0.0.1:$up_port"}}
-policies: [policies]
-functions:
-  - name: quota.adjust
-    upstream: bank-ops
-    route: POST /quota/adjust
-    arguments:
-      type: object
-      properties: {account_id: {type: string}, delta: {type: integer}}
-      required: [account_id, delta]
-      additionalProperties: false
-YAML
-cat > "$work/policies/bench.cedar" <<'CEDAR'
-permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"quota.adjust", resource)
-when { context.arguments.account_id like "acct_*" && context.arguments.delta >= -100 && context.arguments.delta <= 100 };
-CEDAR
+source benches/common.sh
+bench_setup "$bin" "$work" $up_port $gw_port
 $bin serve --config "$work/callgate.yaml" &
 sleep 1
-
-pad=$(printf 'x%.0s' $(seq 1 990))
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"account_id":"acct_$pad","delta":5}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-API-Key"] = "$key"
-LUA
 check=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$gw_port/quota/adjust" \
   -H "X-API-Key: $key" -H 'content-type: application/json' -d "{\"account_id\":\"acct_$pad\",\"delta\":5}")
 [ "$check" = 200 ] || { echo "the gateway answered $check, not 200" >&2; exit 1; }
