@@ -182,14 +182,20 @@ pub struct KeyRotationEvent {
     pub key: String,
 }
 
-/// Somebody read the audit log through the API.
+/// Somebody read, or tried to read, the audit log through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditReadEvent {
     pub time_ms: u64,
     pub request_id: String,
-    pub subject: String,
+    /// Absent when the request carried no valid credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The path and query that were read.
     pub resource: String,
+    /// Why the read was refused (`unauthenticated`, `forbidden`); absent for a read that was
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Everything the log records.
@@ -288,7 +294,8 @@ impl Event {
                 kind,
                 time_ms: e.time_ms,
                 request_id: Some(e.request_id.clone()),
-                subject: Some(e.subject.clone()),
+                subject: e.subject.clone(),
+                decision: e.refused.as_ref().map(|_| "refused".to_string()),
                 ..Default::default()
             },
             Event::Start(StartEvent { time_ms, .. })

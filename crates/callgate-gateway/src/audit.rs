@@ -421,8 +421,9 @@ impl Audit {
         let e = Event::AuditRead(AuditReadEvent {
             time_ms: now_ms(),
             request_id: request_id.to_string(),
-            subject: subject.to_string(),
+            subject: Some(subject.to_string()),
             resource: resource.to_string(),
+            refused: None,
         })
         .encode()
         .map_err(|e| Refusal::Internal {
@@ -430,6 +431,18 @@ impl Audit {
         })?;
         self.log.append(vec![e]).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Records a refused attempt to read the log (`why`: the refusal's code), without waiting,
+    /// like any other refusal: anonymous callers cannot make the gateway wait on the disk.
+    pub fn read_refused(&self, request_id: &str, subject: Option<&str>, resource: &str, why: &str) {
+        self.queue(Event::AuditRead(AuditReadEvent {
+            time_ms: now_ms(),
+            request_id: request_id.to_string(),
+            subject: subject.map(str::to_string),
+            resource: resource.to_string(),
+            refused: Some(why.to_string()),
+        }));
     }
 
     fn queue(&self, event: Event) {

@@ -466,7 +466,18 @@ fn summary(r: &StoredRecord) -> String {
             x.policy_sha256.get(..16).unwrap_or("")
         ),
         Event::KeyRotation(k) => format!("key rotation -> {}", k.key),
-        Event::AuditRead(a) => format!("audit read by {}: {}", a.subject, a.resource),
+        Event::AuditRead(a) => match &a.refused {
+            None => format!(
+                "audit read by {}: {}",
+                a.subject.as_deref().unwrap_or("-"),
+                a.resource
+            ),
+            Some(why) => format!(
+                "audit read REFUSED ({why}) for {}: {}",
+                a.subject.as_deref().unwrap_or("an unauthenticated caller"),
+                a.resource
+            ),
+        },
     }
 }
 

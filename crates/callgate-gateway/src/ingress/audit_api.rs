@@ -60,32 +60,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
     }
 }
 
-/// Authenticates, checks the auditors group, and records the read.
+/// Authenticates, checks the auditors group, and records the read — or the refused attempt:
+/// who tried to read the audit log matters as much as who did.
 async fn admit(shared: &Shared, access: &Access) -> Result<String, Response<Body>> {
     let id = access.id.clone();
     let rt = shared.reloader.current();
-    let principal = rt
-        .auth
-        .authenticate(&access.headers)
-        .await
-        .map_err(|r| problem::response(&r, &id))?;
-    if !principal.groups.contains(&shared.audit.auditors_group) {
-        return Err(problem::response(
-            &Refusal::Forbidden {
+    let refusal = match rt.auth.authenticate(&access.headers).await {
+        Ok(p) if p.groups.contains(&shared.audit.auditors_group) => {
+            shared
+                .audit
+                .read(&id, &p.subject, &access.resource)
+                .await
+                .map_err(|r| problem::response(&r, &id))?;
+            return Ok(id);
+        }
+        Ok(p) => (
+            Some(p.subject.clone()),
+            Refusal::Forbidden {
                 detail: format!(
                     "reading the audit log needs membership of {:?}",
                     shared.audit.auditors_group
                 ),
             },
-            &id,
-        ));
-    }
+        ),
+        Err(r) => (None, r),
+    };
+    let (subject, refusal) = refusal;
     shared
         .audit
-        .read(&id, &principal.subject, &access.resource)
-        .await
-        .map_err(|r| problem::response(&r, &id))?;
-    Ok(id)
+        .read_refused(&id, subject.as_deref(), &access.resource, refusal.code());
+    Err(problem::response(&refusal, &id))
 }
 
 fn json(status: StatusCode, v: &Value) -> Response<Body> {

@@ -252,17 +252,26 @@ async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
     assert_eq!(verify.json()["ok"], true, "{:?}", verify.body);
     let key = get(&gw.url("/v1/audit/key"), &auditor).await;
     assert!(String::from_utf8_lossy(&key.body).starts_with("callgate.local/audit+"));
-    // Every read by the auditor is in the log, the refused ones are not reads.
+    // Every read and every refused attempt is in the log: first the unauthenticated one, then
+    // olivia's, then ada's nine reads.
     let reads = get(
         &gw.url("/v1/audit/records?kind=admin.audit_read&limit=100"),
         &auditor,
     )
     .await;
     let reads = reads.json()["records"].as_array().unwrap().clone();
-    assert_eq!(reads.len(), 9, "{reads:#?}");
-    assert!(reads.iter().all(|r| r["event"]["subject"] == "ada"));
+    assert_eq!(reads.len(), 11, "{reads:#?}");
+    assert_eq!(reads[0]["event"]["refused"], "unauthenticated");
+    assert!(reads[0]["event"].get("subject").is_none());
+    assert_eq!(reads[1]["event"]["refused"], "forbidden");
+    assert_eq!(reads[1]["event"]["subject"], "olivia");
     assert!(
-        reads[0]["event"]["resource"]
+        reads[2..]
+            .iter()
+            .all(|r| r["event"]["subject"] == "ada" && r["event"].get("refused").is_none())
+    );
+    assert!(
+        reads[2]["event"]["resource"]
             .as_str()
             .unwrap()
             .contains(&call_id)
