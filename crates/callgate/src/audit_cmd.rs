@@ -245,7 +245,7 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             follow,
             json,
         } => {
-            let size = store.leaf_hashes().await?.len() as u64;
+            let size = store.size().await?;
             let mut next = size.saturating_sub(lines as u64);
             loop {
                 let records = store.rows(next, 10_000).await?;

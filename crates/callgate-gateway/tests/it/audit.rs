@@ -317,3 +317,62 @@ async fn checkpoints_are_published_to_a_directory_and_a_witness() {
     let verifier = gw.gateway.shared.audit.log().verifier();
     assert!(ops::open_checkpoint(&cp.note, &verifier).is_ok());
 }
+
+#[tokio::test]
+async fn a_reload_is_recorded_with_the_new_policy_hash_and_only_a_good_one() {
+    let (_up, gw, ops_key) = start("").await;
+    let before = gw.gateway.shared.reloader.peek().policy_hash.clone();
+    let tighter = POLICY.replace("@id(\"viewers-public-items\")", "@id(\"viewers-items\")");
+    gw.edit("policies/p.cedar", &tighter);
+    get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    // A broken edit is not a reload.
+    gw.edit("policies/p.cedar", "permit (principal, action, resource");
+    get(&gw.url("/items/a2"), &[("x-api-key", &ops_key)]).await;
+    settle(&gw).await;
+    let after = gw.gateway.shared.reloader.peek().policy_hash.clone();
+    assert_ne!(before, after);
+    let store = gw.gateway.shared.audit.log().store();
+    let reloads = store
+        .search(&Filter {
+            kind: Some("admin.reload".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reloads.len(), 1);
+    let event = &ops::record_json(&reloads[0])["event"];
+    assert_eq!(event["policy_sha256"], after.as_str());
+    let start = store
+        .search(&Filter {
+            kind: Some("admin.start".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ops::record_json(&start[0])["event"]["policy_sha256"],
+        before.as_str()
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_are_signed_on_a_timer_while_the_log_grows() {
+    let (_up, gw, ops_key) = start("audit: {checkpoint_interval_ms: 100}\n").await;
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    let store = gw.gateway.shared.audit.log().store();
+    let id = r.header("x-request-id").unwrap().to_string();
+    let index = ops::call_records(store, &id).await.unwrap()[0].index;
+    // No one asks for a checkpoint: the timer signs one that covers the call.
+    let mut covered = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let cps = store.checkpoints().await.unwrap();
+        if cps.last().is_some_and(|c| c.size > index) {
+            covered = true;
+            break;
+        }
+    }
+    assert!(covered, "no checkpoint covered record {index}");
+}
