@@ -222,6 +222,19 @@ pub struct FunctionConfig {
     /// Upstream timeout in milliseconds (defaults to `limits.upstream_timeout_ms`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Approval every call of this function needs, in the `@approval` syntax
+    /// (`"2 of finance-approvers; ttl=30m; reason"`). Policies' `@approval` obligations add to it.
+    #[serde(default)]
+    pub approval: Option<String>,
+    /// Whether executing a call twice is harmless (an approved call interrupted by a crash is
+    /// then run again instead of being marked `unknown`).
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Groups allowed to use break-glass on this function: the call runs without approval
+    /// (with a `Callgate-Break-Glass: <reason>` header), is flagged, notifies reviewers and
+    /// leaves a review item that must be acknowledged afterwards.
+    #[serde(default)]
+    pub break_glass: Vec<String>,
 }
 
 fn default_risk() -> String {

@@ -88,6 +88,13 @@ pub struct FunctionDef {
     pub bind: BTreeMap<String, ArgSource>,
     pub risk: String,
     pub timeout: Duration,
+    /// The function's default approval requirement (merged with any `@approval` obligation).
+    pub approval: Option<callgate_approvals::Requirement>,
+    /// Executing the same call twice is harmless: an approved call interrupted by a crash is
+    /// executed again instead of being marked `unknown`.
+    pub idempotent: bool,
+    /// Groups that may call without approval in an emergency (break-glass).
+    pub break_glass: Vec<String>,
 }
 
 impl fmt::Debug for FunctionDef {
@@ -207,6 +214,14 @@ impl Registry {
                     }
                 }
             };
+            let approval = match f.approval.as_deref().map(callgate_approvals::Requirement::parse) {
+                None => None,
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) => {
+                    errors.push(format!("{at}: approval: {}", e.message));
+                    continue;
+                }
+            };
             let fields = f.arguments.as_ref().map(object_fields).unwrap_or_default();
             for p in route.params() {
                 if f.bind.get(p).is_some_and(|s| *s != ArgSource::Path) {
@@ -246,6 +261,9 @@ impl Registry {
                     .timeout_ms
                     .map(Duration::from_millis)
                     .unwrap_or(default_timeout),
+                approval,
+                idempotent: f.idempotent,
+                break_glass: f.break_glass.clone(),
             });
             if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {
                 errors.push(format!(

@@ -5,6 +5,7 @@
 //! skips erroring policies; Callgate refuses the call instead). A deny is a [`Decision`] value;
 //! only arguments that cannot be represented in Cedar are a [`Refusal`].
 
+use callgate_approvals::Requirement;
 use callgate_core::rate::RateSpec;
 use callgate_core::refusal::Refusal;
 use callgate_core::{Call, FunctionDef, Principal, Registry};
@@ -58,9 +59,9 @@ pub struct Obligations {
     /// The strictest `@rate_limit` among the determining permit policies (per caller × function).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateSpec>,
-    /// `@approval(...)` of the determining policies, for the approval phase.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub approval: Vec<String>,
+    /// The merged `@approval(...)` of the determining policies, for the approval phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Requirement>,
     /// `@mask(...)` of the determining policies, for the masking phase.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<String>,
@@ -311,9 +312,7 @@ impl PolicyEngine {
                 approval: p
                     .policy
                     .annotation("approval")
-                    .map(str::to_string)
-                    .into_iter()
-                    .collect(),
+                    .and_then(|a| Requirement::parse(a).ok()),
                 mask: p
                     .policy
                     .annotation("mask")
@@ -452,7 +451,12 @@ impl PolicyEngine {
                         obligations.rate_limit = Some(spec);
                     }
                 }
-                obligations.approval.extend(d.approval.iter().cloned());
+                if let Some(req) = &d.approval {
+                    obligations.approval = Some(match obligations.approval.take() {
+                        Some(cur) => cur.merge(req),
+                        None => req.clone(),
+                    });
+                }
                 obligations.mask.extend(d.mask.iter().cloned());
             }
         }
@@ -557,6 +561,14 @@ fn check_annotations(p: &SourcedPolicy, errors: &mut Vec<PolicyError>) {
                     .join(", ")
             )));
             continue;
+        }
+        if k == "approval" {
+            if p.policy.effect() != cedar_policy::Effect::Permit {
+                errors.push(at("@approval only applies to permit policies".into()));
+            }
+            if let Err(e) = Requirement::parse(v) {
+                errors.push(at(format!("@approval: {}", e.message)));
+            }
         }
         if k == "rate_limit" {
             if p.policy.effect() != cedar_policy::Effect::Permit {

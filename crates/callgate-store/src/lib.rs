@@ -7,6 +7,8 @@
 //! - [`log`]: the single writer that assigns leaf indexes, group-commits records (one fsync
 //!   for every record that arrived while the previous commit was in flight), keeps the Merkle
 //!   frontier and signs checkpoints.
+//! - [`approvals`]: held calls and grants, updated by compare-and-swap so racing reviews and
+//!   executors resolve to exactly one outcome.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -15,6 +17,7 @@ use callgate_audit::Hash;
 use callgate_audit::record::Columns;
 use thiserror::Error;
 
+pub mod approvals;
 pub mod log;
 pub mod ops;
 pub mod sqlite;
