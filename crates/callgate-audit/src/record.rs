@@ -90,6 +90,51 @@ pub struct ForwardEvent {
     pub session: Option<String>,
     pub function: String,
     pub forward: ForwardRecord,
+    /// The digest of the stored request being executed: the one reviewers approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A step in a held call's (or grant's) approval: it was held, someone reviewed it, or its
+/// state changed (approved, executing, denied, expired, cancelled, revoked, unknown...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalEvent {
+    pub time_ms: u64,
+    /// The held call's request id, or the grant's id.
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// `call`, `grant` or `break_glass`.
+    pub item: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Who acted: the requester, the reviewer, or `callgate` (expiry, recovery).
+    pub actor: String,
+    /// The state after this step.
+    pub state: String,
+    /// What was approved: the stored request's digest (on `approval.requested`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The requirement, on `approval.requested`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirement: Option<String>,
+    /// The requester's reason, on `approval.requested`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `approve` or `deny`, on `approval.review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The group an approval counted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// False for a review that arrived after the request was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Why a step was refused or what happened (for refused reviews and recoveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What came back from the upstream, or why nothing did.
@@ -210,6 +255,12 @@ pub enum Event {
     Response(ResponseEvent),
     #[serde(rename = "call.refused")]
     Refused(RefusedEvent),
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested(ApprovalEvent),
+    #[serde(rename = "approval.review")]
+    ApprovalReview(ApprovalEvent),
+    #[serde(rename = "approval.state")]
+    ApprovalState(ApprovalEvent),
     #[serde(rename = "admin.start")]
     Start(StartEvent),
     #[serde(rename = "admin.stop")]
@@ -244,6 +295,9 @@ impl Event {
             Event::Forward(_) => "call.forward",
             Event::Response(_) => "call.response",
             Event::Refused(_) => "call.refused",
+            Event::ApprovalRequested(_) => "approval.requested",
+            Event::ApprovalReview(_) => "approval.review",
+            Event::ApprovalState(_) => "approval.state",
             Event::Start(_) => "admin.start",
             Event::Stop(_) => "admin.stop",
             Event::Recovery(_) => "admin.recovery",
@@ -290,6 +344,17 @@ impl Event {
                 function: e.function.clone(),
                 decision: Some("refused".into()),
             },
+            Event::ApprovalRequested(e) | Event::ApprovalReview(e) | Event::ApprovalState(e) => {
+                Columns {
+                    kind,
+                    time_ms: e.time_ms,
+                    request_id: Some(e.request_id.clone()),
+                    session: e.session.clone(),
+                    subject: Some(e.actor.clone()),
+                    function: e.function.clone(),
+                    decision: Some(e.state.clone()),
+                }
+            }
             Event::AuditRead(e) => Columns {
                 kind,
                 time_ms: e.time_ms,

@@ -143,6 +143,15 @@ pub fn from_invoke_body(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Map<String, Value>, Refusal> {
+    Ok(from_invoke_request(content_type, body)?.0)
+}
+
+/// The invoke body `{"arguments": {...}, "reason": "..."}`: the arguments and the caller's
+/// reason for the call, if given (shown to approvers).
+pub fn from_invoke_request(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Map<String, Value>, Option<String>), Refusal> {
     match content_type {
         Some(ct) if is_json_media_type(ct) => {}
         _ => {
@@ -153,14 +162,19 @@ pub fn from_invoke_body(
     }
     let mut obj = json::parse_object(body)
         .map_err(|e| Refusal::bad_request(format!("the body is not acceptable JSON: {e}")))?;
-    if let Some(k) = obj.keys().find(|k| *k != "arguments") {
+    if let Some(k) = obj.keys().find(|k| *k != "arguments" && *k != "reason") {
         return Err(Refusal::bad_request(format!(
-            "unknown field {k:?} in the invoke body (expected {{\"arguments\": {{...}}}})"
+            "unknown field {k:?} in the invoke body (expected {{\"arguments\": {{...}}, \"reason\": \"...\"}})"
         )));
     }
+    let reason = match obj.remove("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(Refusal::bad_request("\"reason\" must be a string")),
+    };
     match obj.remove("arguments") {
-        None => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m),
+        None => Ok((Map::new(), reason)),
+        Some(Value::Object(m)) => Ok((m, reason)),
         Some(other) => Err(Refusal::invalid_argument(
             "",
             format!(
@@ -169,6 +183,17 @@ pub fn from_invoke_body(
             ),
         )),
     }
+}
+
+/// Checks a caller's reason: 1 to 1,000 characters, no control characters.
+pub fn check_reason(reason: &str) -> Result<(), Refusal> {
+    let n = reason.chars().count();
+    if n == 0 || n > 1000 || reason.chars().any(char::is_control) || reason.trim().is_empty() {
+        return Err(Refusal::bad_request(
+            "the reason must be 1 to 1000 characters of text without control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the arguments against the function's schema; every violation is reported with the

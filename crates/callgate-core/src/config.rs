@@ -40,6 +40,8 @@ pub struct Config {
     /// The audit log. Always on: a call is never forwarded before its record is durable.
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
 }
 
 fn default_listen() -> String {
@@ -450,4 +452,96 @@ fn default_auditors() -> String {
 }
 fn default_busy_ms() -> u64 {
     1_000
+}
+
+/// Held calls, reviews, notifications, delegations and grants.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// The approvals database (SQLite), relative to the config file.
+    #[serde(default = "default_approvals_path")]
+    pub path: String,
+    /// The longest `Prefer: wait=N` a caller may ask for, in seconds.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_secs: u64,
+    /// The gateway's address as reviewers reach it, for links in notifications
+    /// (e.g. `https://callgate.example.com`). Links are relative without it.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Webhooks fired when approval is requested and when it is resolved.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Callers that act for a person: caller subject → the person's subject. A call by the
+    /// agent counts as that person's for segregation of duties (as a token's `act` claim does).
+    #[serde(default)]
+    pub delegations: BTreeMap<String, String>,
+    /// Groups a person may ask to join temporarily (`POST /v1/grants`).
+    #[serde(default)]
+    pub grants: BTreeMap<String, GrantRule>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            path: default_approvals_path(),
+            max_wait_secs: default_max_wait(),
+            public_url: None,
+            webhooks: Vec::new(),
+            delegations: BTreeMap::new(),
+            grants: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_approvals_path() -> String {
+    "callgate-data/approvals.db".into()
+}
+fn default_max_wait() -> u64 {
+    60
+}
+
+/// A webhook for approval notifications.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// `callgate` (JSON event) or `slack` (an incoming-webhook message).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Environment variable holding the HMAC-SHA256 signing secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the signing secret (relative to the config file).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Attempts before giving up (with exponential backoff from 1 s).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Callgate,
+    Slack,
+}
+
+/// Who approves temporary membership of a group, and for how long at most.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRule {
+    /// The approval a grant needs, in the `@approval` syntax.
+    pub approval: String,
+    /// The longest a grant may last (`30m`, `8h`, `1d`).
+    #[serde(default = "default_grant_max")]
+    pub max_duration: String,
+}
+
+fn default_grant_max() -> String {
+    "8h".into()
 }

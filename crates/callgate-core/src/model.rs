@@ -1,7 +1,7 @@
 //! The normalized call: the one shape every ingress (HTTP proxy, invoke API, later MCP and gRPC)
 //! produces, and the only shape policy, rate limits, approvals, masking and audit ever see.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::registry::FunctionDef;
 
 /// How the caller proved who they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum AuthMethod {
     /// An OIDC access token (JWT) verified against the issuer's JWKS.
@@ -29,7 +29,7 @@ impl AuthMethod {
 }
 
 /// The authenticated caller. Never holds the caller's credential itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     /// The human (or service account) the call is for: the token's subject.
     pub subject: String,
@@ -47,7 +47,7 @@ pub struct Principal {
 }
 
 /// Which ingress turned a request into this call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ingress {
     /// The transparent HTTP proxy: the client called the upstream's own path on Callgate.
@@ -76,6 +76,13 @@ pub struct CallMeta {
     /// The session the call belongs to: the `Callgate-Session` header, else the token's
     /// session. Groups calls for `callgate audit replay`.
     pub session: Option<String>,
+    /// Why the caller makes this call (`Callgate-Reason` header or the invoke body's
+    /// `reason`); shown to approvers.
+    pub reason: Option<String>,
+    /// Set when the caller invoked break-glass (`Callgate-Break-Glass: <reason>`).
+    pub break_glass: Option<String>,
+    /// Groups the principal holds only through an active grant (already in its groups).
+    pub granted: Vec<String>,
     /// Request headers that may be passed to the upstream: the caller's credentials,
     /// cookies and hop-by-hop headers are already removed.
     pub forward_headers: http::HeaderMap,

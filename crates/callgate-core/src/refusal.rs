@@ -25,6 +25,12 @@ pub enum Refusal {
     UnknownFunction { detail: String },
     #[error("method not allowed")]
     MethodNotAllowed { detail: String },
+    /// A held call, approval or grant that does not exist (or the caller may not see).
+    #[error("not found: {detail}")]
+    NotFound { detail: String },
+    /// The request conflicts with the current state (a second review, a resolved request).
+    #[error("conflict: {detail}")]
+    Conflict { detail: String },
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
     /// HTTP/1.1 framing two parsers could read differently; the connection is closed.
@@ -72,6 +78,8 @@ impl Refusal {
             Refusal::Forbidden { .. } => 403,
             Refusal::UnknownFunction { .. } => 404,
             Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::NotFound { .. } => 404,
+            Refusal::Conflict { .. } => 409,
             Refusal::BadRequest { .. } | Refusal::AmbiguousFraming { .. } => 400,
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::InvalidArguments { .. } => 422,
@@ -91,6 +99,8 @@ impl Refusal {
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::UnknownFunction { .. } => "unknown-function",
             Refusal::MethodNotAllowed { .. } => "method-not-allowed",
+            Refusal::NotFound { .. } => "not-found",
+            Refusal::Conflict { .. } => "conflict",
             Refusal::BadRequest { .. } => "bad-request",
             Refusal::AmbiguousFraming { .. } => "ambiguous-framing",
             Refusal::InvalidArguments { .. } => "invalid-arguments",
@@ -108,9 +118,11 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated { .. } => "Authentication required",
             Refusal::IdentityUnavailable { .. } => "Identity provider unavailable",
-            Refusal::Forbidden { .. } => "Call denied by policy",
+            Refusal::Forbidden { .. } => "Forbidden",
             Refusal::UnknownFunction { .. } => "No such function",
             Refusal::MethodNotAllowed { .. } => "Method not allowed",
+            Refusal::NotFound { .. } => "Not found",
+            Refusal::Conflict { .. } => "Conflict with the current state",
             Refusal::BadRequest { .. } => "Malformed request",
             Refusal::AmbiguousFraming { .. } => "Ambiguous message framing",
             Refusal::InvalidArguments { .. } => "Invalid arguments",
@@ -131,6 +143,8 @@ impl Refusal {
             | Refusal::Forbidden { detail }
             | Refusal::UnknownFunction { detail }
             | Refusal::MethodNotAllowed { detail }
+            | Refusal::NotFound { detail }
+            | Refusal::Conflict { detail }
             | Refusal::BadRequest { detail }
             | Refusal::AmbiguousFraming { detail }
             | Refusal::RateLimited { detail, .. }

@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callgate_audit::note::Signer;
 use callgate_audit::record::{
-    AuditReadEvent, CallEvent, Caller, DecisionRecord, Event, ForwardRecord, RefusedEvent,
+    ApprovalEvent, AuditReadEvent, ForwardEvent, CallEvent, Caller, DecisionRecord, Event, ForwardRecord, RefusedEvent,
     ReloadEvent, ResponseEvent, StartEvent,
 };
 use callgate_core::config::{AuditConfig, BodyRecording};
@@ -342,6 +342,93 @@ impl Audit {
             detail: e.to_string(),
         })?;
         self.log.append(vec![event]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records a call held for approval: its `call` record (decision `held`) and the
+    /// `approval.requested` event, durable together before the caller hears of it.
+    pub async fn held(
+        &self,
+        call: &Call,
+        decision: &Decision,
+        requested: ApprovalEvent,
+    ) -> Result<(), Refusal> {
+        let internal = |e: callgate_audit::record::RecordError| Refusal::Internal {
+            detail: e.to_string(),
+        };
+        let call_event = Event::Call(Box::new(CallEvent {
+            time_ms: now_ms(),
+            request_id: call.request_id.clone(),
+            session: call.meta.session.clone(),
+            caller: caller(&call.principal),
+            source: call.meta.source.map(|s| s.to_string()),
+            ingress: call.meta.ingress.name().to_string(),
+            function: call.function.name.clone(),
+            arguments: call.arguments.clone(),
+            decision: decision_record(decision, "held"),
+            forward: None,
+        }))
+        .encode()
+        .map_err(internal)?;
+        let requested = Event::ApprovalRequested(requested)
+            .encode()
+            .map_err(internal)?;
+        self.log
+            .append(vec![call_event, requested])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records that something was held for approval (a grant request); durable.
+    pub async fn approval_requested(&self, ev: ApprovalEvent) -> Result<(), Refusal> {
+        let e = Event::ApprovalRequested(ev)
+            .encode()
+            .map_err(|e| Refusal::Internal {
+                detail: e.to_string(),
+            })?;
+        self.log.append(vec![e]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records a review (when `ev.verdict` is set) or a state change of a held item. With
+    /// `durable`, returns once the record is durable; otherwise queues it.
+    pub async fn approval(&self, ev: ApprovalEvent, durable: bool) -> Result<(), Refusal> {
+        let event = if ev.verdict.is_some() {
+            Event::ApprovalReview(ev)
+        } else {
+            Event::ApprovalState(ev)
+        };
+        if !durable {
+            self.queue(event);
+            return Ok(());
+        }
+        let e = event.encode().map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+        self.log.append(vec![e]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records that an approved call is being forwarded, with the digest it was approved
+    /// under. Returns once durable; an error means the call is not executed.
+    pub async fn forward(&self, call: &Call, digest: &str) -> Result<(), Refusal> {
+        let e = Event::Forward(ForwardEvent {
+            time_ms: now_ms(),
+            request_id: call.request_id.clone(),
+            session: call.meta.session.clone(),
+            function: call.function.name.clone(),
+            forward: ForwardRecord {
+                upstream: call.function.upstream.clone(),
+                credential_id: None,
+            },
+            digest: Some(digest.to_string()),
+        })
+        .encode()
+        .map_err(|e| Refusal::Internal {
+            detail: e.to_string(),
+        })?;
+        self.log.append(vec![e]).await.map_err(unavailable)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 pub mod demo;
 pub mod framing;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub seams: seams::Seams,
     /// The audit log: every call's record is durable before it is forwarded.
     pub audit: Arc<audit::Audit>,
+    /// Held calls, reviews and grants.
+    pub approvals: approvals::Approvals,
     /// The demo identity provider, when running `callgate demo`.
     pub demo: Option<demo::idp::DemoIdp>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending traffic.
@@ -48,7 +51,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(reloader: Reloader, audit: Arc<audit::Audit>) -> Shared {
+    pub fn new(
+        reloader: Reloader,
+        audit: Arc<audit::Audit>,
+        approvals: approvals::Approvals,
+    ) -> Shared {
         let a = audit.clone();
         reloader.on_reload(move |rt| a.reloaded(rt));
         let mut metrics = metrics::Metrics::default();
@@ -60,6 +67,7 @@ impl Shared {
             limits: Default::default(),
             seams: Default::default(),
             audit,
+            approvals,
             demo: None,
             draining: AtomicBool::new(false),
         }
@@ -86,6 +94,32 @@ impl Gateway {
         let shared = Arc::new(shared);
         let api = ingress::api::router(shared.clone());
         Gateway { shared, api }
+    }
+
+    /// Opens the audit log and the approvals store for a loaded runtime, builds the gateway,
+    /// and resumes held calls (recovering interrupted executions, executing approved ones,
+    /// expiring what ran out) with the expiry sweeper running.
+    pub async fn open(
+        rt: Runtime,
+        sources: runtime::Sources,
+        vars: runtime::Vars,
+        config_path: &std::path::Path,
+        demo: Option<demo::idp::DemoIdp>,
+    ) -> Result<Gateway, String> {
+        let audit = audit::Audit::open(&rt, config_path)
+            .await
+            .map_err(|e| format!("audit log: {e}"))?;
+        let approvals = approvals::Approvals::open(&rt, config_path)
+            .await
+            .map_err(|e| format!("approvals store: {e}"))?;
+        let mut shared = Shared::new(Reloader::new(rt, sources, vars), audit, approvals);
+        shared.demo = demo;
+        let gateway = Gateway::new(shared);
+        approvals::Approvals::resume(&gateway.shared)
+            .await
+            .map_err(|e| format!("approvals: {e}"))?;
+        approvals::Approvals::start_sweeper(&gateway.shared);
+        Ok(gateway)
     }
 
     /// Handles one request from any listener.

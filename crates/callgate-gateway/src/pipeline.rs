@@ -8,7 +8,10 @@
 //!    against the function's schema. The result is the [`Call`] every later phase sees.
 //! 4. **authorize** — the Cedar decision ([`callgate_policy`]); a deny stops here.
 //! 5. **rate-limit** — after authorization, so denied calls do not eat a caller's quota.
-//! 6. **approval** — seam ([`crate::seams::ApprovalGate`]).
+//! 6. **approval** — [`crate::approvals`]: a call whose function or permitting policy requires
+//!    approval is stored exactly as it will run and held (202); a different person approves it
+//!    and Callgate executes the stored request once. Break-glass lets listed groups proceed,
+//!    flagged, leaving a review item to acknowledge.
 //! 7. **audit** — [`crate::audit`]: the call's record is durable before anything is forwarded
 //!    (a deny is recorded durably too, at phase 4); responses are recorded after phase 10.
 //! 8. **attach credential** — seam; the caller's credential was never copied.
@@ -33,8 +36,23 @@ use std::time::Instant;
 use crate::Shared;
 use crate::identity::oidc::now_secs;
 use crate::runtime::Runtime;
-use crate::seams::{Gate, UpstreamResponse};
+use crate::seams::UpstreamResponse;
 use crate::upstream;
+use callgate_approvals::Requirement;
+use callgate_store::approvals::Held;
+
+/// How the pipeline ended when nothing refused the call.
+pub enum Outcome {
+    /// Forwarded; the upstream's (masked) answer.
+    Forwarded(UpstreamResponse),
+    /// Held for approval.
+    Held(Box<Held>),
+}
+
+/// The header a caller gives a reason for a call in.
+pub const REASON_HEADER: &str = "callgate-reason";
+/// The header that invokes break-glass, with its reason as the value.
+pub const BREAK_GLASS_HEADER: &str = "callgate-break-glass";
 
 /// Which function a request addresses, as the ingress knows it.
 pub enum Target {
@@ -153,8 +171,25 @@ fn session(parts: &Parts, principal: &Principal) -> Result<Option<String>, Refus
     }
 }
 
+/// A text header Callgate reads itself (reason, break-glass), checked as a reason.
+fn reason_header(parts: &Parts, name: &str) -> Result<Option<String>, Refusal> {
+    match parts.headers.get(name) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                Refusal::bad_request(format!(
+                    "{name} must be visible ASCII; give a non-ASCII reason in the invoke body"
+                ))
+            })?;
+            args::check_reason(s)?;
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
 /// Phases 2–3: builds the normalized call.
 async fn build_call(
+    shared: &Shared,
     rt: &Runtime,
     inbound: Inbound,
     principal: Arc<Principal>,
@@ -173,8 +208,17 @@ async fn build_call(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let mut reason = reason_header(&inbound.parts, REASON_HEADER)?;
+    let break_glass = reason_header(&inbound.parts, BREAK_GLASS_HEADER)?;
     let arguments = match inbound.ingress {
-        Ingress::Invoke => args::from_invoke_body(content_type, &body)?,
+        Ingress::Invoke => {
+            let (arguments, r) = args::from_invoke_request(content_type, &body)?;
+            if let Some(r) = r {
+                args::check_reason(&r)?;
+                reason = Some(r);
+            }
+            arguments
+        }
         Ingress::Proxy => args::from_http(
             &function,
             HttpArgs {
@@ -187,6 +231,8 @@ async fn build_call(
     };
     args::validate(&function, &arguments)?;
     let session = session(&inbound.parts, &principal)?;
+    // Active grants add groups for policy (and only for policy).
+    let (principal, granted) = shared.approvals.grants.apply(principal, &function.name);
     let forward_headers = match inbound.ingress {
         Ingress::Proxy => upstream::forwardable(&inbound.parts.headers),
         Ingress::Invoke => Default::default(),
@@ -201,13 +247,16 @@ async fn build_call(
             source: inbound.source,
             received_at: now_secs(),
             session,
+            reason,
+            break_glass,
+            granted,
             forward_headers,
         },
     })
 }
 
 /// Phases 8–10 for a call whose record is durable: credential, forward, mask.
-async fn execute(
+pub(crate) async fn execute(
     shared: &Shared,
     rt: &Runtime,
     call: &Call,
@@ -243,12 +292,12 @@ pub async fn run(
     rt: &Runtime,
     inbound: Inbound,
     trace: &mut Trace,
-) -> Result<UpstreamResponse, Refusal> {
+) -> Result<Outcome, Refusal> {
     // 1. authenticate
     let principal = rt.auth.authenticate(&inbound.parts.headers).await?;
     trace.subject = Some(principal.subject.clone());
     // 2–3. resolve function, validate arguments
-    let call = build_call(rt, inbound, principal, trace).await?;
+    let call = build_call(shared, rt, inbound, principal, trace).await?;
     trace.session = call.meta.session.clone();
     // 4. authorize
     let decision = rt.engine.decide(&call)?;
@@ -275,8 +324,24 @@ pub async fn run(
         decision.obligations.rate_limit,
     )?;
     // 6. approval
-    match shared.seams.approvals.gate(&call, decision)? {
-        Gate::Proceed => {}
+    let requirement = Requirement::merge_all(
+        call.function
+            .approval
+            .iter()
+            .chain(decision.obligations.approval.iter()),
+    );
+    if let Some(requirement) = requirement {
+        match &call.meta.break_glass {
+            None => {
+                let held = crate::approvals::hold(shared, rt, &call, decision, requirement).await?;
+                trace.recorded = true;
+                return Ok(Outcome::Held(Box::new(held)));
+            }
+            Some(why) => {
+                crate::approvals::break_glass(shared, rt, &call, decision, requirement, why)
+                    .await?;
+            }
+        }
     }
     // 7. audit: the record that this call is being forwarded is durable before the upstream
     // sees anything; if it cannot be written the call is refused (503).
@@ -307,5 +372,5 @@ pub async fn run(
         "call forwarded"
     );
     // 11. respond
-    Ok(response)
+    Ok(Outcome::Forwarded(response))
 }

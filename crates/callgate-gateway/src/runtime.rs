@@ -43,6 +43,8 @@ pub struct Runtime {
     pub policy_hash: String,
     /// SHA-256 of the configuration file's text.
     pub config_hash: String,
+    /// Each approval webhook's signing secret (from its environment variable or file).
+    pub webhook_secrets: Vec<Option<Vec<u8>>>,
 }
 
 /// Everything that can be wrong with a configuration, each message with its location.
@@ -207,6 +209,7 @@ pub fn load(
             Err(e) => errors.push(format!("upstreams.{name}: {e}")),
         }
     }
+    let webhook_secrets = approvals_checks(&config, base, vars, &mut errors);
     if !errors.is_empty() {
         return Err(LoadErrors(errors));
     }
@@ -219,9 +222,71 @@ pub fn load(
             upstreams,
             policy_hash,
             config_hash,
+            webhook_secrets,
         },
         sources,
     ))
+}
+
+/// Checks the `approvals:` section and reads the webhooks' secrets.
+fn approvals_checks(
+    config: &Config,
+    base: &Path,
+    vars: &Vars,
+    errors: &mut Vec<String>,
+) -> Vec<Option<Vec<u8>>> {
+    use callgate_approvals::Requirement;
+    use callgate_approvals::requirement::parse_duration;
+    let a = &config.approvals;
+    let is_url = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok()
+    };
+    if let Some(u) = &a.public_url
+        && !is_url(u)
+    {
+        errors.push(format!("approvals.public_url: {u:?} is not an http(s) URL"));
+    }
+    for (group, rule) in &a.grants {
+        if let Err(e) = Requirement::parse(&rule.approval) {
+            errors.push(format!("approvals.grants.{group}.approval: {}", e.message));
+        }
+        if let Err(e) = parse_duration(&rule.max_duration) {
+            errors.push(format!("approvals.grants.{group}.max_duration: {e}"));
+        }
+    }
+    let mut secrets = Vec::new();
+    for (i, w) in a.webhooks.iter().enumerate() {
+        if !is_url(&w.url) {
+            errors.push(format!("approvals.webhooks[{i}].url: {:?} is not an http(s) URL", w.url));
+        }
+        let secret = match (&w.secret_env, &w.secret_file) {
+            (Some(_), Some(_)) => {
+                errors.push(format!(
+                    "approvals.webhooks[{i}]: give secret_env or secret_file, not both"
+                ));
+                None
+            }
+            (Some(var), None) => match vars(var) {
+                Some(v) if !v.is_empty() => Some(v.into_bytes()),
+                _ => {
+                    errors.push(format!(
+                        "approvals.webhooks[{i}].secret_env: environment variable {var} is not set"
+                    ));
+                    None
+                }
+            },
+            (None, Some(f)) => match std::fs::read(base.join(f)) {
+                Ok(b) => Some(b.trim_ascii().to_vec()),
+                Err(e) => {
+                    errors.push(format!("approvals.webhooks[{i}].secret_file: {f}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        secrets.push(secret);
+    }
+    secrets
 }
 
 /// What runs after a reload took effect.

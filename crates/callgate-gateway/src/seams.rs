@@ -1,5 +1,6 @@
-//! Extension points of the pipeline that later capabilities fill in: approvals, just-in-time
-//! upstream credentials and response masking. (The audit phase is [`crate::audit`].)
+//! Extension points of the pipeline that later capabilities fill in: just-in-time upstream
+//! credentials and response masking. (The audit phase is [`crate::audit`], the approval phase
+//! [`crate::approvals`].)
 //!
 //! Each trait sits at a fixed place in [`crate::pipeline`] and sees only the call model and the
 //! decision, never protocol types. The defaults here are pass-throughs that do exactly what the
@@ -18,17 +19,6 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
-}
-
-/// What the approval phase says about an allowed call.
-pub enum Gate {
-    /// Go on and forward now.
-    Proceed,
-}
-
-/// Phase 6, approval: may hold an allowed call until a different person approves it.
-pub trait ApprovalGate: Send + Sync {
-    fn gate(&self, call: &Call, decision: &Decision) -> Result<Gate, Refusal>;
 }
 
 /// Phase 8, attach credential: adds the per-call upstream credential. The caller's own
@@ -50,12 +40,6 @@ pub trait ResponseMasker: Send + Sync {
 /// The pass-through implementation of every seam.
 pub struct PassThrough;
 
-impl ApprovalGate for PassThrough {
-    fn gate(&self, _: &Call, _: &Decision) -> Result<Gate, Refusal> {
-        Ok(Gate::Proceed)
-    }
-}
-
 impl CredentialSource for PassThrough {
     fn attach(&self, _: &Call, _: &mut HeaderMap) -> Result<(), Refusal> {
         Ok(())
@@ -71,7 +55,6 @@ impl ResponseMasker for PassThrough {
 /// The seams a gateway runs with.
 #[derive(Clone)]
 pub struct Seams {
-    pub approvals: Arc<dyn ApprovalGate>,
     pub credentials: Arc<dyn CredentialSource>,
     pub masking: Arc<dyn ResponseMasker>,
 }
@@ -80,7 +63,6 @@ impl Default for Seams {
     fn default() -> Self {
         let p = Arc::new(PassThrough);
         Seams {
-            approvals: p.clone(),
             credentials: p.clone(),
             masking: p,
         }

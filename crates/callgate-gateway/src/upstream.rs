@@ -30,8 +30,10 @@ const DROP_REQUEST: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "x-api-key",
-    // Callgate's own control header; the upstream learns nothing from it.
+    // Callgate's own control headers; the upstream learns nothing from them.
     "callgate-session",
+    "callgate-reason",
+    "callgate-break-glass",
     "host",
     "content-length",
     "content-type",

@@ -84,6 +84,9 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
             source: Some([127, 0, 0, 1].into()),
             received_at: 0,
             session: None,
+            reason: None,
+            break_glass: None,
+            granted: Vec::new(),
             forward_headers: Default::default(),
         },
     })

@@ -446,6 +446,31 @@ fn summary(r: &StoredRecord) -> String {
             x.status,
             x.detail
         ),
+        Event::ApprovalRequested(a) => format!(
+            "held {} {} by {} for approval ({}) digest {}",
+            a.request_id,
+            a.function.as_deref().unwrap_or(&a.item),
+            a.actor,
+            a.requirement.as_deref().unwrap_or("-"),
+            a.digest.as_deref().unwrap_or("-")
+        ),
+        Event::ApprovalReview(a) => format!(
+            "review {} by {}: {}{}{} -> {}{}",
+            a.request_id,
+            a.actor,
+            a.verdict.as_deref().unwrap_or("-"),
+            a.group.as_ref().map(|g| format!(" for {g}")).unwrap_or_default(),
+            if a.counted == Some(false) { " (not counted)" } else { "" },
+            a.state,
+            a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        Event::ApprovalState(a) => format!(
+            "approval {} -> {} by {}{}",
+            a.request_id,
+            a.state,
+            a.actor,
+            a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
         Event::Start(s) => format!(
             "start {} (policy {})",
             s.version,
@@ -557,9 +582,53 @@ fn story(records: &[StoredRecord]) -> String {
                     );
                 }
             }
-            Some(Event::Forward(f)) => {
-                push("forward", format!("to {} at {at}", f.forward.upstream))
+            Some(Event::Forward(f)) => push(
+                "forward",
+                format!(
+                    "to {} at {at}{}",
+                    f.forward.upstream,
+                    f.digest
+                        .map(|d| format!(" (approved payload {d})"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Some(Event::ApprovalRequested(a)) => {
+                push(
+                    "held",
+                    format!(
+                        "at {at} for {}; payload digest {}",
+                        a.requirement.as_deref().unwrap_or("-"),
+                        a.digest.as_deref().unwrap_or("-")
+                    ),
+                );
+                if let Some(r) = a.reason {
+                    push("reason", r);
+                }
             }
+            Some(Event::ApprovalReview(a)) => push(
+                "review",
+                format!(
+                    "{} {} at {at}{}{}{}",
+                    a.actor,
+                    a.verdict.as_deref().unwrap_or("-"),
+                    a.group.map(|g| format!(" for {g}")).unwrap_or_default(),
+                    if a.counted == Some(false) {
+                        " (after resolution: not counted)"
+                    } else {
+                        ""
+                    },
+                    a.comment.map(|c| format!(": {c:?}")).unwrap_or_default()
+                ),
+            ),
+            Some(Event::ApprovalState(a)) => push(
+                "state",
+                format!(
+                    "{} at {at} by {}{}",
+                    a.state,
+                    a.actor,
+                    a.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                ),
+            ),
             Some(Event::Response(x)) => {
                 push(
                     "response",

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, anyhow, bail};
 use callgate_gateway::identity::apikey;
-use callgate_gateway::runtime::{self, Reloader};
-use callgate_gateway::{Gateway, Shared, http_client, server};
+use callgate_gateway::runtime;
+use callgate_gateway::{Gateway, http_client, server};
 use callgate_policy::cases::{self, CaseFile};
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,10 +39,9 @@ pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<Exit
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(functions = rt.registry.len(), policies = rt.engine.len(), policy_hash = %rt.policy_hash, "configuration loaded");
-    let audit = callgate_gateway::audit::Audit::open(&rt, config)
+    let gateway = Gateway::open(rt, sources, vars, config, None)
         .await
-        .map_err(|e| anyhow!("audit log: {e}"))?;
-    let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars), audit));
+        .map_err(|e| anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

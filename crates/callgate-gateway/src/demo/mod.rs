@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::identity::apikey;
-use crate::runtime::{self, Reloader};
-use crate::{Gateway, Shared};
+use crate::runtime;
+use crate::Gateway;
 
 pub const CONFIG: &str = include_str!("../../../../examples/demo/callgate.yaml");
 pub const POLICY: &str = include_str!("../../../../examples/demo/policies/demo.cedar");
@@ -81,13 +81,12 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
     ]));
     let (rt, sources) =
         runtime::load(&config_path, &vars, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let audit = crate::audit::Audit::open(&rt, &config_path)
+    let idp = idp::DemoIdp::new(issuer, &pkcs8, ci_key).map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::open(rt, sources, vars, &config_path, Some(idp))
         .await
-        .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
-    let mut shared = Shared::new(Reloader::new(rt, sources, vars), audit);
-    shared.demo = Some(idp::DemoIdp::new(issuer, &pkcs8, ci_key).map_err(anyhow::Error::msg)?);
+        .map_err(anyhow::Error::msg)?;
     Ok(Demo {
-        gateway: Gateway::new(shared),
+        gateway,
         listener,
         addr,
         upstream_addr,

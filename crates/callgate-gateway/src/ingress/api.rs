@@ -25,7 +25,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(catalog))
         .route("/v1/functions/{name}/invoke", post(invoke))
-        .merge(super::audit_api::routes());
+        .merge(super::audit_api::routes())
+        .merge(super::approvals_api::routes());
     if shared.demo.is_some() {
         r = r.merge(crate::demo::idp::routes());
     }

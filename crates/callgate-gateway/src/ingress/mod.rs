@@ -3,6 +3,7 @@
 //! [`govern`], which runs the pipeline, records metrics and maps a refusal to HTTP once.
 
 pub mod api;
+pub mod approvals_api;
 pub mod audit_api;
 pub mod proxy;
 
@@ -14,7 +15,10 @@ use std::time::Instant;
 use crate::Shared;
 use crate::audit::RefusedRequest;
 use crate::metrics::{CallLabels, FunctionLabels};
-use crate::pipeline::{self, Inbound, Trace};
+use crate::pipeline::{self, Inbound, Outcome, Trace};
+use crate::seams::UpstreamResponse;
+use callgate_approvals::State;
+use callgate_store::approvals::Held;
 use crate::problem;
 
 /// Paths served by the API surface rather than proxied. Upstream paths under these prefixes
@@ -67,13 +71,20 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
     let (ingress, source) = (inbound.ingress, inbound.source);
     let rt = shared.reloader.current();
     let mut trace = Trace::default();
+    let wait = prefer_wait(&inbound.parts.headers, rt.config.approvals.max_wait_secs);
     let outcome = pipeline::run(shared, &rt, inbound, &mut trace).await;
     let resp = match outcome {
-        Ok(up) => {
-            let mut resp = Response::new(Body::from(up.body));
-            *resp.status_mut() = up.status;
-            *resp.headers_mut() = up.headers;
-            resp
+        Ok(Outcome::Forwarded(up)) => upstream_response(up),
+        Ok(Outcome::Held(held)) => {
+            let held = match wait {
+                Some(w) => shared
+                    .approvals
+                    .wait(&held.id, w)
+                    .await
+                    .unwrap_or(*held),
+                None => *held,
+            };
+            held_response(&held, &request_id)
         }
         Err(refusal) => {
             match &refusal {
@@ -119,4 +130,82 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
         .get_or_create(&FunctionLabels { function })
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+fn upstream_response(up: UpstreamResponse) -> Response<Body> {
+    let mut resp = Response::new(Body::from(up.body));
+    *resp.status_mut() = up.status;
+    *resp.headers_mut() = up.headers;
+    resp
+}
+
+/// `Prefer: wait=N` (RFC 7240 §4.3), capped at `max` seconds.
+pub fn prefer_wait(headers: &http::HeaderMap, max: u64) -> Option<std::time::Duration> {
+    let secs = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait")).then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
+        })
+        .next()?;
+    Some(std::time::Duration::from_secs(secs.min(max)))
+}
+
+/// The answer to a call that was held: the real upstream response once it ran, a problem
+/// when it ended without running, else 202 with where to follow it.
+pub fn held_response(held: &Held, request_id: &str) -> Response<Body> {
+    let state = held.approval.state;
+    if let Some(up) = held.outcome.as_ref().and_then(crate::approvals::stored_response) {
+        return upstream_response(up);
+    }
+    let ended = |detail: String, status| {
+        let refusal = match status {
+            403 => Refusal::Forbidden { detail },
+            _ => Refusal::UpstreamUnreachable { detail },
+        };
+        problem::response(&refusal, request_id)
+    };
+    match state {
+        State::Denied => ended(format!("call {} was denied by a reviewer", held.id), 403),
+        State::Expired => ended(format!("call {} expired before it was approved and executed", held.id), 403),
+        State::Cancelled => ended(format!("call {} was cancelled by its requester", held.id), 403),
+        State::Revoked => ended(format!("the approval of call {} was revoked", held.id), 403),
+        State::Failed | State::Unknown => {
+            let detail = held
+                .outcome
+                .as_ref()
+                .and_then(|o| o["error"]["detail"].as_str())
+                .unwrap_or("the call did not complete")
+                .to_string();
+            let status = held
+                .outcome
+                .as_ref()
+                .and_then(|o| o["error"]["status"].as_u64())
+                .unwrap_or(502);
+            if status == 403 {
+                ended(format!("call {} was not executed: {detail}", held.id), 403)
+            } else {
+                ended(format!("call {} {}: {detail}", held.id, state), 502)
+            }
+        }
+        _ => {
+            let mut body = crate::approvals::view(held, false);
+            body["message"] = serde_json::Value::String(format!(
+                "{} needs approval by {}; follow it at {}",
+                held.summary["function"].as_str().unwrap_or("this call"),
+                held.approval.requirement,
+                format_args!("/v1/calls/{}", held.id)
+            ));
+            Response::builder()
+                .status(http::StatusCode::ACCEPTED)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::LOCATION, format!("/v1/calls/{}", held.id))
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(Body::from(body.to_string()))
+                .expect("static headers are valid")
+        }
+    }
 }

@@ -122,10 +122,9 @@ impl TestGateway {
             )
             .unwrap()
         });
-        let audit = callgate_gateway::audit::Audit::open(&rt, &dir.path().join("callgate.yaml"))
+        let gateway = Gateway::open(rt, sources, vars, &dir.path().join("callgate.yaml"), None)
             .await
-            .expect("audit log opens");
-        let gateway = Gateway::new(Shared::new(Reloader::new(rt, sources, vars), audit));
+            .expect("gateway opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
