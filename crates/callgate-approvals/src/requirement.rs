@@ -85,7 +85,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 
 fn format_duration(secs: u64) -> String {
     for (unit, m) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % m == 0 {
+        if secs.is_multiple_of(m) {
             return format!("{}{unit}", secs / m);
         }
     }

@@ -518,13 +518,20 @@ pub(crate) fn after_change(shared: &Arc<Shared>, rt: &Runtime, held: &Held) {
 /// The requester withdraws their call (pending or approved, not yet executing).
 pub async fn cancel(shared: &Arc<Shared>, id: &str, principal: &Principal) -> Result<Held, Refusal> {
     let rt = shared.reloader.current();
+    let person = requester_of(principal, &rt.config.approvals).subject;
     let (_, held) = shared
         .approvals
         .store
         .update(id, |h| {
-            // The human the call is for, or the very agent that asked, may cancel.
+            // The person the call is for (directly or through an agent acting for them), or
+            // the very agent that asked, may cancel.
+            let who = if h.approval.requester.is(&principal.subject) {
+                &principal.subject
+            } else {
+                &person
+            };
             h.approval
-                .cancel(&principal.subject, now_ms())
+                .cancel(who, now_ms())
                 .map_err(transition_refusal)
         })
         .await

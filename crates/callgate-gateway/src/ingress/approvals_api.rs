@@ -60,10 +60,20 @@ fn is_auditor(shared: &Shared, p: &Principal) -> bool {
     p.groups.contains(&shared.audit.auditors_group)
 }
 
+/// Whether `p` asked for `h`: as the person, as the agent that asked, or as an agent acting
+/// for the person.
+fn is_requester(shared: &Shared, p: &Principal, h: &Held) -> bool {
+    let rt = shared.reloader.peek();
+    h.approval.requester.is(&p.subject)
+        || h.approval
+            .requester
+            .is(&approvals::requester_of(p, &rt.config.approvals).subject)
+}
+
 /// Whether `p` may see held item `h`: its requester, an eligible reviewer, or an auditor.
 fn may_see(shared: &Shared, p: &Principal, h: &Held) -> bool {
     let rt = shared.reloader.peek();
-    h.approval.requester.is(&p.subject)
+    is_requester(shared, p, h)
         || is_auditor(shared, p)
         || h.approval
             .eligible_groups(&reviewer_of(p, &rt.config.approvals))
@@ -97,7 +107,7 @@ async fn call_status(
     let a = async {
         let p = authenticate(&shared, &headers).await?;
         let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
-        if !(h.approval.requester.is(&p.subject) || is_auditor(&shared, &p)) {
+        if !(is_requester(&shared, &p, &h) || is_auditor(&shared, &p)) {
             return Err(hidden(&id));
         }
         let max = shared.reloader.peek().config.approvals.max_wait_secs;
@@ -332,7 +342,7 @@ async fn revoke_grant(
         if h.kind != Kind::Grant || !may_see(&shared, &p, &h) {
             return Err(hidden(&id));
         }
-        let h = if h.approval.requester.is(&p.subject) {
+        let h = if is_requester(&shared, &p, &h) {
             approvals::cancel(&shared, &id, &p).await?
         } else {
             approvals::revoke(&shared, &id, &p).await?

@@ -5,8 +5,8 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use callgate_gateway::runtime::{self, Reloader};
-use callgate_gateway::{Gateway, Shared, http_client};
+use callgate_gateway::runtime;
+use callgate_gateway::{Gateway, http_client};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};

@@ -2,6 +2,7 @@
 //! embedded config and policy files, and a real OIDC provider.
 #![allow(dead_code)]
 
+mod approvals;
 mod audit;
 mod common;
 mod demo;
