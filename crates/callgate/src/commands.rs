@@ -72,14 +72,18 @@ pub async fn demo_upstream(listen: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn demo_token(user: &str, gateway: &str) -> anyhow::Result<ExitCode> {
+pub async fn demo_token(
+    user: &str,
+    actor: Option<&str>,
+    gateway: &str,
+) -> anyhow::Result<ExitCode> {
     let client =
         http_client::build_client(None, Duration::from_secs(3)).map_err(anyhow::Error::msg)?;
     let url = format!("{}/demo/idp/token", gateway.trim_end_matches('/'));
     let req = http::Request::post(&url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(
-            serde_json::json!({"user": user}).to_string(),
+            serde_json::json!({"user": user, "act": actor}).to_string(),
         )))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await

@@ -2,6 +2,7 @@
 //! lives in the library crates.
 #![forbid(unsafe_code)]
 
+mod approvals_cmd;
 mod audit_cmd;
 mod commands;
 
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "callgate",
     version,
-    about = "A gateway that governs function calls: identity, policy, forwarding."
+    about = "A gateway that governs function calls: identity, policy, approvals, audit, forwarding."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -86,6 +87,27 @@ enum Command {
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
     },
+    /// Review held calls and grants on a running gateway.
+    Approvals {
+        #[command(flatten)]
+        remote: approvals_cmd::Remote,
+        #[command(subcommand)]
+        command: approvals_cmd::ApprovalsCommand,
+    },
+    /// Follow or cancel your held calls on a running gateway.
+    Calls {
+        #[command(flatten)]
+        remote: approvals_cmd::Remote,
+        #[command(subcommand)]
+        command: approvals_cmd::CallsCommand,
+    },
+    /// Ask for, list or end temporary group memberships on a running gateway.
+    Grants {
+        #[command(flatten)]
+        remote: approvals_cmd::Remote,
+        #[command(subcommand)]
+        command: approvals_cmd::GrantsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +115,9 @@ enum DemoCommand {
     /// Print a bearer credential for a demo user (alice, bob, carol, dave, erin, ci-bot).
     Token {
         user: String,
+        /// Issue the token to an agent acting for the user (an RFC 8693 `act` claim).
+        #[arg(long = "act")]
+        actor: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         gateway: String,
     },
@@ -119,9 +144,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config, listen } => commands::serve(&config, listen).await,
             Command::Demo {
-                command: Some(DemoCommand::Token { user, gateway }),
+                command:
+                    Some(DemoCommand::Token {
+                        user,
+                        actor,
+                        gateway,
+                    }),
                 ..
-            } => commands::demo_token(&user, &gateway).await,
+            } => commands::demo_token(&user, actor.as_deref(), &gateway).await,
             Command::Demo {
                 command: Some(DemoCommand::Upstream { listen }),
                 ..
@@ -144,6 +174,11 @@ fn main() -> ExitCode {
             Command::Schema => commands::schema(),
             Command::Keygen => commands::keygen(),
             Command::Audit { config, command } => audit_cmd::run(&config, command).await,
+            Command::Approvals { remote, command } => {
+                approvals_cmd::approvals(&remote, command).await
+            }
+            Command::Calls { remote, command } => approvals_cmd::calls(&remote, command).await,
+            Command::Grants { remote, command } => approvals_cmd::grants(&remote, command).await,
         }
     });
     match result {

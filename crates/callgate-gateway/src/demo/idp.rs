@@ -69,15 +69,19 @@ impl DemoIdp {
     }
 
     /// A credential for a demo user: a signed access token, or the API key for `ci-bot`.
-    pub fn credential(&self, user: &str) -> Option<Value> {
+    /// With `actor`, the token is an agent's acting for the user (an RFC 8693 `act` claim).
+    pub fn credential(&self, user: &str, actor: Option<&str>) -> Option<Value> {
         if user == "ci-bot" {
+            if actor.is_some() {
+                return None;
+            }
             return Some(
                 json!({"access_token": self.ci_key, "token_type": "Bearer", "kind": "api_key"}),
             );
         }
         let groups = USERS.iter().find(|(u, _)| *u == user)?.1;
         let now = now_secs();
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.issuer,
             "sub": user,
             "aud": AUDIENCE,
@@ -88,6 +92,13 @@ impl DemoIdp {
             "jti": uuid::Uuid::now_v7().to_string(),
             "client_id": "callgate-demo",
         });
+        if let Some(a) = actor {
+            let ok = !a.is_empty() && a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return None;
+            }
+            claims["act"] = json!({"sub": a});
+        }
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         header.typ = Some("at+jwt".into());
@@ -146,19 +157,26 @@ async fn token(State(shared): State<Arc<Shared>>, req: Request) -> Response<Body
         Ok(b) => b,
         Err(_) => return json(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"})),
     };
-    let user = serde_json::from_slice::<Value>(&bytes)
-        .ok()
+    let body = serde_json::from_slice::<Value>(&bytes).ok();
+    let actor = body
+        .as_ref()
+        .and_then(|v| v.get("act").and_then(Value::as_str).map(str::to_string));
+    let user = body
+        .as_ref()
         .and_then(|v| v.get("user").and_then(Value::as_str).map(str::to_string))
         .or_else(|| {
             form_urlencoded::parse(&bytes)
                 .find(|(k, _)| k == "username")
                 .map(|(_, v)| v.into_owned())
         });
-    match user.as_deref().and_then(|u| idp(&shared).credential(u)) {
+    match user
+        .as_deref()
+        .and_then(|u| idp(&shared).credential(u, actor.as_deref()))
+    {
         Some(v) => json(StatusCode::OK, v),
         None => json(
             StatusCode::BAD_REQUEST,
-            json!({"error": "invalid_request", "error_description": "unknown demo user (alice, bob, carol, dave, erin, ci-bot)"}),
+            json!({"error": "invalid_request", "error_description": "unknown demo user (alice, bob, carol, dave, erin, ci-bot), or an invalid act"}),
         ),
     }
 }

@@ -1,0 +1,176 @@
+//! The approvals flow against the real `callgate demo` binary: the README's curl script, and the
+//! reviewer/requester CLI (`callgate approvals|calls|grants`), including an agent's token
+//! (`act` claim) counting as its person.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+struct Demo {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo() -> Demo {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("callgate demo exited").unwrap();
+        if let Some(u) = line.trim().strip_prefix("gateway") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Demo {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+fn callgate(args: &[&str], token: Option<&str>, gateway: &str) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_callgate"));
+    c.args(args).env("CALLGATE_GATEWAY", gateway).env_remove("CALLGATE_TOKEN");
+    if let Some(t) = token {
+        c.env("CALLGATE_TOKEN", t);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn token(d: &Demo, user: &str, act: Option<&str>) -> String {
+    let mut args = vec!["demo", "token", user, "--gateway", &d.url];
+    if let Some(a) = act {
+        args.extend(["--act", a]);
+    }
+    let o = callgate(&args, None, &d.url);
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// bob's reset through the transparent proxy; returns (status, call id).
+fn reset(d: &Demo, token: &str, acct: &str) -> (String, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+        .arg(format!("{}/billing/reset", d.url))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "content-type: application/json"])
+        .args(["-d", &format!(r#"{{"account_id":"{acct}"}}"#)])
+        .output()
+        .unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    let status = out.lines().last().unwrap().to_string();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /v1/calls/"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    (status, id)
+}
+
+#[test]
+fn the_readme_curl_script_runs_the_demo_flow() {
+    let d = demo();
+    let o = Command::new("sh")
+        .arg(root().join("examples/demo/approval-flow.sh"))
+        .arg(&d.url)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("ok: held, reviewed by a different person, executed once"), "{out}");
+}
+
+#[test]
+fn reviewers_and_requesters_use_the_cli() {
+    let d = demo();
+    let (bob, carol, erin) = (
+        token(&d, "bob", None),
+        token(&d, "carol", None),
+        token(&d, "erin", None),
+    );
+    let (status, id) = reset(&d, &bob, "acct_3");
+    assert_eq!(status, "202");
+    assert!(!id.is_empty());
+
+    // carol's queue shows who asked, what, and why it needs her.
+    let o = callgate(&["approvals", "list"], Some(&carol), &d.url);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for want in [&id[..], "billing.reset_account", "bob", "acct_3", "1 of finance-approvers", "billing-reset"] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+    // bob cannot approve; the CLI says why and exits 1.
+    let o = callgate(&["approvals", "approve", &id], Some(&bob), &d.url);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("own call"), "{}", text(&o));
+    // erin cannot either.
+    let o = callgate(&["approvals", "approve", &id], Some(&erin), &d.url);
+    assert!(!o.status.success());
+    // No credential: a clear message.
+    let o = callgate(&["approvals", "list"], None, &d.url);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("CALLGATE_TOKEN"), "{}", text(&o));
+
+    let o = callgate(&["approvals", "approve", &id, "--comment", "FIN-9"], Some(&carol), &d.url);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("approved"), "{}", text(&o));
+    let o = callgate(&["calls", "wait", &id, "--timeout", "10"], Some(&bob), &d.url);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("succeeded") && out.contains("acct_3"), "{out}");
+    let o = callgate(&["calls", "show", &id, "--json"], Some(&bob), &d.url);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "succeeded");
+    assert_eq!(v["response"]["body"]["account_id"], "acct_3");
+
+    // A call bob's agent makes (a token with an `act` claim) is bob's: he cannot approve it.
+    let agent = token(&d, "bob", Some("billing-agent"));
+    let (status, id) = reset(&d, &agent, "acct_4");
+    assert_eq!(status, "202");
+    let o = callgate(&["calls", "show", &id, "--json"], Some(&bob), &d.url);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["requester"]["subject"], "bob");
+    assert_eq!(v["requester"]["actor"], "billing-agent");
+    let o = callgate(&["approvals", "approve", &id], Some(&bob), &d.url);
+    assert!(!o.status.success(), "{}", text(&o));
+    // carol's agent cannot approve on her behalf either: a review is a person's own act.
+    let carols_agent = token(&d, "carol", Some("assistant"));
+    let o = callgate(&["approvals", "approve", &id], Some(&carols_agent), &d.url);
+    assert!(!o.status.success(), "{}", text(&o));
+    // bob cancels; waiting on it fails.
+    let o = callgate(&["calls", "cancel", &id], Some(&bob), &d.url);
+    assert!(text(&o).contains("cancelled"), "{}", text(&o));
+    let o = callgate(&["calls", "wait", &id, "--timeout", "1"], Some(&bob), &d.url);
+    assert!(!o.status.success());
+}
