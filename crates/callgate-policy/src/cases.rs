@@ -21,7 +21,10 @@ pub struct CaseFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
+    /// Allowed, and runs without approval.
     Allow,
+    /// Allowed, and held until approved (an `@approval` obligation or the function's default).
+    Held,
     Deny,
     /// The arguments are refused before policy (schema or type violation).
     Invalid,
@@ -107,7 +110,18 @@ pub fn run(reg: &Registry, engine: &PolicyEngine, cases: &[Case]) -> Vec<CaseRes
                     .and_then(|()| engine.decide(&call))
                 {
                     Err(refusal) => (Expect::Invalid, refusal.detail()),
-                    Ok(d) if d.allowed() => (Expect::Allow, d.reason()),
+                    Ok(d) if d.allowed() => {
+                        let needs = callgate_approvals::Requirement::merge_all(
+                            call.function
+                                .approval
+                                .iter()
+                                .chain(d.obligations.approval.iter()),
+                        );
+                        match needs {
+                            Some(r) => (Expect::Held, format!("{}; needs approval by {r}", d.reason())),
+                            None => (Expect::Allow, d.reason()),
+                        }
+                    }
                     Ok(d) => (Expect::Deny, d.reason()),
                 },
             };

@@ -98,6 +98,35 @@ fn decisions_name_their_policies_and_obligations() {
     assert!(!d.allowed());
     assert!(d.determining.is_empty());
     assert!(d.reason().contains("denied by default"));
+    assert!(d.obligations.approval.is_none(), "a deny carries no obligations");
+}
+
+#[test]
+fn approval_obligations_merge_to_the_strictest() {
+    let reg = demo_registry();
+    let engine = load(
+        "@id(\"reset-security\")\n@approval(\"2 of security; ttl=10m; reason\")\npermit(principal in Callgate::Group::\"billing-ops\", action == Callgate::Action::\"billing.reset_account\", resource);",
+    )
+    .unwrap();
+    let c = cases::Case {
+        name: None,
+        subject: "bob".into(),
+        groups: vec!["billing-ops".into()],
+        function: "billing.reset_account".into(),
+        arguments: serde_json::json!({"account_id": "acct_1"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        expect: cases::Expect::Held,
+    };
+    let d = engine.decide(&cases::case_call(&reg, &c).unwrap()).unwrap();
+    assert!(d.allowed());
+    let req = d.obligations.approval.unwrap();
+    // The demo policy's "1 of finance-approvers" and this one's, AND-ed.
+    assert_eq!(
+        req.to_string(),
+        "1 of finance-approvers, 2 of security; ttl=10m; reason"
+    );
 }
 
 #[test]
@@ -195,6 +224,22 @@ fn load_errors_have_file_and_line() {
             "@rate_limit(\"lots\")\npermit(principal, action, resource);",
             1,
             "rate_limit",
+        ),
+        // approval obligations: bad syntax, and on a forbid
+        (
+            "@approval(\"2 finance\")\npermit(principal, action, resource);",
+            1,
+            "@approval",
+        ),
+        (
+            "@approval(\"finance; ttl=1y\")\npermit(principal, action, resource);",
+            1,
+            "duration",
+        ),
+        (
+            "@approval(\"finance\")\nforbid(principal, action, resource) when { false };",
+            1,
+            "only applies to permit",
         ),
         // action == call matches no function
         (

@@ -190,6 +190,16 @@ pub fn explain(
         if let Some(r) = decision.obligations.rate_limit {
             println!("rate limit: {r} per caller");
         }
+        if decision.allowed()
+            && let Some(req) = callgate_approvals::Requirement::merge_all(
+                call.function
+                    .approval
+                    .iter()
+                    .chain(decision.obligations.approval.iter()),
+            )
+        {
+            println!("approval: held until approved by {req} (never by {})", call.principal.subject);
+        }
         if !decision.allowed() && decision.determining.is_empty() {
             let near = engine.near_misses(&call);
             if near.is_empty() {

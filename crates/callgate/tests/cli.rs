@@ -173,7 +173,7 @@ fn policy_test_cases() {
     std::fs::write(
         &cases,
         format!(
-            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: billing.reset_account, arguments: {{account_id: acct_1}}, expect: allow}}\n",
+            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: billing.reset_account, arguments: {{account_id: acct_1}}, expect: held}}\n",
             root().join("examples/demo/callgate.yaml").display()
         ),
     )
