@@ -460,7 +460,11 @@ fn summary(r: &StoredRecord) -> String {
             a.actor,
             a.verdict.as_deref().unwrap_or("-"),
             a.group.as_ref().map(|g| format!(" for {g}")).unwrap_or_default(),
-            if a.counted == Some(false) { " (not counted)" } else { "" },
+            match (&a.detail, a.counted) {
+                (Some(_), _) => "",
+                (None, Some(false)) => " (not counted)",
+                _ => "",
+            },
             a.state,
             a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
         ),
@@ -612,10 +616,10 @@ fn story(records: &[StoredRecord]) -> String {
                     a.actor,
                     a.verdict.as_deref().unwrap_or("-"),
                     a.group.map(|g| format!(" for {g}")).unwrap_or_default(),
-                    if a.counted == Some(false) {
-                        " (after resolution: not counted)"
-                    } else {
-                        ""
+                    match (&a.detail, a.counted) {
+                        (Some(d), _) => format!(" — {}", loud_prefix(d)),
+                        (None, Some(false)) => " (after resolution: not counted)".to_string(),
+                        _ => String::new(),
                     },
                     a.comment.map(|c| format!(": {c:?}")).unwrap_or_default()
                 ),
@@ -715,4 +719,12 @@ fn ocsf(r: &StoredRecord) -> Option<Value> {
         "metadata": {"version": "1.3.0", "uid": r.index.to_string(), "product": {"name": "Callgate", "vendor_name": "Callgate"}},
         "unmapped": unmapped,
     }))
+}
+
+/// `refused: …` → `REFUSED: …`, so refused attempts stand out in a story.
+fn loud_prefix(d: &str) -> String {
+    match d.split_once(':') {
+        Some((head, rest)) => format!("{}:{rest}", head.to_uppercase()),
+        None => d.to_string(),
+    }
 }

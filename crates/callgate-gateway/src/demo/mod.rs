@@ -125,7 +125,10 @@ Try it (in another shell):
   CI=$(callgate demo token ci-bot --gateway {g})
   curl -s {g}/users/u_1 -H "Authorization: Bearer $ALICE"  # 200
   curl -s {g}/billing/reset -H "Authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"account_id":"acct_1"}}'   # 403
-  curl -s {g}/billing/reset -H "Authorization: Bearer $BOB" -H 'content-type: application/json' -d '{{"account_id":"acct_1"}}'     # 200
+  curl -si {g}/billing/reset -H "Authorization: Bearer $BOB" -H 'content-type: application/json' -d '{{"account_id":"acct_1"}}'    # 202: held for a finance approver
+  CAROL=$(callgate demo token carol --gateway {g})
+  CALLGATE_TOKEN=$CAROL callgate approvals list --gateway {g}                                 # carol reviews
+  CALLGATE_TOKEN=$CAROL callgate approvals approve <id> --gateway {g}                         # runs once
   curl -s {g}/quota/adjust -H "X-API-Key: $CI" -H 'content-type: application/json' -d '{{"account_id":"acct_1","delta":50}}'      # 200
   curl -s '{g}/files?path=/srv/reports/../../etc/passwd' -H "Authorization: Bearer $ALICE"   # 403, never forwarded
   curl -s {g}/v1/functions -H "Authorization: Bearer $ALICE"                                  # alice's catalog
