@@ -1,5 +1,5 @@
-//! Prometheus metrics: calls by function, decision and status; call latency; reloads; the
-//! audit log's writes and health.
+//! Prometheus metrics: calls by function, decision and status; call latency; reloads; approval
+//! transitions; the audit log's writes and health.
 
 use callgate_store::log::LogStats;
 use prometheus_client::collector::Collector;
@@ -31,8 +31,16 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApprovalLabels {
+    /// `call`, `grant` or `break_glass`.
+    pub kind: String,
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub approvals: Family<ApprovalLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub latency: Family<FunctionLabels, Histogram>,
     pub reloads: Family<ReloadLabels, Counter>,
@@ -64,8 +72,15 @@ impl Default for Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        let approvals = Family::<ApprovalLabels, Counter>::default();
+        registry.register(
+            "approval_transitions",
+            "Held calls, grants and break-glass items entering a state (pending, approved, denied, expired, cancelled, revoked, succeeded, failed, unknown)",
+            approvals.clone(),
+        );
         Metrics {
             registry,
+            approvals,
             calls,
             latency,
             reloads,

@@ -82,12 +82,15 @@ pub struct Trace {
     /// Whether the audit log already has this call's own record (so a refusal is not
     /// recorded twice).
     pub recorded: bool,
+    /// The call was held for approval.
+    pub held: bool,
 }
 
 impl Trace {
     /// The decision label for metrics.
     pub fn decision_label(&self) -> &'static str {
         match &self.decision {
+            Some(_) if self.held => "held",
             Some(d) if d.allowed() => "allow",
             Some(_) => "deny",
             None => "none",
@@ -335,6 +338,7 @@ pub async fn run(
             None => {
                 let held = crate::approvals::hold(shared, rt, &call, decision, requirement).await?;
                 trace.recorded = true;
+                trace.held = true;
                 return Ok(Outcome::Held(Box::new(held)));
             }
             Some(why) => {

@@ -197,10 +197,14 @@ fn summary(v: &Value) -> String {
     if !v["arguments"].is_null() {
         line("arguments", v["arguments"].to_string());
     }
-    if let Some(t) = v["target"]["url"].as_str() {
+    if let Some(t) = v["target"]["path"].as_str() {
         line(
             "target",
-            format!("{} {t}", v["target"]["method"].as_str().unwrap_or("")),
+            format!(
+                "{} {t} on {}",
+                v["target"]["method"].as_str().unwrap_or(""),
+                v["target"]["upstream"].as_str().unwrap_or("?")
+            ),
         );
     }
     if let Some(r) = v["risk"].as_str() {

@@ -211,6 +211,7 @@ pub async fn request(
         .insert(&held)
         .await
         .map_err(store_refusal)?;
+    super::count(shared, &held);
     shared.approvals.notifier.send(
         &rt,
         super::webhook::Notice::requested(&held, &rt.config.approvals),

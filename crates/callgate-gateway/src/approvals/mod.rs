@@ -348,6 +348,7 @@ pub async fn hold(
     ev.reason = call.meta.reason.clone();
     shared.audit.held(call, decision, ev).await?;
     shared.approvals.store.insert(&held).await.map_err(store_refusal)?;
+    count(shared, &held);
     tracing::info!(request_id = %call.request_id, function = %call.function.name, requirement = %requirement, "call held for approval");
     shared
         .approvals
@@ -410,6 +411,7 @@ pub async fn break_glass(
     ev.detail = Some("break-glass: executed without approval; reviewers must acknowledge".into());
     shared.audit.approval_requested(ev).await?;
     shared.approvals.store.insert(&held).await.map_err(store_refusal)?;
+    count(shared, &held);
     tracing::warn!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %why, "break-glass call");
     shared
         .approvals
@@ -493,7 +495,20 @@ fn verdict_str(v: Verdict) -> &'static str {
 }
 
 /// What follows a state change: wake waiters, notify, and execute an approved call.
+/// Counts a held item entering its current state.
+pub(crate) fn count(shared: &Shared, held: &Held) {
+    shared
+        .metrics
+        .approvals
+        .get_or_create(&crate::metrics::ApprovalLabels {
+            kind: held.kind.as_str().into(),
+            state: held.approval.state.as_str().into(),
+        })
+        .inc();
+}
+
 pub(crate) fn after_change(shared: &Arc<Shared>, rt: &Runtime, held: &Held) {
+    count(shared, held);
     shared.approvals.grants.refresh(held);
     shared.approvals.changed(&held.id);
     match (held.kind, held.approval.state) {
@@ -845,6 +860,16 @@ pub async fn sweep(shared: &Arc<Shared>) {
     }
 }
 
+/// The target as people are shown it: the upstream's name, the method and the path — not the
+/// upstream's internal address.
+fn public_target(t: &Value) -> Value {
+    let path = t["url"]
+        .as_str()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .and_then(|u| u.path_and_query().map(|p| p.to_string()));
+    json!({"upstream": t["upstream"], "method": t["method"], "path": path})
+}
+
 /// The JSON view of a held item for requesters, reviewers and auditors.
 pub fn view(h: &Held, include_outcome: bool) -> Value {
     let a = &h.approval;
@@ -871,7 +896,7 @@ pub fn view(h: &Held, include_outcome: bool) -> Value {
         "policies": h.summary["policies"],
         "requester": a.requester,
         "arguments": h.payload["arguments"],
-        "target": h.payload["target"],
+        "target": public_target(&h.payload["target"]),
         "digest": h.digest,
         "requirement": a.requirement.to_string(),
         "approvers": approvers,

@@ -282,6 +282,18 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
         .find(|r| r["event"]["kind"] == "call.forward")
         .unwrap();
     assert_eq!(forward["event"]["digest"], held["digest"]);
+    // People see the target by upstream name and path, never the upstream's address.
+    assert_eq!(held["target"]["path"], "/billing/reset");
+    assert!(!r.body.windows(9).any(|w| w == b"127.0.0.1"));
+
+    let m = String::from_utf8(get(&s.gw.url("/metrics"), &[]).await.body.to_vec()).unwrap();
+    for want in [
+        r#"callgate_approval_transitions_total{kind="call",state="pending"} 1"#,
+        r#"callgate_approval_transitions_total{kind="call",state="succeeded"} 1"#,
+        r#"decision="held",status="202""#,
+    ] {
+        assert!(m.contains(want), "{want} missing from metrics:\n{m}");
+    }
 }
 
 #[tokio::test]
