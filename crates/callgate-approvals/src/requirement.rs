@@ -74,7 +74,11 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("{s:?} is not a duration such as 90s, 30m, 1h or 2d")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration such as 90s, 30m, 1h or 2d"
+            ));
+        }
     };
     let secs = n.saturating_mul(mult);
     if secs == 0 || secs > MAX_SECS {
@@ -204,7 +208,11 @@ impl fmt::Display for Requirement {
             write!(f, "; ttl={}", format_duration(self.ttl_secs))?;
         }
         if self.approved_ttl_secs != DEFAULT_APPROVED_TTL_SECS {
-            write!(f, "; approved_ttl={}", format_duration(self.approved_ttl_secs))?;
+            write!(
+                f,
+                "; approved_ttl={}",
+                format_duration(self.approved_ttl_secs)
+            )?;
         }
         if self.reason_required {
             f.write_str("; reason")?;
@@ -223,8 +231,8 @@ mod tests {
         assert_eq!(r.groups, BTreeMap::from([("finance-approvers".into(), 1)]));
         assert_eq!(r.ttl_secs, 3600);
         assert!(!r.reason_required);
-        let r = Requirement::parse("2 of finance-approvers, 1 of security; ttl=30m; reason")
-            .unwrap();
+        let r =
+            Requirement::parse("2 of finance-approvers, 1 of security; ttl=30m; reason").unwrap();
         assert_eq!(
             r.groups,
             BTreeMap::from([("finance-approvers".into(), 2), ("security".into(), 1)])

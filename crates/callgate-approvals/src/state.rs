@@ -260,8 +260,12 @@ impl Approval {
 
     /// Counted approvals per required group.
     pub fn counts(&self) -> BTreeMap<String, u32> {
-        let mut c: BTreeMap<String, u32> =
-            self.requirement.groups.keys().map(|g| (g.clone(), 0)).collect();
+        let mut c: BTreeMap<String, u32> = self
+            .requirement
+            .groups
+            .keys()
+            .map(|g| (g.clone(), 0))
+            .collect();
         for r in &self.reviews {
             if r.counted
                 && r.verdict == Verdict::Approve

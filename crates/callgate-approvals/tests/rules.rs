@@ -128,7 +128,10 @@ fn review_sequences() {
         (
             "a person in two groups fills the group that still needs someone",
             "1 of finance-approvers, 1 of security",
-            vec![approve("carol", Ok(Pending)), approve("frank", Ok(Approved))],
+            vec![
+                approve("carol", Ok(Pending)),
+                approve("frank", Ok(Approved)),
+            ],
         ),
         (
             "a chosen group is honoured",
@@ -197,7 +200,13 @@ fn late_reviews_are_recorded_but_not_counted() {
     a.review(&person("carol"), Verdict::Approve, None, None, 1)
         .unwrap();
     let late = a
-        .review(&person("dave"), Verdict::Deny, None, Some("too late".into()), 2)
+        .review(
+            &person("dave"),
+            Verdict::Deny,
+            None,
+            Some("too late".into()),
+            2,
+        )
         .unwrap();
     assert!(!late.counted);
     assert_eq!(a.reviews.len(), 2);
@@ -258,8 +267,14 @@ fn transitions_outside_reviews() {
     b.revoke(&person("dave"), 2).unwrap();
     assert_eq!(b.state, Revoked);
     a.begin_execution(2).unwrap();
-    assert_eq!(a.cancel("bob", 3), Err(TransitionError::WrongState(Executing)));
-    assert_eq!(a.begin_execution(3), Err(TransitionError::WrongState(Executing)));
+    assert_eq!(
+        a.cancel("bob", 3),
+        Err(TransitionError::WrongState(Executing))
+    );
+    assert_eq!(
+        a.begin_execution(3),
+        Err(TransitionError::WrongState(Executing))
+    );
     let mut crashed = a.clone();
     a.finish(true).unwrap();
     assert_eq!(a.state, Succeeded);
@@ -283,7 +298,9 @@ fn states_round_trip_through_text() {
 
 // ---- properties ----------------------------------------------------------------------------
 
-const PEOPLE: &[&str] = &["bob", "agent", "carol", "dave", "frank", "grace", "admin", "erin"];
+const PEOPLE: &[&str] = &[
+    "bob", "agent", "carol", "dave", "frank", "grace", "admin", "erin",
+];
 const GROUPS: &[&str] = &["finance-approvers", "security", "admins"];
 
 #[derive(Debug, Clone)]
@@ -323,8 +340,7 @@ fn requirement() -> impl Strategy<Value = Requirement> {
                 .zip(ns)
                 .map(|(g, n)| format!("{n} of {g}"))
                 .collect();
-            Requirement::parse(&format!("{}; ttl=1m; approved_ttl=30s", text.join(", ")))
-                .unwrap()
+            Requirement::parse(&format!("{}; ttl=1m; approved_ttl=30s", text.join(", "))).unwrap()
         })
     })
 }

@@ -214,7 +214,11 @@ impl Registry {
                     }
                 }
             };
-            let approval = match f.approval.as_deref().map(callgate_approvals::Requirement::parse) {
+            let approval = match f
+                .approval
+                .as_deref()
+                .map(callgate_approvals::Requirement::parse)
+            {
                 None => None,
                 Some(Ok(r)) => Some(r),
                 Some(Err(e)) => {

@@ -15,8 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callgate_audit::note::Signer;
 use callgate_audit::record::{
-    ApprovalEvent, AuditReadEvent, ForwardEvent, CallEvent, Caller, DecisionRecord, Event, ForwardRecord, RefusedEvent,
-    ReloadEvent, ResponseEvent, StartEvent,
+    ApprovalEvent, AuditReadEvent, CallEvent, Caller, DecisionRecord, Event, ForwardEvent,
+    ForwardRecord, RefusedEvent, ReloadEvent, ResponseEvent, StartEvent,
 };
 use callgate_core::config::{AuditConfig, BodyRecording};
 use callgate_core::model::{AuthMethod, Ingress};

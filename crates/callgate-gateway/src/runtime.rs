@@ -257,7 +257,10 @@ fn approvals_checks(
     let mut secrets = Vec::new();
     for (i, w) in a.webhooks.iter().enumerate() {
         if !is_url(&w.url) {
-            errors.push(format!("approvals.webhooks[{i}].url: {:?} is not an http(s) URL", w.url));
+            errors.push(format!(
+                "approvals.webhooks[{i}].url: {:?} is not an http(s) URL",
+                w.url
+            ));
         }
         let secret = match (&w.secret_env, &w.secret_file) {
             (Some(_), Some(_)) => {

@@ -118,7 +118,10 @@ pub fn run(reg: &Registry, engine: &PolicyEngine, cases: &[Case]) -> Vec<CaseRes
                                 .chain(d.obligations.approval.iter()),
                         );
                         match needs {
-                            Some(r) => (Expect::Held, format!("{}; needs approval by {r}", d.reason())),
+                            Some(r) => (
+                                Expect::Held,
+                                format!("{}; needs approval by {r}", d.reason()),
+                            ),
                             None => (Expect::Allow, d.reason()),
                         }
                     }

@@ -98,7 +98,10 @@ fn decisions_name_their_policies_and_obligations() {
     assert!(!d.allowed());
     assert!(d.determining.is_empty());
     assert!(d.reason().contains("denied by default"));
-    assert!(d.obligations.approval.is_none(), "a deny carries no obligations");
+    assert!(
+        d.obligations.approval.is_none(),
+        "a deny carries no obligations"
+    );
 }
 
 #[test]

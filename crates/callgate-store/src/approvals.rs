@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use callgate_approvals::{Approval, State};
 use serde_json::Value;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS held (
@@ -271,7 +271,8 @@ impl ApprovalStore {
         if let Some(k) = kind {
             qb.push(" AND kind = ").push_bind(k.as_str());
         }
-        qb.push(" ORDER BY created_ms, id LIMIT ").push_bind(limit as i64);
+        qb.push(" ORDER BY created_ms, id LIMIT ")
+            .push_bind(limit as i64);
         qb.build()
             .fetch_all(&self.reader)
             .await
@@ -328,7 +329,8 @@ fn to_text<T: serde::Serialize>(v: &T) -> Result<String, ApprovalStoreError> {
 fn held(r: &SqliteRow) -> Result<Held, ApprovalStoreError> {
     let bad = |what: &str, e: String| ApprovalStoreError::Inconsistent(format!("{what}: {e}"));
     let text = |name: &str| -> Result<String, ApprovalStoreError> {
-        r.try_get::<String, _>(name).map_err(|e| bad(name, e.to_string()))
+        r.try_get::<String, _>(name)
+            .map_err(|e| bad(name, e.to_string()))
     };
     let json = |name: &str| -> Result<Value, ApprovalStoreError> {
         serde_json::from_str(&text(name)?).map_err(|e| bad(name, e.to_string()))

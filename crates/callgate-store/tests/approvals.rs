@@ -6,7 +6,8 @@ use callgate_store::approvals::{ApprovalStore, Held, Kind};
 use serde_json::json;
 
 fn held(id: &str, req: &str) -> Held {
-    let payload = json!({"function": "billing.reset_account", "arguments": {"account_id": "acct_1"}});
+    let payload =
+        json!({"function": "billing.reset_account", "arguments": {"account_id": "acct_1"}});
     Held {
         id: id.into(),
         kind: Kind::Call,
@@ -127,7 +128,8 @@ async fn an_update_cannot_change_the_payload() {
     store.insert(&h).await.unwrap();
     store
         .update("c1", |h| {
-            h.payload = json!({"function": "billing.reset_account", "arguments": {"account_id": "*"}});
+            h.payload =
+                json!({"function": "billing.reset_account", "arguments": {"account_id": "*"}});
             Ok::<_, ()>(())
         })
         .await

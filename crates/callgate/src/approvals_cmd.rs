@@ -17,7 +17,12 @@ use serde_json::{Value, json};
 #[derive(Args, Clone)]
 pub struct Remote {
     /// The gateway's base URL.
-    #[arg(long, env = "CALLGATE_GATEWAY", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "CALLGATE_GATEWAY",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     gateway: String,
     /// Bearer token or API key (default: $CALLGATE_TOKEN).
     #[arg(long, env = "CALLGATE_TOKEN", hide_env_values = true, global = true)]
@@ -337,9 +342,20 @@ pub async fn approvals(r: &Remote, cmd: ApprovalsCommand) -> anyhow::Result<Exit
         }
         ApprovalsCommand::Revoke { id } => {
             let v = c
-                .call(Method::POST, &format!("/v1/approvals/{id}/revoke"), None, None)
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{id}/revoke"),
+                    None,
+                    None,
+                )
                 .await?;
-            print(r, &v, |v| format!("{}: {}\n", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
+            print(r, &v, |v| {
+                format!(
+                    "{}: {}\n",
+                    v["id"].as_str().unwrap_or(""),
+                    v["state"].as_str().unwrap_or("")
+                )
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -364,7 +380,9 @@ pub async fn calls(r: &Remote, cmd: CallsCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(r)?;
     match cmd {
         CallsCommand::Show { id } => {
-            let v = c.call(Method::GET, &format!("/v1/calls/{id}"), None, None).await?;
+            let v = c
+                .call(Method::GET, &format!("/v1/calls/{id}"), None, None)
+                .await?;
             print(r, &v, summary);
         }
         CallsCommand::Wait { id, timeout } => {
@@ -398,7 +416,13 @@ pub async fn calls(r: &Remote, cmd: CallsCommand) -> anyhow::Result<ExitCode> {
             let v = c
                 .call(Method::POST, &format!("/v1/calls/{id}/cancel"), None, None)
                 .await?;
-            print(r, &v, |v| format!("{}: {}\n", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
+            print(r, &v, |v| {
+                format!(
+                    "{}: {}\n",
+                    v["id"].as_str().unwrap_or(""),
+                    v["state"].as_str().unwrap_or("")
+                )
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -459,21 +459,30 @@ fn summary(r: &StoredRecord) -> String {
             a.request_id,
             a.actor,
             a.verdict.as_deref().unwrap_or("-"),
-            a.group.as_ref().map(|g| format!(" for {g}")).unwrap_or_default(),
+            a.group
+                .as_ref()
+                .map(|g| format!(" for {g}"))
+                .unwrap_or_default(),
             match (&a.detail, a.counted) {
                 (Some(_), _) => "",
                 (None, Some(false)) => " (not counted)",
                 _ => "",
             },
             a.state,
-            a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            a.detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         ),
         Event::ApprovalState(a) => format!(
             "approval {} -> {} by {}{}",
             a.request_id,
             a.state,
             a.actor,
-            a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            a.detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         ),
         Event::Start(s) => format!(
             "start {} (policy {})",

@@ -198,7 +198,10 @@ pub fn explain(
                     .chain(decision.obligations.approval.iter()),
             )
         {
-            println!("approval: held until approved by {req} (never by {})", call.principal.subject);
+            println!(
+                "approval: held until approved by {req} (never by {})",
+                call.principal.subject
+            );
         }
         if !decision.allowed() && decision.determining.is_empty() {
             let near = engine.near_misses(&call);

@@ -52,7 +52,9 @@ fn demo() -> Demo {
 
 fn callgate(args: &[&str], token: Option<&str>, gateway: &str) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_callgate"));
-    c.args(args).env("CALLGATE_GATEWAY", gateway).env_remove("CALLGATE_TOKEN");
+    c.args(args)
+        .env("CALLGATE_GATEWAY", gateway)
+        .env_remove("CALLGATE_TOKEN");
     if let Some(t) = token {
         c.env("CALLGATE_TOKEN", t);
     }
@@ -108,7 +110,10 @@ fn the_readme_curl_script_runs_the_demo_flow() {
         .unwrap();
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("ok: held, reviewed by a different person, executed once"), "{out}");
+    assert!(
+        out.contains("ok: held, reviewed by a different person, executed once"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -127,7 +132,14 @@ fn reviewers_and_requesters_use_the_cli() {
     let o = callgate(&["approvals", "list"], Some(&carol), &d.url);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    for want in [&id[..], "billing.reset_account", "bob", "acct_3", "1 of finance-approvers", "billing-reset"] {
+    for want in [
+        &id[..],
+        "billing.reset_account",
+        "bob",
+        "acct_3",
+        "1 of finance-approvers",
+        "billing-reset",
+    ] {
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
     // bob cannot approve; the CLI says why and exits 1.
@@ -142,10 +154,18 @@ fn reviewers_and_requesters_use_the_cli() {
     assert!(!o.status.success());
     assert!(text(&o).contains("CALLGATE_TOKEN"), "{}", text(&o));
 
-    let o = callgate(&["approvals", "approve", &id, "--comment", "FIN-9"], Some(&carol), &d.url);
+    let o = callgate(
+        &["approvals", "approve", &id, "--comment", "FIN-9"],
+        Some(&carol),
+        &d.url,
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("approved"), "{}", text(&o));
-    let o = callgate(&["calls", "wait", &id, "--timeout", "10"], Some(&bob), &d.url);
+    let o = callgate(
+        &["calls", "wait", &id, "--timeout", "10"],
+        Some(&bob),
+        &d.url,
+    );
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("succeeded") && out.contains("acct_3"), "{out}");
@@ -171,6 +191,48 @@ fn reviewers_and_requesters_use_the_cli() {
     // bob cancels; waiting on it fails.
     let o = callgate(&["calls", "cancel", &id], Some(&bob), &d.url);
     assert!(text(&o).contains("cancelled"), "{}", text(&o));
-    let o = callgate(&["calls", "wait", &id, "--timeout", "1"], Some(&bob), &d.url);
+    let o = callgate(
+        &["calls", "wait", &id, "--timeout", "1"],
+        Some(&bob),
+        &d.url,
+    );
     assert!(!o.status.success());
+
+    // erin asks to join support for an hour; carol approves; erin can read users until she
+    // gives the grant back.
+    let read = |t: &str| {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}/users/u_1", d.url))
+            .args(["-H", &format!("Authorization: Bearer {t}")])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(read(&erin), "403");
+    let o = callgate(
+        &[
+            "grants",
+            "request",
+            "support",
+            "--duration",
+            "1h",
+            "--reason",
+            "audit sample",
+            "--json",
+        ],
+        Some(&erin),
+        &d.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let grant: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gid = grant["id"].as_str().unwrap().to_string();
+    let o = callgate(&["approvals", "approve", &gid], Some(&carol), &d.url);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read(&erin), "200");
+    let o = callgate(&["grants", "list"], Some(&erin), &d.url);
+    assert!(text(&o).contains("active until"), "{}", text(&o));
+    let o = callgate(&["grants", "revoke", &gid], Some(&erin), &d.url);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read(&erin), "403");
 }

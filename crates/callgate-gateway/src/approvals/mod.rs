@@ -347,7 +347,12 @@ pub async fn hold(
     ev.requirement = Some(requirement.to_string());
     ev.reason = call.meta.reason.clone();
     shared.audit.held(call, decision, ev).await?;
-    shared.approvals.store.insert(&held).await.map_err(store_refusal)?;
+    shared
+        .approvals
+        .store
+        .insert(&held)
+        .await
+        .map_err(store_refusal)?;
     count(shared, &held);
     tracing::info!(request_id = %call.request_id, function = %call.function.name, requirement = %requirement, "call held for approval");
     shared
@@ -368,9 +373,11 @@ pub async fn break_glass(
     requirement: Requirement,
     why: &str,
 ) -> Result<(), Refusal> {
-    let allowed = call.function.break_glass.iter().any(|g| {
-        call.principal.groups.contains(g) && !call.meta.granted.contains(g)
-    });
+    let allowed = call
+        .function
+        .break_glass
+        .iter()
+        .any(|g| call.principal.groups.contains(g) && !call.meta.granted.contains(g));
     if !allowed {
         return Err(Refusal::Forbidden {
             detail: format!(
@@ -410,7 +417,12 @@ pub async fn break_glass(
     ev.reason = Some(why.to_string());
     ev.detail = Some("break-glass: executed without approval; reviewers must acknowledge".into());
     shared.audit.approval_requested(ev).await?;
-    shared.approvals.store.insert(&held).await.map_err(store_refusal)?;
+    shared
+        .approvals
+        .store
+        .insert(&held)
+        .await
+        .map_err(store_refusal)?;
     count(shared, &held);
     tracing::warn!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %why, "break-glass call");
     shared
@@ -531,7 +543,11 @@ pub(crate) fn after_change(shared: &Arc<Shared>, rt: &Runtime, held: &Held) {
 }
 
 /// The requester withdraws their call (pending or approved, not yet executing).
-pub async fn cancel(shared: &Arc<Shared>, id: &str, principal: &Principal) -> Result<Held, Refusal> {
+pub async fn cancel(
+    shared: &Arc<Shared>,
+    id: &str,
+    principal: &Principal,
+) -> Result<Held, Refusal> {
     let rt = shared.reloader.current();
     let person = requester_of(principal, &rt.config.approvals).subject;
     let (_, held) = shared
@@ -545,9 +561,7 @@ pub async fn cancel(shared: &Arc<Shared>, id: &str, principal: &Principal) -> Re
             } else {
                 &person
             };
-            h.approval
-                .cancel(who, now_ms())
-                .map_err(transition_refusal)
+            h.approval.cancel(who, now_ms()).map_err(transition_refusal)
         })
         .await
         .map_err(store_refusal)?
@@ -567,7 +581,11 @@ pub async fn cancel(shared: &Arc<Shared>, id: &str, principal: &Principal) -> Re
 }
 
 /// An eligible reviewer withdraws an approval before the call runs.
-pub async fn revoke(shared: &Arc<Shared>, id: &str, principal: &Principal) -> Result<Held, Refusal> {
+pub async fn revoke(
+    shared: &Arc<Shared>,
+    id: &str,
+    principal: &Principal,
+) -> Result<Held, Refusal> {
     let rt = shared.reloader.current();
     let reviewer = reviewer_of(principal, &rt.config.approvals);
     let (_, held) = shared
@@ -671,7 +689,11 @@ pub async fn execute(shared: &Arc<Shared>, id: &str) {
         Err(Failure::Upstream(r)) => (false, outcome_of(&Err(r.clone())), Some(r.to_string())),
         Err(Failure::NotForwarded(r)) => {
             tracing::warn!(request_id = %id, reason = %r.detail(), "an approved call was not executed");
-            (false, outcome_of(&Err(r.clone())), Some(format!("not executed: {}", r.detail())))
+            (
+                false,
+                outcome_of(&Err(r.clone())),
+                Some(format!("not executed: {}", r.detail())),
+            )
         }
     };
     let finished = store
@@ -690,9 +712,13 @@ pub async fn execute(shared: &Arc<Shared>, id: &str) {
             }
             after_change(shared, &rt, &h);
         }
-        Ok(Err(e)) => tracing::error!(request_id = %id, error = %e, "the executed call changed state meanwhile"),
+        Ok(Err(e)) => {
+            tracing::error!(request_id = %id, error = %e, "the executed call changed state meanwhile")
+        }
         // Left `executing`: at the next start it becomes `unknown`, never executed twice.
-        Err(e) => tracing::error!(request_id = %id, error = %e, "storing the executed call's outcome failed"),
+        Err(e) => {
+            tracing::error!(request_id = %id, error = %e, "storing the executed call's outcome failed")
+        }
     }
 }
 
@@ -711,7 +737,12 @@ async fn run_stored(
     rt: &Runtime,
     held: &Held,
 ) -> (Result<UpstreamResponse, Failure>, Option<Call>) {
-    let no = |detail: String| (Err(Failure::NotForwarded(Refusal::Forbidden { detail })), None);
+    let no = |detail: String| {
+        (
+            Err(Failure::NotForwarded(Refusal::Forbidden { detail })),
+            None,
+        )
+    };
     if !digest::matches(&held.payload, &held.digest) {
         tracing::error!(request_id = %held.id, "the stored request does not match its approved digest; refusing to execute");
         return no("the stored request does not match the approved digest".into());
@@ -721,7 +752,10 @@ async fn run_stored(
         Err(e) => return no(format!("the stored request cannot be read: {e}")),
     };
     let Some(function) = rt.registry.get(&stored.function) else {
-        return no(format!("function {} is no longer declared", stored.function));
+        return no(format!(
+            "function {} is no longer declared",
+            stored.function
+        ));
     };
     let mut forward_headers = http::HeaderMap::new();
     for (k, v) in &stored.headers {
@@ -803,7 +837,11 @@ impl Approvals {
                     "execution was interrupted by a stop; whether the upstream ran it is unknown, and it is not run again".into()
                 });
                 tracing::warn!(request_id = %h.id, state = %h.approval.state, "recovered an interrupted execution");
-                shared.audit.approval(ev, true).await.map_err(|e| e.to_string())?;
+                shared
+                    .audit
+                    .approval(ev, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 after_change(shared, &rt, &h);
             }
         }
@@ -848,7 +886,13 @@ pub async fn sweep(shared: &Arc<Shared>) {
     let rt = shared.reloader.peek();
     for id in due {
         let r = store
-            .update(&id, |h| if h.approval.expire(now) { Ok(()) } else { Err(()) })
+            .update(&id, |h| {
+                if h.approval.expire(now) {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            })
             .await;
         if let Ok(Ok((_, h))) = r {
             tracing::info!(request_id = %id, "held call expired");

@@ -134,7 +134,8 @@ impl Notifier {
                 WebhookFormat::Slack => json!({"text": notice.text}).to_string(),
             };
             let secret = rt.webhook_secrets.get(i).cloned().flatten();
-            let (client, url, attempts) = (client.clone(), hook.url.clone(), hook.max_attempts.max(1));
+            let (client, url, attempts) =
+                (client.clone(), hook.url.clone(), hook.max_attempts.max(1));
             tokio::spawn(async move {
                 deliver(&client, &url, body, secret.as_deref(), attempts).await;
             });
@@ -142,7 +143,13 @@ impl Notifier {
     }
 }
 
-async fn deliver(client: &HttpClient, url: &str, body: String, secret: Option<&[u8]>, attempts: u32) {
+async fn deliver(
+    client: &HttpClient,
+    url: &str,
+    body: String,
+    secret: Option<&[u8]>,
+    attempts: u32,
+) {
     let Ok(uri) = url.parse::<http::Uri>() else {
         tracing::error!(%url, "the webhook URL is not valid");
         return;
@@ -153,7 +160,10 @@ async fn deliver(client: &HttpClient, url: &str, body: String, secret: Option<&[
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, "callgate-webhook");
         if let Some(s) = secret {
-            req = req.header(SIGNATURE_HEADER, signature(s, now_ms() / 1000, body.as_bytes()));
+            req = req.header(
+                SIGNATURE_HEADER,
+                signature(s, now_ms() / 1000, body.as_bytes()),
+            );
         }
         let Ok(req) = req.body(Full::new(bytes::Bytes::from(body.clone()))) else {
             return;

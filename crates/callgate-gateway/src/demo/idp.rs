@@ -93,7 +93,10 @@ impl DemoIdp {
             "client_id": "callgate-demo",
         });
         if let Some(a) = actor {
-            let ok = !a.is_empty() && a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            let ok = !a.is_empty()
+                && a.len() <= 64
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok {
                 return None;
             }

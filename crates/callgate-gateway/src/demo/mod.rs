@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use crate::Gateway;
 use crate::identity::apikey;
 use crate::runtime;
-use crate::Gateway;
 
 pub const CONFIG: &str = include_str!("../../../../examples/demo/callgate.yaml");
 pub const POLICY: &str = include_str!("../../../../examples/demo/policies/demo.cedar");

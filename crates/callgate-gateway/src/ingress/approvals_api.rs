@@ -155,12 +155,17 @@ async fn list(
         let now = now_ms();
         let items: Vec<Value> = pending
             .iter()
-            .filter(|h| h.approval.expires_ms().is_none_or(|e| now < e) || h.kind == Kind::BreakGlass)
+            .filter(|h| {
+                h.approval.expires_ms().is_none_or(|e| now < e) || h.kind == Kind::BreakGlass
+            })
             .filter(|h| h.approval.eligible_groups(&reviewer).is_ok())
             .filter(|h| !h.approval.has_reviewed(&p.subject))
             .map(|h| approvals::view(h, false))
             .collect();
-        Ok(json_response(StatusCode::OK, &json!({ "approvals": items })))
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "approvals": items }),
+        ))
     };
     answer(&rid, a.await)
 }

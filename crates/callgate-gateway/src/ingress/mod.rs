@@ -16,10 +16,10 @@ use crate::Shared;
 use crate::audit::RefusedRequest;
 use crate::metrics::{CallLabels, FunctionLabels};
 use crate::pipeline::{self, Inbound, Outcome, Trace};
+use crate::problem;
 use crate::seams::UpstreamResponse;
 use callgate_approvals::State;
 use callgate_store::approvals::Held;
-use crate::problem;
 
 /// Paths served by the API surface rather than proxied. Upstream paths under these prefixes
 /// cannot be proxied.
@@ -77,11 +77,7 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
         Ok(Outcome::Forwarded(up)) => upstream_response(up),
         Ok(Outcome::Held(held)) => {
             let held = match wait {
-                Some(w) => shared
-                    .approvals
-                    .wait(&held.id, w)
-                    .await
-                    .unwrap_or(*held),
+                Some(w) => shared.approvals.wait(&held.id, w).await.unwrap_or(*held),
                 None => *held,
             };
             held_response(&held, &request_id)
@@ -148,7 +144,8 @@ pub fn prefer_wait(headers: &http::HeaderMap, max: u64) -> Option<std::time::Dur
         .flat_map(|v| v.split(','))
         .filter_map(|p| {
             let (k, v) = p.split_once('=')?;
-            (k.trim().eq_ignore_ascii_case("wait")).then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
         })
         .next()?;
     Some(std::time::Duration::from_secs(secs.min(max)))
@@ -158,7 +155,11 @@ pub fn prefer_wait(headers: &http::HeaderMap, max: u64) -> Option<std::time::Dur
 /// when it ended without running, else 202 with where to follow it.
 pub fn held_response(held: &Held, request_id: &str) -> Response<Body> {
     let state = held.approval.state;
-    if let Some(up) = held.outcome.as_ref().and_then(crate::approvals::stored_response) {
+    if let Some(up) = held
+        .outcome
+        .as_ref()
+        .and_then(crate::approvals::stored_response)
+    {
         return upstream_response(up);
     }
     let ended = |detail: String, status| {
@@ -170,8 +171,17 @@ pub fn held_response(held: &Held, request_id: &str) -> Response<Body> {
     };
     match state {
         State::Denied => ended(format!("call {} was denied by a reviewer", held.id), 403),
-        State::Expired => ended(format!("call {} expired before it was approved and executed", held.id), 403),
-        State::Cancelled => ended(format!("call {} was cancelled by its requester", held.id), 403),
+        State::Expired => ended(
+            format!(
+                "call {} expired before it was approved and executed",
+                held.id
+            ),
+            403,
+        ),
+        State::Cancelled => ended(
+            format!("call {} was cancelled by its requester", held.id),
+            403,
+        ),
         State::Revoked => ended(format!("the approval of call {} was revoked", held.id), 403),
         State::Failed | State::Unknown => {
             let detail = held

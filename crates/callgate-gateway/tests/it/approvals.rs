@@ -39,7 +39,10 @@ const PEOPLE: &[(&str, &[&str])] = &[
     ("dave", &["finance-approvers"]),
     ("frank", &["finance-approvers", "security"]),
     ("grace", &["security"]),
-    ("admin", &["admins", "finance-approvers", "security", "billing-ops"]),
+    (
+        "admin",
+        &["admins", "finance-approvers", "security", "billing-ops"],
+    ),
     ("erin", &["auditors"]),
     ("alice", &["support"]),
     ("oncall", &["sre"]),
@@ -181,8 +184,15 @@ fn held_id(r: &Resp) -> String {
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(r.header("location"), Some(format!("/v1/calls/{id}").as_str()));
-    assert_eq!(r.header("x-request-id"), Some(id.as_str()), "the held call is named by its request id");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/calls/{id}").as_str())
+    );
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(id.as_str()),
+        "the held call is named by its request id"
+    );
     id
 }
 
@@ -196,7 +206,10 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
     assert_eq!(held["function"], "billing.reset_account");
     assert_eq!(held["approvers"]["finance-approvers"]["needed"], 1);
     assert_eq!(held["digest"].as_str().unwrap().len(), 64);
-    assert!(s.resets_seen().is_empty(), "nothing is forwarded while held");
+    assert!(
+        s.resets_seen().is_empty(),
+        "nothing is forwarded while held"
+    );
 
     // bob is a finance approver, and still cannot approve his own call.
     let p = s.review("bob", &id, "approve", "").await.problem(403);
@@ -227,11 +240,24 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
     assert_eq!(list("erin").await["approvals"].as_array().unwrap().len(), 0);
 
     // A digest other than the stored request's is refused: approval binds to the payload.
-    s.review("carol", &id, "approve", &format!(r#"{{"digest":"{}"}}"#, "0".repeat(64)))
-        .await
-        .problem(409);
+    s.review(
+        "carol",
+        &id,
+        "approve",
+        &format!(r#"{{"digest":"{}"}}"#, "0".repeat(64)),
+    )
+    .await
+    .problem(409);
     let r = s
-        .review("carol", &id, "approve", &format!(r#"{{"comment":"ok","digest":"{}"}}"#, held["digest"].as_str().unwrap()))
+        .review(
+            "carol",
+            &id,
+            "approve",
+            &format!(
+                r#"{{"comment":"ok","digest":"{}"}}"#,
+                held["digest"].as_str().unwrap()
+            ),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["review"]["counted"], true);
@@ -246,7 +272,11 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
     assert_eq!(r.json()["state"], "succeeded");
     s.review("carol", &id, "approve", "").await.problem(409);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.resets_seen(), vec![serde_json::json!({"account_id": "acct_1"})], "executed exactly once");
+    assert_eq!(
+        s.resets_seen(),
+        vec![serde_json::json!({"account_id": "acct_1"})],
+        "executed exactly once"
+    );
     // The requester sees the result; so do auditors.
     let mine = s.status("bob", &id, None).await.json();
     assert_eq!(mine["response"]["body"]["body"]["account_id"], "acct_1");
@@ -265,7 +295,14 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
         .iter()
         .map(|r| r["event"]["kind"].as_str().unwrap())
         .collect();
-    for k in ["call", "approval.requested", "approval.review", "call.forward", "call.response", "approval.state"] {
+    for k in [
+        "call",
+        "approval.requested",
+        "approval.review",
+        "call.forward",
+        "call.response",
+        "approval.state",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let refused_reviews = story["records"]
@@ -274,7 +311,10 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
         .iter()
         .filter(|r| r["event"]["kind"] == "approval.review" && r["event"]["counted"] == false)
         .count();
-    assert!(refused_reviews >= 3, "refused and late reviews are recorded");
+    assert!(
+        refused_reviews >= 3,
+        "refused and late reviews are recorded"
+    );
     let forward = story["records"]
         .as_array()
         .unwrap()
@@ -300,10 +340,13 @@ async fn the_demo_flow_segregation_of_duties_and_exactly_once() {
 async fn prefer_wait_answers_with_the_real_response() {
     let s = Arc::new(setup().await);
     let s2 = s.clone();
-    let waiting = tokio::spawn(async move { s2.reset("bob", "acct_7", &[("prefer", "wait=15")]).await });
+    let waiting =
+        tokio::spawn(async move { s2.reset("bob", "acct_7", &[("prefer", "wait=15")]).await });
     // Find it in carol's list and approve it while bob waits.
     let id = loop {
-        let v = get(&s.gw.url("/v1/approvals"), &[s.key("carol")]).await.json();
+        let v = get(&s.gw.url("/v1/approvals"), &[s.key("carol")])
+            .await
+            .json();
         if let Some(id) = v["approvals"][0]["id"].as_str() {
             break id.to_string();
         }
@@ -318,15 +361,28 @@ async fn prefer_wait_answers_with_the_real_response() {
     held_id(&r);
     // A denial ends it: the waiting caller gets 403.
     let s3 = s.clone();
-    let waiting = tokio::spawn(async move { s3.reset("bob", "acct_9", &[("prefer", "wait=15")]).await });
+    let waiting =
+        tokio::spawn(async move { s3.reset("bob", "acct_9", &[("prefer", "wait=15")]).await });
     let id = loop {
-        let v = get(&s.gw.url("/v1/approvals"), &[s.key("dave")]).await.json();
-        if let Some(id) = v["approvals"].as_array().unwrap().iter().find(|a| a["arguments"]["account_id"] == "acct_9") {
+        let v = get(&s.gw.url("/v1/approvals"), &[s.key("dave")])
+            .await
+            .json();
+        if let Some(id) = v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["arguments"]["account_id"] == "acct_9")
+        {
             break id["id"].as_str().unwrap().to_string();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(s.review("dave", &id, "deny", r#"{"comment":"not today"}"#).await.status, 200);
+    assert_eq!(
+        s.review("dave", &id, "deny", r#"{"comment":"not today"}"#)
+            .await
+            .status,
+        200
+    );
     waiting.await.unwrap().problem(403);
     assert_eq!(s.resets_seen().len(), 1);
 }
@@ -343,8 +399,14 @@ async fn a_modified_resend_is_a_new_held_call() {
     // Approving the first executes acct_1 — never acct_2.
     s.review("carol", &first, "approve", "").await;
     assert_eq!(s.settled(&first).await["state"], "succeeded");
-    assert_eq!(s.resets_seen(), vec![serde_json::json!({"account_id": "acct_1"})]);
-    assert_eq!(s.status("bob", &second, None).await.json()["state"], "pending");
+    assert_eq!(
+        s.resets_seen(),
+        vec![serde_json::json!({"account_id": "acct_1"})]
+    );
+    assert_eq!(
+        s.status("bob", &second, None).await.json()["state"],
+        "pending"
+    );
 }
 
 #[tokio::test]
@@ -355,7 +417,9 @@ async fn racing_approvals_execute_once() {
         let mut tasks = Vec::new();
         for who in ["carol", "dave", "frank", "admin"] {
             let (s, id) = (s.clone(), id.clone());
-            tasks.push(tokio::spawn(async move { s.review(who, &id, "approve", "").await.json() }));
+            tasks.push(tokio::spawn(async move {
+                s.review(who, &id, "approve", "").await.json()
+            }));
         }
         let mut counted = 0;
         for t in tasks {
@@ -375,7 +439,12 @@ async fn racing_approvals_execute_once() {
     let state = s.settled(&id).await["state"].clone();
     let approved = a.status == 200 && a.json()["review"]["counted"] == true;
     let cancelled = b.status == 200;
-    assert!(approved != cancelled, "exactly one of approve ({}) and cancel ({}) wins", a.status, b.status);
+    assert!(
+        approved != cancelled,
+        "exactly one of approve ({}) and cancel ({}) wins",
+        a.status,
+        b.status
+    );
     assert_eq!(state, if approved { "succeeded" } else { "cancelled" });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.resets_seen().len(), 5 + approved as usize);
@@ -395,16 +464,35 @@ async fn n_of_m_counts_people_not_groups_and_needs_a_reason() {
     };
     let p = refund(vec![], r#"{"amount":5}"#).await.problem(400);
     assert!(p["detail"].as_str().unwrap().contains("reason"));
-    refund(vec![("callgate-reason", "x".repeat(1001))], r#"{"amount":5}"#).await.problem(400);
-    refund(vec![("callgate-reason", "   ".into())], r#"{"amount":5}"#).await.problem(400);
-    let id = held_id(&refund(vec![("callgate-reason", "customer overcharged".into())], r#"{"amount":5}"#).await);
-    assert_eq!(s.status("bob", &id, None).await.json()["reason"], "customer overcharged");
+    refund(
+        vec![("callgate-reason", "x".repeat(1001))],
+        r#"{"amount":5}"#,
+    )
+    .await
+    .problem(400);
+    refund(vec![("callgate-reason", "   ".into())], r#"{"amount":5}"#)
+        .await
+        .problem(400);
+    let id = held_id(
+        &refund(
+            vec![("callgate-reason", "customer overcharged".into())],
+            r#"{"amount":5}"#,
+        )
+        .await,
+    );
+    assert_eq!(
+        s.status("bob", &id, None).await.json()["reason"],
+        "customer overcharged"
+    );
     // frank is in both groups and counts once; with carol that is two finance approvals only
     // if frank counts for finance, and security still needs someone.
-    s.review("frank", &id, "approve", r#"{"group":"finance-approvers"}"#).await;
+    s.review("frank", &id, "approve", r#"{"group":"finance-approvers"}"#)
+        .await;
     s.review("carol", &id, "approve", "").await;
     assert_eq!(s.status("bob", &id, None).await.json()["state"], "pending");
-    s.review("frank", &id, "approve", r#"{"group":"security"}"#).await.problem(409);
+    s.review("frank", &id, "approve", r#"{"group":"security"}"#)
+        .await
+        .problem(409);
     s.review("grace", &id, "approve", "").await;
     assert_eq!(s.settled(&id).await["state"], "succeeded");
     // The invoke API takes the reason in its body.
@@ -437,8 +525,19 @@ async fn expiry_cancellation_and_revocation() {
 
     // Only the requester cancels; others learn nothing.
     let id = held_id(&s.reset("bob", "acct_c", &[]).await);
-    post_json(&s.gw.url(&format!("/v1/calls/{id}/cancel")), &[s.key("carol")], "").await.problem(404);
-    let r = post_json(&s.gw.url(&format!("/v1/calls/{id}/cancel")), &[s.key("bob")], "").await;
+    post_json(
+        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
+        &[s.key("carol")],
+        "",
+    )
+    .await
+    .problem(404);
+    let r = post_json(
+        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
+        &[s.key("bob")],
+        "",
+    )
+    .await;
     assert_eq!(r.json()["state"], "cancelled");
     s.review("carol", &id, "approve", "").await;
     assert_eq!(s.settled(&id).await["state"], "cancelled");
@@ -476,17 +575,29 @@ async fn held_calls_survive_restarts_and_run_once() {
 
     // While Callgate is down: one call gets approved, another is left as if a crash
     // interrupted its execution (the real store, the real state machine).
-    let store = ApprovalStore::open(&dir.path().join("callgate-data/approvals.db")).await.unwrap();
-    let carol = Reviewer { subject: "carol".into(), groups: vec!["finance-approvers".into()], delegated: false };
+    let store = ApprovalStore::open(&dir.path().join("callgate-data/approvals.db"))
+        .await
+        .unwrap();
+    let carol = Reviewer {
+        subject: "carol".into(),
+        groups: vec!["finance-approvers".into()],
+        delegated: false,
+    };
     let now = callgate_store::log::now_ms();
     for id in [&approved, &executing] {
         store
-            .update(id, |h| h.approval.review(&carol, Verdict::Approve, None, None, now))
+            .update(id, |h| {
+                h.approval.review(&carol, Verdict::Approve, None, None, now)
+            })
             .await
             .unwrap()
             .unwrap();
     }
-    store.update(&executing, |h| h.approval.begin_execution(now)).await.unwrap().unwrap();
+    store
+        .update(&executing, |h| h.approval.begin_execution(now))
+        .await
+        .unwrap()
+        .unwrap();
     store.close().await;
 
     let restart = |dir: tempfile::TempDir| {
@@ -497,10 +608,19 @@ async fn held_calls_survive_restarts_and_run_once() {
     s.gw = gw;
     assert_eq!(s.settled(&approved).await["state"], "succeeded");
     let x = s.status("bob", &executing, None).await.json();
-    assert_eq!(x["state"], "unknown", "an interrupted execution is never repeated");
-    assert_eq!(s.status("bob", &pending, None).await.json()["state"], "pending");
+    assert_eq!(
+        x["state"], "unknown",
+        "an interrupted execution is never repeated"
+    );
+    assert_eq!(
+        s.status("bob", &pending, None).await.json()["state"],
+        "pending"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.resets_seen(), vec![serde_json::json!({"account_id": "acct_a"})]);
+    assert_eq!(
+        s.resets_seen(),
+        vec![serde_json::json!({"account_id": "acct_a"})]
+    );
 
     // Approve the pending one after the restart; restart again: nothing runs twice.
     s.review("carol", &pending, "approve", "").await;
@@ -527,9 +647,15 @@ async fn grants_are_seen_by_policy_only_while_active_and_never_approve() {
         let (url, key) = (s.gw.url("/v1/grants"), s.keys["bob"].clone());
         async move { post_json(&url, &[("x-api-key", &key)], body).await }
     };
-    ask(r#"{"group":"admins","duration":"1h","reason":"x"}"#).await.problem(400);
-    ask(r#"{"group":"support","duration":"3h","reason":"x"}"#).await.problem(400);
-    ask(r#"{"group":"support","duration":"1h"}"#).await.problem(400);
+    ask(r#"{"group":"admins","duration":"1h","reason":"x"}"#)
+        .await
+        .problem(400);
+    ask(r#"{"group":"support","duration":"3h","reason":"x"}"#)
+        .await
+        .problem(400);
+    ask(r#"{"group":"support","duration":"1h"}"#)
+        .await
+        .problem(400);
     let r = ask(r#"{"group":"support","duration":"1h","reason":"ticket 42"}"#).await;
     let id = held_id(&r);
     // bob is a finance approver but cannot approve his own grant.
@@ -540,9 +666,37 @@ async fn grants_are_seen_by_policy_only_while_active_and_never_approve() {
     let mine = get(&s.gw.url("/v1/grants"), &[s.key("bob")]).await.json();
     assert_eq!(mine["grants"][0]["active"], true);
     // A reviewer revokes it: the very next request is denied.
-    let r = post_json(&s.gw.url(&format!("/v1/grants/{id}/revoke")), &[s.key("dave")], "").await;
+    let r = post_json(
+        &s.gw.url(&format!("/v1/grants/{id}/revoke")),
+        &[s.key("dave")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     read("bob").await.problem(403);
+
+    // A grant limited to some functions, and one that lapses by itself.
+    let r =
+        ask(r#"{"group":"support","functions":["billing.refund"],"duration":"1h","reason":"x"}"#)
+            .await;
+    let id = held_id(&r);
+    s.review("carol", &id, "approve", "").await;
+    read("bob").await.problem(403);
+    let r = ask(r#"{"group":"support","duration":"2s","reason":"quick look"}"#).await;
+    let id = held_id(&r);
+    s.review("carol", &id, "approve", "").await;
+    assert_eq!(read("bob").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    read("bob").await.problem(403);
+    let mine = get(&s.gw.url("/v1/grants"), &[s.key("bob")]).await.json();
+    let lapsed = mine["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(lapsed["active"], false);
+    assert_eq!(lapsed["state"], "approved");
 
     // A grant never lets anyone approve: alice granted finance-approvers still cannot review.
     let r = post_json(
@@ -555,23 +709,39 @@ async fn grants_are_seen_by_policy_only_while_active_and_never_approve() {
     s.review("grace", &gid, "approve", "").await;
     let call = held_id(&s.reset("bob", "acct_g", &[]).await);
     s.review("alice", &call, "approve", "").await.problem(404);
-    assert_eq!(s.status("bob", &call, None).await.json()["state"], "pending");
+    assert_eq!(
+        s.status("bob", &call, None).await.json()["state"],
+        "pending"
+    );
 }
 
 #[tokio::test]
 async fn break_glass_proceeds_flagged_and_leaves_an_item_to_acknowledge() {
     let s = setup().await;
     // Only listed groups may break glass.
-    s.reset("bob", "acct_1", &[("callgate-break-glass", "prod down")]).await.problem(403);
+    s.reset("bob", "acct_1", &[("callgate-break-glass", "prod down")])
+        .await
+        .problem(403);
     // Without the header, oncall's call is held like anyone's.
     held_id(&s.reset("oncall", "acct_1", &[]).await);
     // With it, the call runs now, flagged.
-    let r = s.reset("oncall", "acct_2", &[("callgate-break-glass", "prod down, INC-7")]).await;
+    let r = s
+        .reset(
+            "oncall",
+            "acct_2",
+            &[("callgate-break-glass", "prod down, INC-7")],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let id = r.header("x-request-id").unwrap().to_string();
-    assert_eq!(s.resets_seen(), vec![serde_json::json!({"account_id": "acct_2"})]);
+    assert_eq!(
+        s.resets_seen(),
+        vec![serde_json::json!({"account_id": "acct_2"})]
+    );
     // Reviewers find an item to acknowledge.
-    let list = get(&s.gw.url("/v1/approvals"), &[s.key("carol")]).await.json();
+    let list = get(&s.gw.url("/v1/approvals"), &[s.key("carol")])
+        .await
+        .json();
     let item = list["approvals"]
         .as_array()
         .unwrap()
@@ -581,15 +751,23 @@ async fn break_glass_proceeds_flagged_and_leaves_an_item_to_acknowledge() {
         .clone();
     assert_eq!(item["kind"], "break_glass");
     assert_eq!(item["reason"], "prod down, INC-7");
-    let r = s.review("carol", &id, "approve", r#"{"comment":"justified"}"#).await;
+    let r = s
+        .review("carol", &id, "approve", r#"{"comment":"justified"}"#)
+        .await;
     assert_eq!(r.json()["state"], "approved");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s.resets_seen().len(), 1, "acknowledging runs nothing");
     // The audit log flags it.
-    let story = get(&s.gw.url(&format!("/v1/audit/calls/{id}")), &[s.key("erin")]).await.json();
-    let flagged = story["records"].as_array().unwrap().iter().any(|r| {
-        r["event"]["kind"] == "approval.requested" && r["event"]["item"] == "break_glass"
-    });
+    let story = get(
+        &s.gw.url(&format!("/v1/audit/calls/{id}")),
+        &[s.key("erin")],
+    )
+    .await
+    .json();
+    let flagged =
+        story["records"].as_array().unwrap().iter().any(|r| {
+            r["event"]["kind"] == "approval.requested" && r["event"]["item"] == "break_glass"
+        });
     assert!(flagged, "{story}");
 }
 
@@ -611,8 +789,16 @@ async fn webhooks_are_signed_retried_and_never_block() {
                         return http::StatusCode::SERVICE_UNAVAILABLE;
                     }
                 }
-                let sig = headers.get("callgate-signature").unwrap().to_str().unwrap().to_string();
-                g.lock().unwrap().push((sig + "|" + std::str::from_utf8(&body).unwrap(), serde_json::from_slice(&body).unwrap()));
+                let sig = headers
+                    .get("callgate-signature")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                g.lock().unwrap().push((
+                    sig + "|" + std::str::from_utf8(&body).unwrap(),
+                    serde_json::from_slice(&body).unwrap(),
+                ));
                 http::StatusCode::OK
             }
         }),
@@ -635,23 +821,48 @@ async fn webhooks_are_signed_retried_and_never_block() {
     );
     let config = config(&up.url(), &hashes, &extra);
     let gw = TestGateway::start_in(dir, &config, &[("p.cedar", POLICY)]).await;
-    let s = Setup { up, gw, keys, config };
+    let s = Setup {
+        up,
+        gw,
+        keys,
+        config,
+    };
     let id = held_id(&s.reset("bob", "acct_1", &[]).await);
     s.review("carol", &id, "approve", "").await;
-    assert_eq!(s.settled(&id).await["state"], "succeeded", "a failing webhook blocks nothing");
+    assert_eq!(
+        s.settled(&id).await["state"],
+        "succeeded",
+        "a failing webhook blocks nothing"
+    );
     // The first delivery failed and was retried after a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let got = got.lock().unwrap().clone();
-    let events: Vec<&str> = got.iter().map(|(_, v)| v["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = got
+        .iter()
+        .map(|(_, v)| v["event"].as_str().unwrap())
+        .collect();
     assert!(events.contains(&"approval.requested"), "{events:?}");
     assert!(events.contains(&"approval.resolved"), "{events:?}");
     for (sig_and_body, v) in &got {
-        assert_eq!(v["link"], format!("https://callgate.example.com/v1/approvals/{id}"));
+        assert_eq!(
+            v["link"],
+            format!("https://callgate.example.com/v1/approvals/{id}")
+        );
         let (sig, body) = sig_and_body.split_once('|').unwrap();
-        let t: u64 = sig.strip_prefix("t=").unwrap().split(',').next().unwrap().parse().unwrap();
-        assert_eq!(sig, callgate_gateway::approvals::webhook::signature(b"s3cret", t, body.as_bytes()));
+        let t: u64 = sig
+            .strip_prefix("t=")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            sig,
+            callgate_gateway::approvals::webhook::signature(b"s3cret", t, body.as_bytes())
+        );
     }
 }
