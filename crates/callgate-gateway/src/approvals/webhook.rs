@@ -187,6 +187,46 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use callgate_approvals::{Approval, Requester, Requirement};
+    use callgate_store::approvals::Kind;
+
+    #[test]
+    fn notices_name_who_what_and_where_to_review() {
+        let h = Held {
+            id: "c1".into(),
+            kind: Kind::Call,
+            payload: json!({}),
+            digest: "d".repeat(64),
+            approval: Approval::new(
+                Requirement::parse("2 of finance-approvers").unwrap(),
+                Requester {
+                    subject: "bob".into(),
+                    actor: Some("agent".into()),
+                },
+                0,
+            ),
+            summary: json!({"function": "billing.reset_account", "reason": "asked"}),
+            outcome: None,
+            version: 0,
+        };
+        let cfg = ApprovalsConfig {
+            public_url: Some("https://cg.example.com/".into()),
+            ..Default::default()
+        };
+        let n = Notice::requested(&h, &cfg);
+        assert_eq!(n.body["event"], "approval.requested");
+        assert_eq!(n.body["link"], "https://cg.example.com/v1/approvals/c1");
+        assert_eq!(n.body["requirement"], "2 of finance-approvers");
+        assert_eq!(n.body["reason"], "asked");
+        assert_eq!(
+            n.text,
+            "bob (via agent) asks for billing.reset_account (call): needs 2 of finance-approvers. \
+             Review: https://cg.example.com/v1/approvals/c1"
+        );
+        let r = Notice::resolved(&h, &cfg);
+        assert_eq!(r.body["event"], "approval.resolved");
+        assert!(r.text.contains("is now pending"), "{}", r.text);
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_and_body() {
