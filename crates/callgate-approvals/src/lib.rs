@@ -16,4 +16,4 @@ pub mod requirement;
 pub mod state;
 
 pub use requirement::Requirement;
-pub use state::{Approval, Requester, ReviewError, ReviewRecord, Reviewer, State, Verdict};
+pub use state::{Approval, Expiry, Requester, ReviewError, ReviewRecord, Reviewer, State, Verdict};

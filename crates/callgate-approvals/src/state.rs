@@ -179,11 +179,27 @@ pub enum TransitionError {
     Review(#[from] ReviewError),
 }
 
+/// Which states run out of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expiry {
+    /// A call: pending after `ttl`, approved-but-not-executed after `approved_ttl`.
+    #[default]
+    PendingAndApproved,
+    /// A grant: pending after `ttl`; once approved it lasts its own duration and stays
+    /// revocable.
+    PendingOnly,
+    /// A break-glass item: it waits for acknowledgement however long that takes.
+    Never,
+}
+
 /// A held call's approval: its requirement, requester, reviews and state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     pub requirement: Requirement,
     pub requester: Requester,
+    #[serde(default)]
+    pub expiry: Expiry,
     pub state: State,
     pub reviews: Vec<ReviewRecord>,
     pub created_ms: u64,
@@ -197,6 +213,7 @@ impl Approval {
         Approval {
             requirement,
             requester,
+            expiry: Expiry::default(),
             state: State::Pending,
             reviews: Vec::new(),
             created_ms: now_ms,
@@ -207,12 +224,13 @@ impl Approval {
     /// When the current state runs out: pending requests and approved-but-unexecuted calls
     /// expire; other states do not.
     pub fn expires_ms(&self) -> Option<u64> {
-        match self.state {
-            State::Pending => Some(
+        match (self.state, self.expiry) {
+            (_, Expiry::Never) => None,
+            (State::Pending, _) => Some(
                 self.created_ms
                     .saturating_add(self.requirement.ttl_secs.saturating_mul(1000)),
             ),
-            State::Approved => Some(
+            (State::Approved, Expiry::PendingAndApproved) => Some(
                 self.approved_ms
                     .unwrap_or(self.created_ms)
                     .saturating_add(self.requirement.approved_ttl_secs.saturating_mul(1000)),
@@ -406,16 +424,18 @@ impl Approval {
     }
 
     /// After a restart, a call found executing may or may not have run: it becomes `unknown`,
-    /// or — when the function is declared idempotent — approved again, to be run once more.
-    pub fn recover(&mut self, idempotent: bool) -> bool {
+    /// or — when the function is declared idempotent — approved again at `now_ms`, to be run
+    /// once more.
+    pub fn recover(&mut self, idempotent: bool, now_ms: u64) -> bool {
         if self.state != State::Executing {
             return false;
         }
-        self.state = if idempotent {
-            State::Approved
+        if idempotent {
+            self.state = State::Approved;
+            self.approved_ms = Some(now_ms);
         } else {
-            State::Unknown
-        };
+            self.state = State::Unknown;
+        }
         true
     }
 }

@@ -282,10 +282,49 @@ fn transitions_outside_reviews() {
 
     // A crash during execution: unknown, or approved again when idempotent.
     let mut idem = crashed.clone();
-    assert!(crashed.recover(false));
+    assert!(crashed.recover(false, 4));
     assert_eq!(crashed.state, Unknown);
-    assert!(idem.recover(true));
+    // Re-approved at recovery, so a restart long after the approval still runs it.
+    assert!(idem.recover(true, 10_000_000));
     assert_eq!(idem.state, Approved);
+    idem.begin_execution(10_000_001).unwrap();
+}
+
+#[test]
+fn grants_and_break_glass_items_do_not_run_out_once_approved() {
+    use callgate_approvals::Expiry;
+    // A grant: pending expires, but an approved grant stays revocable however late.
+    let mut g = bob_request("finance-approvers; ttl=1m");
+    g.expiry = Expiry::PendingOnly;
+    g.review(&person("carol"), Verdict::Approve, None, None, 1)
+        .unwrap();
+    assert_eq!(g.expires_ms(), None);
+    g.revoke(&person("dave"), 100 * 86_400_000).unwrap();
+    assert_eq!(g.state, Revoked);
+    let mut g = bob_request("finance-approvers; ttl=1m");
+    g.expiry = Expiry::PendingOnly;
+    g.review(&person("carol"), Verdict::Approve, None, None, 1)
+        .unwrap();
+    g.cancel("bob", 100 * 86_400_000).unwrap();
+    assert_eq!(g.state, Cancelled);
+    let mut g = bob_request("finance-approvers; ttl=1m");
+    g.expiry = Expiry::PendingOnly;
+    assert!(g.expire(60_000));
+    // A break-glass item waits for its acknowledgement.
+    let mut b = bob_request("finance-approvers; ttl=1m");
+    b.expiry = Expiry::Never;
+    assert!(!b.expire(100 * 86_400_000));
+    let r = b
+        .review(
+            &person("carol"),
+            Verdict::Approve,
+            None,
+            None,
+            100 * 86_400_000,
+        )
+        .unwrap();
+    assert!(r.counted);
+    assert_eq!(b.state, Approved);
 }
 
 #[test]
@@ -393,7 +432,7 @@ proptest! {
                 Op::Finish(s) => a.finish(s).is_ok(),
                 Op::Restart => {
                     let was_executing = a.state == State::Executing;
-                    a.recover(idempotent);
+                    a.recover(idempotent, now);
                     if was_executing && !idempotent { unknown_after_crash = true; }
                     true
                 }
@@ -443,7 +482,7 @@ proptest! {
                 Op::Advance(ms) => now += ms,
                 Op::Execute => if a.begin_execution(now).is_ok() { executions += 1 },
                 Op::Finish(s) => { let _ = a.finish(s); }
-                Op::Restart => { a.recover(false); }
+                Op::Restart => { a.recover(false, now); }
             }
         }
         prop_assert!(executions <= 1);

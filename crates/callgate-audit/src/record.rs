@@ -93,6 +93,17 @@ pub struct ForwardEvent {
     /// The digest of the stored request being executed: the one reviewers approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The approvals the execution rests on, so the forward record alone says who approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<Approver>,
+}
+
+/// One counted approval, as a forward record names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approver {
+    pub reviewer: String,
+    pub group: String,
+    pub time_ms: u64,
 }
 
 /// A step in a held call's (or grant's) approval: it was held, someone reviewed it, or its

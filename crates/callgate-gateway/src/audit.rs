@@ -412,7 +412,12 @@ impl Audit {
 
     /// Records that an approved call is being forwarded, with the digest it was approved
     /// under. Returns once durable; an error means the call is not executed.
-    pub async fn forward(&self, call: &Call, digest: &str) -> Result<(), Refusal> {
+    pub async fn forward(
+        &self,
+        call: &Call,
+        digest: &str,
+        approved_by: Vec<callgate_audit::record::Approver>,
+    ) -> Result<(), Refusal> {
         let e = Event::Forward(ForwardEvent {
             time_ms: now_ms(),
             request_id: call.request_id.clone(),
@@ -423,6 +428,7 @@ impl Audit {
                 credential_id: None,
             },
             digest: Some(digest.to_string()),
+            approved_by,
         })
         .encode()
         .map_err(|e| Refusal::Internal {

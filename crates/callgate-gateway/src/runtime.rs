@@ -241,6 +241,12 @@ fn approvals_checks(
     let is_url = |u: &str| {
         (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok()
     };
+    if a.max_wait_secs > 3600 {
+        errors.push(format!(
+            "approvals.max_wait_secs: {} is more than an hour; callers poll GET /v1/calls/{{id}} instead",
+            a.max_wait_secs
+        ));
+    }
     if let Some(u) = &a.public_url
         && !is_url(u)
     {

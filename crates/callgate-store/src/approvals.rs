@@ -285,8 +285,8 @@ impl ApprovalStore {
     /// Items whose current state ran out at `now_ms` (pending or approved past their time).
     pub async fn due(&self, now_ms: u64) -> Result<Vec<String>, ApprovalStoreError> {
         let rows = sqlx::query(
-            "SELECT id FROM held WHERE (state = 'pending' OR (state = 'approved' AND kind = 'call')) \
-             AND kind != 'break_glass' AND expires_ms <= ? ORDER BY expires_ms LIMIT 1000",
+            "SELECT id FROM held WHERE state IN ('pending', 'approved') AND expires_ms <= ? \
+             ORDER BY expires_ms LIMIT 1000",
         )
         .bind(now_ms as i64)
         .fetch_all(&self.reader)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use callgate_approvals::requirement::parse_duration;
-use callgate_approvals::{Approval, Requirement, State};
+use callgate_approvals::{Approval, Expiry, Requirement, State};
 use callgate_core::Principal;
 use callgate_core::refusal::Refusal;
 use callgate_store::approvals::{ApprovalStore, Held, Kind};
@@ -194,7 +194,11 @@ pub async fn request(
         kind: Kind::Grant,
         payload,
         digest: digest.clone(),
-        approval: Approval::new(requirement.clone(), requester, now_ms()),
+        approval: Approval {
+            // An approved grant lasts its own duration, revocable until then.
+            expiry: Expiry::PendingOnly,
+            ..Approval::new(requirement.clone(), requester, now_ms())
+        },
         summary: json!({"reason": req.reason, "group": req.group}),
         outcome: None,
         version: 0,

@@ -29,7 +29,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callgate_approvals::state::TransitionError;
 use callgate_approvals::{
-    Approval, Requester, Requirement, ReviewError, ReviewRecord, Reviewer, State, Verdict, digest,
+    Approval, Expiry, Requester, Requirement, ReviewError, ReviewRecord, Reviewer, State, Verdict,
+    digest,
 };
 use callgate_audit::record::ApprovalEvent;
 use callgate_core::config::ApprovalsConfig;
@@ -69,6 +70,10 @@ pub struct StoredCall {
     pub received_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Groups in `caller.groups` that came from grants: at execution they are replaced by the
+    /// grants active then, so policy never sees a lapsed or revoked grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted: Vec<String>,
 }
 
 /// The upstream request a held call becomes.
@@ -91,18 +96,15 @@ fn target_of(call: &Call) -> Result<Target, Refusal> {
 /// The requester of `p`'s calls: the human the call is for and the agent that asked. A token
 /// with an `act` claim, or a caller configured in `approvals.delegations`, acts for someone.
 pub fn requester_of(p: &Principal, cfg: &ApprovalsConfig) -> Requester {
-    match (&p.actor, cfg.delegations.get(&p.subject)) {
-        (Some(actor), _) => Requester {
-            subject: p.subject.clone(),
-            actor: Some(actor.clone()),
+    match (cfg.delegations.get(&p.subject), &p.actor) {
+        // A configured agent is its person's, whoever acts through its token.
+        (Some(person), actor) => Requester {
+            subject: person.clone(),
+            actor: Some(actor.clone().unwrap_or_else(|| p.subject.clone())),
         },
-        (None, Some(human)) => Requester {
-            subject: human.clone(),
-            actor: Some(p.subject.clone()),
-        },
-        (None, None) => Requester {
+        (None, actor) => Requester {
             subject: p.subject.clone(),
-            actor: None,
+            actor: actor.clone(),
         },
     }
 }
@@ -232,7 +234,9 @@ impl Approvals {
 
     /// Waits up to `max` for item `id` to reach a final state; returns it as it then is.
     pub async fn wait(&self, id: &str, max: Duration) -> Result<Held, Refusal> {
-        let deadline = Instant::now() + max;
+        let deadline = Instant::now()
+            .checked_add(max)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut rx = self.subscribe(id);
         loop {
             let h = self
@@ -319,6 +323,7 @@ pub async fn hold(
         session: call.meta.session.clone(),
         received_at: call.meta.received_at,
         reason: call.meta.reason.clone(),
+        granted: call.meta.granted.clone(),
     };
     let payload = serde_json::to_value(&stored).map_err(|e| Refusal::Internal {
         detail: e.to_string(),
@@ -399,7 +404,11 @@ pub async fn break_glass(
         kind: Kind::BreakGlass,
         payload,
         digest: digest.clone(),
-        approval: Approval::new(requirement.clone(), requester, now_ms()),
+        approval: Approval {
+            // It waits for acknowledgement however long that takes.
+            expiry: Expiry::Never,
+            ..Approval::new(requirement.clone(), requester, now_ms())
+        },
         summary: json!({
             "function": call.function.name,
             "risk": call.function.risk,
@@ -451,10 +460,12 @@ pub async fn review(
 ) -> Result<Reviewed, Refusal> {
     let rt = shared.reloader.current();
     let reviewer = reviewer_of(principal, &rt.config.approvals);
+    let mut before = State::Pending;
     let result = shared
         .approvals
         .store
         .update(id, |h| {
+            before = h.approval.state;
             if let Some(d) = expected_digest
                 && d != h.digest
             {
@@ -486,17 +497,32 @@ pub async fn review(
             return Err(refusal);
         }
     };
+    tracing::info!(request_id = %id, reviewer = %principal.subject, verdict = verdict_str(verdict), counted = record.counted, state = %held.approval.state, "review recorded");
     let mut ev = event(&held, &principal.subject);
     ev.verdict = Some(verdict_str(verdict).into());
     ev.group = record.group.clone();
     ev.counted = Some(record.counted);
     ev.comment = record.comment.clone();
-    shared.audit.approval(ev, true).await?;
-    tracing::info!(request_id = %id, reviewer = %principal.subject, verdict = verdict_str(verdict), counted = record.counted, state = %held.approval.state, "review recorded");
-    if record.counted {
+    ev.digest = Some(held.digest.clone());
+    let recorded = shared.audit.approval(ev, true).await;
+    // What the new state sets off (waking waiters, notifying, executing — whose own forward
+    // record, naming the approvers, must be durable first) happens even if this record could
+    // not be written: the state has changed.
+    if held.approval.state != before {
         after_change(shared, &rt, &held);
     }
+    recorded.map_err(reviewed_unrecorded)?;
     Ok(Reviewed { record, held })
+}
+
+/// The step took effect but its audit record could not be written.
+fn reviewed_unrecorded(r: Refusal) -> Refusal {
+    tracing::error!(error = %r, "an approval step took effect but its audit record could not be written");
+    Refusal::Unavailable {
+        detail: "the step was stored, but the audit log cannot be written right now; nothing \
+                 is executed until it can"
+            .into(),
+    }
 }
 
 fn verdict_str(v: Verdict) -> &'static str {
@@ -572,11 +598,12 @@ pub async fn cancel(
             },
             r => r,
         })?;
-    shared
+    let recorded = shared
         .audit
         .approval(event(&held, &principal.subject), true)
-        .await?;
+        .await;
     after_change(shared, &rt, &held);
+    recorded.map_err(reviewed_unrecorded)?;
     Ok(held)
 }
 
@@ -598,11 +625,12 @@ pub async fn revoke(
         })
         .await
         .map_err(store_refusal)??;
-    shared
+    let recorded = shared
         .audit
         .approval(event(&held, &principal.subject), true)
-        .await?;
+        .await;
     after_change(shared, &rt, &held);
+    recorded.map_err(reviewed_unrecorded)?;
     Ok(held)
 }
 
@@ -766,9 +794,16 @@ async fn run_stored(
             forward_headers.append(k, v);
         }
     }
+    // The caller's own groups, plus the grants active now (not those active when it was held).
+    let mut caller = stored.caller.clone();
+    caller.groups.retain(|g| !stored.granted.contains(g));
+    let (principal, granted) = shared
+        .approvals
+        .grants
+        .apply(Arc::new(caller), &stored.function);
     let call = Call {
         request_id: held.id.clone(),
-        principal: Arc::new(stored.caller.clone()),
+        principal,
         function: function.clone(),
         arguments: stored.arguments.clone(),
         meta: CallMeta {
@@ -778,7 +813,7 @@ async fn run_stored(
             session: stored.session.clone(),
             reason: stored.reason.clone(),
             break_glass: None,
-            granted: Vec::new(),
+            granted,
             forward_headers,
         },
     };
@@ -796,7 +831,41 @@ async fn run_stored(
         Ok(_) => return no("policy no longer allows this call".into()),
         Err(r) => return (Err(Failure::NotForwarded(r)), None),
     };
-    if let Err(r) = shared.audit.forward(&call, &held.digest).await {
+    // A requirement that grew since the call was held (a stricter policy or function default)
+    // must be met by the approvals it has.
+    let now_needed = Requirement::merge_all(
+        call.function
+            .approval
+            .iter()
+            .chain(decision.obligations.approval.iter()),
+    );
+    if let Some(req) = now_needed {
+        let counts = held.approval.counts();
+        let short: Vec<String> = req
+            .groups
+            .iter()
+            .filter(|(g, n)| counts.get(*g).copied().unwrap_or(0) < **n)
+            .map(|(g, n)| format!("{n} of {g}"))
+            .collect();
+        if !short.is_empty() {
+            return no(format!(
+                "the approval now required ({}) is not met",
+                short.join(", ")
+            ));
+        }
+    }
+    let approved_by = held
+        .approval
+        .reviews
+        .iter()
+        .filter(|r| r.counted && r.verdict == Verdict::Approve)
+        .map(|r| callgate_audit::record::Approver {
+            reviewer: r.reviewer.clone(),
+            group: r.group.clone().unwrap_or_default(),
+            time_ms: r.time_ms,
+        })
+        .collect();
+    if let Err(r) = shared.audit.forward(&call, &held.digest, approved_by).await {
         return (Err(Failure::NotForwarded(r)), None);
     }
     let result = crate::pipeline::execute(shared, rt, &call, &decision)
@@ -822,7 +891,7 @@ impl Approvals {
                 .is_some_and(|f| f.idempotent);
             if let Ok(Ok((_, h))) = store
                 .update(&h.id, |h| {
-                    if h.approval.recover(idempotent) {
+                    if h.approval.recover(idempotent, now_ms()) {
                         Ok(())
                     } else {
                         Err(())
@@ -941,6 +1010,7 @@ pub fn view(h: &Held, include_outcome: bool) -> Value {
         "requester": a.requester,
         "arguments": h.payload["arguments"],
         "target": public_target(&h.payload["target"]),
+        "headers": h.payload["headers"],
         "digest": h.digest,
         "requirement": a.requirement.to_string(),
         "approvers": approvers,

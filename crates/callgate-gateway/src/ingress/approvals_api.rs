@@ -136,7 +136,8 @@ async fn cancel(
 }
 
 /// `GET /v1/approvals`: pending items the caller may review and has not reviewed, oldest
-/// first (calls, grants, and break-glass calls to acknowledge).
+/// first (calls, grants, and break-glass calls to acknowledge), then calls whose execution was
+/// interrupted (`unknown`: someone must find out whether they ran).
 async fn list(
     State(shared): State<Arc<Shared>>,
     axum::Extension(rid): axum::Extension<RequestId>,
@@ -149,17 +150,19 @@ async fn list(
         let pending = shared
             .approvals
             .store()
-            .in_states(None, &[HeldState::Pending], 1000)
+            .in_states(None, &[HeldState::Pending, HeldState::Unknown], 5000)
             .await
             .map_err(approvals::store_refusal)?;
         let now = now_ms();
-        let items: Vec<Value> = pending
+        let (open, unknown): (Vec<&Held>, Vec<&Held>) = pending
             .iter()
-            .filter(|h| {
-                h.approval.expires_ms().is_none_or(|e| now < e) || h.kind == Kind::BreakGlass
-            })
             .filter(|h| h.approval.eligible_groups(&reviewer).is_ok())
+            .partition(|h| h.approval.state == HeldState::Pending);
+        let items: Vec<Value> = open
+            .into_iter()
+            .filter(|h| h.approval.expires_ms().is_none_or(|e| now < e))
             .filter(|h| !h.approval.has_reviewed(&p.subject))
+            .chain(unknown)
             .map(|h| approvals::view(h, false))
             .collect();
         Ok(json_response(

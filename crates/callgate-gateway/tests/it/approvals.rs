@@ -27,6 +27,9 @@ permit (principal in Callgate::Group::"support", action == Callgate::Action::"us
 @approval("1 of finance-approvers")
 permit (principal in Callgate::Group::"sre", action == Callgate::Action::"billing.reset_account", resource);
 
+@id("ping")
+permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"billing.ping", resource);
+
 @id("wipe")
 permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"billing.wipe", resource);
 "#;
@@ -80,6 +83,7 @@ approvals:
   grants:
     support: {{approval: "1 of finance-approvers", max_duration: 2h}}
     finance-approvers: {{approval: "1 of security", max_duration: 2h}}
+    billing-ops: {{approval: "1 of security", max_duration: 2h}}
 {extra}
 functions:
   - name: billing.reset_account
@@ -96,6 +100,11 @@ functions:
     upstream: up
     route: POST /billing/wipe
     approval: "security; ttl=1s"
+  - name: billing.ping
+    upstream: up
+    route: POST /billing/ping
+    approval: finance-approvers
+    idempotent: true
   - name: users.get
     upstream: up
     route: GET /users/{{id}}
@@ -174,7 +183,7 @@ impl Setup {
             .lock()
             .unwrap()
             .iter()
-            .filter(|s| s.path_and_query.starts_with("/billing/"))
+            .filter(|s| s.path_and_query == "/billing/reset")
             .map(|s| serde_json::from_slice(&s.body).unwrap())
             .collect()
     }
@@ -561,6 +570,13 @@ async fn a_delegated_caller_counts_as_the_person() {
     s.review("bob", &id, "approve", "").await.problem(403);
     // bob sees and may cancel his agent's call.
     assert_eq!(s.status("bob", &id, None).await.status, 200);
+    let r = post_json(
+        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
+        &[s.key("bob")],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["state"], "cancelled");
 }
 
 #[tokio::test]
@@ -569,12 +585,13 @@ async fn held_calls_survive_restarts_and_run_once() {
     let pending = held_id(&s.reset("bob", "acct_p", &[]).await);
     let approved = held_id(&s.reset("bob", "acct_a", &[]).await);
     let executing = held_id(&s.reset("bob", "acct_x", &[]).await);
+    let ping = held_id(&post_json(&s.gw.url("/billing/ping"), &[s.key("bob")], "{}").await);
     s.gw.shutdown();
     s.gw.join.take().unwrap().await.unwrap();
     let dir = std::mem::replace(&mut s.gw.dir, tempfile::tempdir().unwrap());
 
-    // While Callgate is down: one call gets approved, another is left as if a crash
-    // interrupted its execution (the real store, the real state machine).
+    // While Callgate is down: one call gets approved, two are left as if a crash interrupted
+    // their execution (the real store, the real state machine).
     let store = ApprovalStore::open(&dir.path().join("callgate-data/approvals.db"))
         .await
         .unwrap();
@@ -584,7 +601,7 @@ async fn held_calls_survive_restarts_and_run_once() {
         delegated: false,
     };
     let now = callgate_store::log::now_ms();
-    for id in [&approved, &executing] {
+    for id in [&approved, &executing, &ping] {
         store
             .update(id, |h| {
                 h.approval.review(&carol, Verdict::Approve, None, None, now)
@@ -593,11 +610,13 @@ async fn held_calls_survive_restarts_and_run_once() {
             .unwrap()
             .unwrap();
     }
-    store
-        .update(&executing, |h| h.approval.begin_execution(now))
-        .await
-        .unwrap()
-        .unwrap();
+    for id in [&executing, &ping] {
+        store
+            .update(id, |h| h.approval.begin_execution(now))
+            .await
+            .unwrap()
+            .unwrap();
+    }
     store.close().await;
 
     let restart = |dir: tempfile::TempDir| {
@@ -611,6 +630,20 @@ async fn held_calls_survive_restarts_and_run_once() {
     assert_eq!(
         x["state"], "unknown",
         "an interrupted execution is never repeated"
+    );
+    // ...unless the function is idempotent: then it runs again, once.
+    assert_eq!(s.settled(&ping).await["state"], "succeeded");
+    // Reviewers are shown the unknown call.
+    let list = get(&s.gw.url("/v1/approvals"), &[s.key("carol")])
+        .await
+        .json();
+    assert!(
+        list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == executing.as_str() && a["state"] == "unknown"),
+        "{list}"
     );
     assert_eq!(
         s.status("bob", &pending, None).await.json()["state"],
@@ -632,6 +665,17 @@ async fn held_calls_survive_restarts_and_run_once() {
     s.gw = gw;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.resets_seen().len(), 2);
+    let pings =
+        s.up.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.path_and_query == "/billing/ping")
+            .count();
+    assert_eq!(
+        pings, 1,
+        "the idempotent call ran again once, not at every start"
+    );
 }
 
 #[tokio::test]
@@ -865,4 +909,88 @@ async fn webhooks_are_signed_retried_and_never_block() {
             callgate_gateway::approvals::webhook::signature(b"s3cret", t, body.as_bytes())
         );
     }
+}
+
+#[tokio::test]
+async fn a_stored_request_edited_after_it_was_held_is_never_executed() {
+    let s = setup().await;
+    let id = held_id(&s.reset("bob", "acct_1", &[]).await);
+    // Someone with write access to the database swaps the arguments.
+    let db = s.gw.path("callgate-data/approvals.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let n =
+        sqlx::query("UPDATE held SET payload = replace(payload, 'acct_1', 'acct_9') WHERE id = ?")
+            .bind(&id)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+    assert_eq!(n, 1);
+    pool.close().await;
+    s.review("carol", &id, "approve", "").await;
+    let done = s.settled(&id).await;
+    assert_eq!(done["state"], "failed");
+    assert!(
+        done["response"]["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("digest"),
+        "{done}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.resets_seen().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn execution_rechecks_policy_grants_and_the_requirement() {
+    let s = setup().await;
+    // alice may reset only through a grant of billing-ops. Her reset is held; she gives the
+    // grant back before it is approved: the stored call does not run on a grant that is gone.
+    let r = post_json(
+        &s.gw.url("/v1/grants"),
+        &[s.key("alice")],
+        r#"{"group":"billing-ops","duration":"1h","reason":"one reset"}"#,
+    )
+    .await;
+    let gid = held_id(&r);
+    s.review("grace", &gid, "approve", "").await;
+    let id = held_id(&s.reset("alice", "acct_5", &[]).await);
+    let r = post_json(
+        &s.gw.url(&format!("/v1/grants/{gid}/revoke")),
+        &[s.key("alice")],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["state"], "cancelled");
+    s.review("carol", &id, "approve", "").await;
+    let done = s.settled(&id).await;
+    assert_eq!(done["state"], "failed");
+    assert!(
+        done["response"]["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("policy no longer allows"),
+        "{done}"
+    );
+
+    // The requirement grows while a call waits: the approvals it has no longer suffice.
+    let id = held_id(&s.reset("bob", "acct_6", &[]).await);
+    s.gw.edit("policies/p.cedar", &POLICY.replace(
+        "@approval(\"1 of finance-approvers\")\npermit (principal in Callgate::Group::\"billing-ops\"",
+        "@approval(\"2 of finance-approvers\")\npermit (principal in Callgate::Group::\"billing-ops\"",
+    ));
+    s.review("carol", &id, "approve", "").await;
+    let done = s.settled(&id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["response"]["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 of finance-approvers"),
+        "{done}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.resets_seen().is_empty(), "nothing reached the upstream");
 }
