@@ -139,3 +139,107 @@ async fn an_update_cannot_change_the_payload() {
     assert_eq!(got.payload, h.payload);
     assert!(digest::matches(&got.payload, &got.digest));
 }
+
+// Random orderings of reviews, cancellations, expiries, executions and real restarts (the store
+// closed and reopened) against the SQLite store: whatever happens, a call is executed at most
+// once, only with the stored payload under its digest, only with enough distinct approvers,
+// and never on the requester's word.
+mod orderings {
+    use super::*;
+    use callgate_approvals::{Requester, Requirement};
+    use proptest::prelude::*;
+
+    const PEOPLE: &[(&str, &[&str])] = &[
+        ("bob", &["finance-approvers", "security"]),
+        ("carol", &["finance-approvers"]),
+        ("dave", &["finance-approvers"]),
+        ("frank", &["finance-approvers", "security"]),
+        ("grace", &["security"]),
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Review(usize, bool),
+        Cancel(usize),
+        Advance(u64),
+        Execute,
+        Finish,
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0..PEOPLE.len(), any::<bool>()).prop_map(|(w, a)| Op::Review(w, a)),
+            1 => (0..PEOPLE.len()).prop_map(Op::Cancel),
+            1 => (0u64..40_000).prop_map(Op::Advance),
+            3 => Just(Op::Execute),
+            1 => Just(Op::Finish),
+            2 => Just(Op::Restart),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn at_most_once_with_the_approved_payload(ops in proptest::collection::vec(op(), 1..30)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("a.db");
+                let mut store = ApprovalStore::open(&path).await.unwrap();
+                let mut h = held("c", "2 of finance-approvers, 1 of security; ttl=1m; approved_ttl=30s");
+                h.approval = Approval::new(
+                    Requirement::parse("2 of finance-approvers, 1 of security; ttl=1m; approved_ttl=30s").unwrap(),
+                    Requester { subject: "bob".into(), actor: None },
+                    0,
+                );
+                let original = h.payload.clone();
+                store.insert(&h).await.unwrap();
+                let (mut now, mut executions) = (0u64, 0u32);
+                for op in ops {
+                    match op {
+                        Op::Review(w, approve) => {
+                            let (who, groups) = PEOPLE[w];
+                            let r = Reviewer { subject: who.into(), groups: groups.iter().map(|g| g.to_string()).collect(), delegated: false };
+                            let v = if approve { Verdict::Approve } else { Verdict::Deny };
+                            let _ = store.update("c", |h| h.approval.review(&r, v, None, None, now)).await.unwrap();
+                        }
+                        Op::Cancel(w) => {
+                            let _ = store.update("c", |h| h.approval.cancel(PEOPLE[w].0, now)).await.unwrap();
+                        }
+                        Op::Advance(ms) => now += ms,
+                        Op::Execute => {
+                            if let Ok((_, claimed)) = store.update("c", |h| h.approval.begin_execution(now)).await.unwrap() {
+                                executions += 1;
+                                prop_assert_eq!(&claimed.payload, &original);
+                                prop_assert!(digest::matches(&claimed.payload, &claimed.digest));
+                                prop_assert!(claimed.approval.satisfied());
+                                let counted: Vec<_> = claimed.approval.reviews.iter().filter(|r| r.counted).collect();
+                                prop_assert!(counted.iter().all(|r| r.reviewer != "bob" && r.verdict == Verdict::Approve));
+                                let mut names: Vec<_> = counted.iter().map(|r| &r.reviewer).collect();
+                                names.sort();
+                                names.dedup();
+                                prop_assert!(names.len() >= 3, "three different people approved");
+                            }
+                        }
+                        Op::Finish => {
+                            let _ = store.update("c", |h| h.approval.finish(true)).await.unwrap();
+                        }
+                        Op::Restart => {
+                            store.close().await;
+                            store = ApprovalStore::open(&path).await.unwrap();
+                            // What `resume` does at start for a call caught executing.
+                            let _ = store
+                                .update("c", |h| if h.approval.recover(false, now) { Ok(()) } else { Err(()) })
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+                prop_assert!(executions <= 1, "executed {} times", executions);
+                store.close().await;
+                Ok(())
+            })?;
+        }
+    }
+}
