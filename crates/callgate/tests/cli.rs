@@ -95,6 +95,41 @@ fn check_fails_with_file_and_line() {
 }
 
 #[test]
+fn check_refuses_bad_approval_settings() {
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("risk: high", "risk: high\n    approval: \"0 of finance\"");
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("approval: the number of approvers must be 1 to 100"),
+        "{t}"
+    );
+
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    let yaml = format!(
+        "{yaml}\napprovals:\n  max_wait_secs: 86400\n  public_url: not-a-url\n  grants:\n    ops: {{approval: \"ops; ttl=1y\", max_duration: forever}}\n  webhooks:\n    - {{url: \"http://127.0.0.1:9/h\", secret_env: CALLGATE_TEST_UNSET_SECRET}}\n"
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    for want in [
+        "approvals.max_wait_secs",
+        "approvals.public_url",
+        "approvals.grants.ops.approval",
+        "approvals.grants.ops.max_duration",
+        "CALLGATE_TEST_UNSET_SECRET is not set",
+    ] {
+        assert!(t.contains(want), "{want} missing from:\n{t}");
+    }
+}
+
+#[test]
 fn explain_shows_decision_policies_and_reason() {
     let cfg = root().join("examples/minimal/callgate.yaml");
     let cfg = cfg.to_str().unwrap();
