@@ -42,6 +42,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
 }
 
 fn default_listen() -> String {
@@ -185,6 +187,10 @@ pub struct UpstreamConfig {
     /// Connect timeout in milliseconds.
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
+    /// How Callgate authenticates to this upstream, for every function that does not say
+    /// otherwise. Never the caller's own credential.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
 }
 
 fn default_connect_ms() -> u64 {
@@ -237,6 +243,9 @@ pub struct FunctionConfig {
     /// leaves a review item that must be acknowledged afterwards.
     #[serde(default)]
     pub break_glass: Vec<String>,
+    /// The just-in-time credential for this function's upstream (overrides the upstream's).
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
 }
 
 fn default_risk() -> String {
@@ -544,4 +553,104 @@ pub struct GrantRule {
 
 fn default_grant_max() -> String {
     "8h".into()
+}
+
+/// A just-in-time credential Callgate attaches to a forwarded call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialConfig {
+    /// A JWT Callgate signs for this one call (`iss` Callgate, `aud` the audience, `sub` the
+    /// person, `act` the agent, a scope naming the function, a short `exp`, a unique `jti`).
+    Minted {
+        /// The upstream's audience: exactly what it checks `aud` against.
+        audience: String,
+        /// Lifetime in seconds, 1 to 60.
+        #[serde(default = "default_minted_ttl")]
+        ttl_secs: u64,
+    },
+    /// A static secret from an environment variable or a file, placed in a header or a query
+    /// parameter. Never visible to callers, never logged or audited.
+    Secret {
+        #[serde(default)]
+        env: Option<String>,
+        #[serde(default)]
+        file: Option<String>,
+        /// Header to put it in (e.g. `Authorization`, `X-Api-Key`).
+        #[serde(default)]
+        header: Option<String>,
+        /// Query parameter to put it in instead.
+        #[serde(default)]
+        query: Option<String>,
+        /// Text before the secret in the header (e.g. `"Bearer "`).
+        #[serde(default)]
+        prefix: String,
+    },
+    /// A short-lived token from an OAuth 2.0 authorization server: client credentials, or
+    /// RFC 8693 token exchange. Cached until shortly before it expires.
+    Oauth {
+        token_url: String,
+        client_id: String,
+        /// Environment variable holding the client secret.
+        #[serde(default)]
+        client_secret_env: Option<String>,
+        /// File holding the client secret.
+        #[serde(default)]
+        client_secret_file: Option<String>,
+        #[serde(default)]
+        scope: Option<String>,
+        /// RFC 8707 resource indicator (the upstream's identifier at the server).
+        #[serde(default)]
+        resource: Option<String>,
+        /// Use token exchange (RFC 8693) with a Callgate-minted token naming the caller as the
+        /// subject token, instead of client credentials.
+        #[serde(default)]
+        token_exchange: bool,
+    },
+}
+
+fn default_minted_ttl() -> u64 {
+    60
+}
+
+/// Callgate's token-minting keys and issuer name.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// `iss` of minted tokens.
+    #[serde(default = "default_mint_issuer")]
+    pub issuer: String,
+    /// Directory of Ed25519 signing keys (created on first use, mode 0600), relative to the
+    /// config file.
+    #[serde(default = "default_mint_keys")]
+    pub key_dir: String,
+    /// A new signing key is made when the current one is this old; the previous key stays in
+    /// `/.well-known/jwks.json` for `overlap_secs` so tokens it signed still verify.
+    #[serde(default = "default_rotate_hours")]
+    pub rotate_after_hours: u64,
+    #[serde(default = "default_overlap")]
+    pub overlap_secs: u64,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            issuer: default_mint_issuer(),
+            key_dir: default_mint_keys(),
+            rotate_after_hours: default_rotate_hours(),
+            overlap_secs: default_overlap(),
+        }
+    }
+}
+
+fn default_mint_issuer() -> String {
+    "callgate".into()
+}
+fn default_mint_keys() -> String {
+    "callgate-data/mint-keys".into()
+}
+fn default_rotate_hours() -> u64 {
+    24
+}
+fn default_overlap() -> u64 {
+    600
 }

@@ -83,9 +83,18 @@ pub struct CallMeta {
     pub break_glass: Option<String>,
     /// Groups the principal holds only through an active grant (already in its groups).
     pub granted: Vec<String>,
+    /// Set when the call runs after approval: the held call's id and the approved digest.
+    pub approved: Option<Approved>,
     /// Request headers that may be passed to the upstream: the caller's credentials,
     /// cookies and hop-by-hop headers are already removed.
     pub forward_headers: http::HeaderMap,
+}
+
+/// What an approved call was approved as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub id: String,
+    pub digest: String,
 }
 
 /// One governed function call.

@@ -95,6 +95,8 @@ pub struct FunctionDef {
     pub idempotent: bool,
     /// Groups that may call without approval in an emergency (break-glass).
     pub break_glass: Vec<String>,
+    /// The just-in-time credential for the upstream (the function's, else the upstream's).
+    pub credential: Option<crate::config::CredentialConfig>,
 }
 
 impl fmt::Debug for FunctionDef {
@@ -268,6 +270,7 @@ impl Registry {
                 approval,
                 idempotent: f.idempotent,
                 break_glass: f.break_glass.clone(),
+                credential: f.credential.clone().or_else(|| up.credential.clone()),
             });
             if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {
                 errors.push(format!(

@@ -321,6 +321,7 @@ impl Audit {
         decision: &Decision,
         effect: &str,
         upstream: Option<&str>,
+        credential_id: Option<String>,
     ) -> Result<(), Refusal> {
         let event = Event::Call(Box::new(CallEvent {
             time_ms: now_ms(),
@@ -334,7 +335,7 @@ impl Audit {
             decision: decision_record(decision, effect),
             forward: upstream.map(|u| ForwardRecord {
                 upstream: u.to_string(),
-                credential_id: None,
+                credential_id,
             }),
         }))
         .encode()
@@ -417,6 +418,7 @@ impl Audit {
         call: &Call,
         digest: &str,
         approved_by: Vec<callgate_audit::record::Approver>,
+        credential_id: Option<String>,
     ) -> Result<(), Refusal> {
         let e = Event::Forward(ForwardEvent {
             time_ms: now_ms(),
@@ -425,7 +427,7 @@ impl Audit {
             function: call.function.name.clone(),
             forward: ForwardRecord {
                 upstream: call.function.upstream.clone(),
-                credential_id: None,
+                credential_id,
             },
             digest: Some(digest.to_string()),
             approved_by,

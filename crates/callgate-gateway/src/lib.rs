@@ -11,6 +11,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod credentials;
 pub mod demo;
 pub mod framing;
 pub mod http_client;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub audit: Arc<audit::Audit>,
     /// Held calls, reviews and grants.
     pub approvals: approvals::Approvals,
+    /// Just-in-time upstream credentials and the keys that mint them.
+    pub credentials: credentials::Credentials,
     /// The demo identity provider, when running `callgate demo`.
     pub demo: Option<demo::idp::DemoIdp>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending traffic.
@@ -55,6 +58,7 @@ impl Shared {
         reloader: Reloader,
         audit: Arc<audit::Audit>,
         approvals: approvals::Approvals,
+        credentials: credentials::Credentials,
     ) -> Shared {
         let a = audit.clone();
         reloader.on_reload(move |rt| a.reloaded(rt));
@@ -68,6 +72,7 @@ impl Shared {
             seams: Default::default(),
             audit,
             approvals,
+            credentials,
             demo: None,
             draining: AtomicBool::new(false),
         }
@@ -112,13 +117,29 @@ impl Gateway {
         let approvals = approvals::Approvals::open(&rt, config_path)
             .await
             .map_err(|e| format!("approvals store: {e}"))?;
-        let mut shared = Shared::new(Reloader::new(rt, sources, vars), audit, approvals);
+        let credentials = credentials::Credentials::open(&rt.config.credentials, config_path)
+            .map_err(|e| format!("credentials: {e}"))?;
+        let mut shared = Shared::new(
+            Reloader::new(rt, sources, vars),
+            audit,
+            approvals,
+            credentials,
+        );
         shared.demo = demo;
         let gateway = Gateway::new(shared);
         approvals::Approvals::resume(&gateway.shared)
             .await
             .map_err(|e| format!("approvals: {e}"))?;
         approvals::Approvals::start_sweeper(&gateway.shared);
+        let weak = Arc::downgrade(&gateway.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.credentials.rotate_if_due();
+            }
+        });
         Ok(gateway)
     }
 

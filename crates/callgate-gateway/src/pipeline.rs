@@ -12,10 +12,12 @@
 //!    approval is stored exactly as it will run and held (202); a different person approves it
 //!    and Callgate executes the stored request once. Break-glass lets listed groups proceed,
 //!    flagged, leaving a review item to acknowledge.
-//! 7. **audit** — [`crate::audit`]: the call's record is durable before anything is forwarded
+//! 7. **credential** — [`crate::credentials`]: the just-in-time upstream credential is
+//!    obtained (minted, a configured secret, or an OAuth token); the caller's own credential
+//!    was never copied. It comes before the audit phase so the record can name it.
+//! 8. **audit** — [`crate::audit`]: the call's record is durable before anything is forwarded
 //!    (a deny is recorded durably too, at phase 4); responses are recorded after phase 10.
-//! 8. **attach credential** — seam; the caller's credential was never copied.
-//! 9. **forward** — [`crate::upstream`].
+//! 9. **forward** — [`crate::upstream`], with the credential attached.
 //! 10. **mask** — seam, on the response before anyone sees it.
 //! 11. **respond** — status, headers and body back to the ingress, which maps refusals once.
 
@@ -253,29 +255,99 @@ async fn build_call(
             reason,
             break_glass,
             granted,
+            approved: None,
             forward_headers,
         },
     })
 }
 
-/// Phases 8–10 for a call whose record is durable: credential, forward, mask.
+/// Which audit record makes a call's forwarding durable.
+pub(crate) enum Record {
+    /// A call allowed now: its `call` record, with the decision and the forward.
+    Direct,
+    /// A held call executed after approval: `call.forward` with the approved digest and the
+    /// approvers.
+    Approved {
+        digest: String,
+        approved_by: Vec<callgate_audit::record::Approver>,
+    },
+}
+
+/// How an execution failed.
+pub(crate) enum Failure {
+    /// Before its forward record was durable: nothing was sent upstream.
+    NotForwarded(Refusal),
+    /// After: the upstream may have seen it.
+    Upstream(Refusal),
+}
+
+/// Phases 7–10 for an allowed (or approved) call: obtain the credential, make the forward
+/// record naming it durable, forward, mask.
 pub(crate) async fn execute(
     shared: &Shared,
     rt: &Runtime,
     call: &Call,
     decision: &Decision,
-) -> Result<UpstreamResponse, Refusal> {
-    // 8. attach credential
-    let mut headers = call.meta.forward_headers.clone();
-    shared.seams.credentials.attach(call, &mut headers)?;
-    // 9. forward
+    record: Record,
+) -> Result<UpstreamResponse, Failure> {
+    use Failure::{NotForwarded, Upstream};
+    // 7. credential: obtained before the record so the record can name it (never hold it).
+    let credential = shared
+        .credentials
+        .obtain(rt, call)
+        .await
+        .map_err(NotForwarded)?;
+    let credential_id = credential.as_ref().map(|c| c.id.clone());
     let client = rt
         .upstreams
         .get(&call.function.upstream)
         .ok_or_else(|| Refusal::Internal {
             detail: format!("no client for upstream {}", call.function.upstream),
-        })?;
-    let shape = args::upstream_shape(&call.function, &call.arguments)?;
+        })
+        .map_err(NotForwarded)?;
+    let mut shape = args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?;
+    // 8. audit: durable before the upstream sees anything; if it cannot be written the call is
+    // refused (503).
+    match record {
+        Record::Direct => shared
+            .audit
+            .call(
+                call,
+                decision,
+                "allow",
+                Some(&call.function.upstream),
+                credential_id,
+            )
+            .await
+            .map_err(NotForwarded)?,
+        Record::Approved {
+            digest,
+            approved_by,
+        } => shared
+            .audit
+            .forward(call, &digest, approved_by, credential_id)
+            .await
+            .map_err(NotForwarded)?,
+    }
+    // 9. forward, with the credential attached
+    let mut headers = call.meta.forward_headers.clone();
+    if let Some(c) = credential {
+        if let Some((name, value)) = c.header {
+            headers.insert(name, value);
+        }
+        if let Some((name, value)) = c.query {
+            let sep = if shape.path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            let pair: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&name, &value)
+                .finish();
+            shape.path_and_query.push(sep);
+            shape.path_and_query.push_str(&pair);
+        }
+    }
     let mut response = upstream::forward(
         client,
         call,
@@ -283,9 +355,14 @@ pub(crate) async fn execute(
         headers,
         rt.config.limits.max_response_bytes,
     )
-    .await?;
+    .await
+    .map_err(Upstream)?;
     // 10. mask
-    shared.seams.masking.mask(call, decision, &mut response)?;
+    shared
+        .seams
+        .masking
+        .mask(call, decision, &mut response)
+        .map_err(Upstream)?;
     Ok(response)
 }
 
@@ -310,7 +387,10 @@ pub async fn run(
     let decision = trace.decision.as_ref().expect("just set");
     if !allowed {
         // A deny is recorded, durably, before the caller hears of it.
-        shared.audit.call(&call, decision, "deny", None).await?;
+        shared
+            .audit
+            .call(&call, decision, "deny", None, None)
+            .await?;
         trace.recorded = true;
         tracing::info!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %reason, "call denied");
         return Err(Refusal::Forbidden {
@@ -347,24 +427,20 @@ pub async fn run(
             }
         }
     }
-    // 7. audit: the record that this call is being forwarded is durable before the upstream
-    // sees anything; if it cannot be written the call is refused (503).
-    shared
-        .audit
-        .call(&call, decision, "allow", Some(&call.function.upstream))
-        .await?;
-    trace.recorded = true;
-    // 8–10. Whatever happens from here on, the call's record says how it ended.
+    // 7–10. Once the forward record is durable, the call's record says how it ended.
     let started = Instant::now();
-    let response = match execute(shared, rt, &call, decision).await {
+    let response = match execute(shared, rt, &call, decision, Record::Direct).await {
         Ok(r) => r,
-        Err(refusal) => {
+        Err(Failure::NotForwarded(refusal)) => return Err(refusal),
+        Err(Failure::Upstream(refusal)) => {
+            trace.recorded = true;
             shared
                 .audit
                 .upstream_failed(&call, &refusal, started.elapsed());
             return Err(refusal);
         }
     };
+    trace.recorded = true;
     shared.audit.response(&call, &response, started.elapsed());
     tracing::info!(
         request_id = %call.request_id,

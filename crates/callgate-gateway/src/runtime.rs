@@ -45,6 +45,8 @@ pub struct Runtime {
     pub config_hash: String,
     /// Each approval webhook's signing secret (from its environment variable or file).
     pub webhook_secrets: Vec<Option<Vec<u8>>>,
+    /// Upstream secrets by function (injected secrets, OAuth client secrets), read at load.
+    pub credential_secrets: HashMap<String, Vec<u8>>,
 }
 
 /// Everything that can be wrong with a configuration, each message with its location.
@@ -210,6 +212,7 @@ pub fn load(
         }
     }
     let webhook_secrets = approvals_checks(&config, base, vars, &mut errors);
+    let credential_secrets = credential_checks(&registry, base, vars, &mut errors);
     if !errors.is_empty() {
         return Err(LoadErrors(errors));
     }
@@ -223,9 +226,123 @@ pub fn load(
             policy_hash,
             config_hash,
             webhook_secrets,
+            credential_secrets,
         },
         sources,
     ))
+}
+
+/// A secret named by an environment variable or a file; exactly one.
+fn read_secret(
+    env: &Option<String>,
+    file: &Option<String>,
+    at: &str,
+    base: &Path,
+    vars: &Vars,
+    errors: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    match (env, file) {
+        (Some(var), None) => match vars(var) {
+            Some(v) if !v.is_empty() => Some(v.into_bytes()),
+            _ => {
+                errors.push(format!("{at}: environment variable {var} is not set"));
+                None
+            }
+        },
+        (None, Some(f)) => match std::fs::read(base.join(f)) {
+            Ok(b) if !b.trim_ascii().is_empty() => Some(b.trim_ascii().to_vec()),
+            Ok(_) => {
+                errors.push(format!("{at}: {f} is empty"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{at}: {f}: {e}"));
+                None
+            }
+        },
+        _ => {
+            errors.push(format!(
+                "{at}: give exactly one of an environment variable or a file"
+            ));
+            None
+        }
+    }
+}
+
+/// Checks each function's credential and reads its secrets.
+fn credential_checks(
+    registry: &Registry,
+    base: &Path,
+    vars: &Vars,
+    errors: &mut Vec<String>,
+) -> HashMap<String, Vec<u8>> {
+    use callgate_core::config::CredentialConfig;
+    let mut secrets = HashMap::new();
+    for f in registry.iter() {
+        let at = format!("function {:?}: credential", f.name);
+        match &f.credential {
+            None => {}
+            Some(CredentialConfig::Minted { audience, ttl_secs }) => {
+                if audience.trim().is_empty() {
+                    errors.push(format!("{at}: minted.audience is empty"));
+                }
+                if !(1..=60).contains(ttl_secs) {
+                    errors.push(format!("{at}: minted.ttl_secs must be 1 to 60"));
+                }
+            }
+            Some(CredentialConfig::Secret {
+                env,
+                file,
+                header,
+                query,
+                prefix,
+            }) => {
+                match (header, query) {
+                    (Some(h), None) => {
+                        if http::HeaderName::try_from(h.as_str()).is_err() {
+                            errors.push(format!("{at}: {h:?} is not a header name"));
+                        }
+                    }
+                    (None, Some(q)) if !q.is_empty() => {}
+                    _ => errors.push(format!("{at}: give exactly one of header or query")),
+                }
+                if let Some(s) = read_secret(env, file, &format!("{at}.secret"), base, vars, errors)
+                {
+                    let ok =
+                        http::HeaderValue::from_bytes(&[prefix.as_bytes(), &s].concat()).is_ok();
+                    if header.is_some() && !ok {
+                        errors.push(format!("{at}: the secret is not a valid header value"));
+                    }
+                    secrets.insert(f.name.clone(), s);
+                }
+            }
+            Some(CredentialConfig::Oauth {
+                token_url,
+                client_secret_env,
+                client_secret_file,
+                ..
+            }) => {
+                if !(token_url.starts_with("http://") || token_url.starts_with("https://"))
+                    || token_url.parse::<http::Uri>().is_err()
+                {
+                    errors.push(format!(
+                        "{at}: oauth.token_url {token_url:?} is not an http(s) URL"
+                    ));
+                }
+                if let Some(s) = read_secret(
+                    client_secret_env,
+                    client_secret_file,
+                    &format!("{at}.oauth.client_secret"),
+                    base,
+                    vars,
+                    errors,
+                ) {
+                    secrets.insert(f.name.clone(), s);
+                }
+            }
+        }
+    }
+    secrets
 }
 
 /// Checks the `approvals:` section and reads the webhooks' secrets.

@@ -1,6 +1,6 @@
-//! Extension points of the pipeline that later capabilities fill in: just-in-time upstream
-//! credentials and response masking. (The audit phase is [`crate::audit`], the approval phase
-//! [`crate::approvals`].)
+//! Extension points of the pipeline that later capabilities fill in: response masking. (The
+//! approval phase is [`crate::approvals`], credentials [`crate::credentials`], audit
+//! [`crate::audit`].)
 //!
 //! Each trait sits at a fixed place in [`crate::pipeline`] and sees only the call model and the
 //! decision, never protocol types. The defaults here are pass-throughs that do exactly what the
@@ -21,12 +21,6 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// Phase 8, attach credential: adds the per-call upstream credential. The caller's own
-/// credential has already been removed and must never be re-added.
-pub trait CredentialSource: Send + Sync {
-    fn attach(&self, call: &Call, headers: &mut HeaderMap) -> Result<(), Refusal>;
-}
-
 /// Phase 10, mask: rewrites the response before the caller (or anything else) sees it.
 pub trait ResponseMasker: Send + Sync {
     fn mask(
@@ -40,12 +34,6 @@ pub trait ResponseMasker: Send + Sync {
 /// The pass-through implementation of every seam.
 pub struct PassThrough;
 
-impl CredentialSource for PassThrough {
-    fn attach(&self, _: &Call, _: &mut HeaderMap) -> Result<(), Refusal> {
-        Ok(())
-    }
-}
-
 impl ResponseMasker for PassThrough {
     fn mask(&self, _: &Call, _: &Decision, _: &mut UpstreamResponse) -> Result<(), Refusal> {
         Ok(())
@@ -55,16 +43,12 @@ impl ResponseMasker for PassThrough {
 /// The seams a gateway runs with.
 #[derive(Clone)]
 pub struct Seams {
-    pub credentials: Arc<dyn CredentialSource>,
     pub masking: Arc<dyn ResponseMasker>,
 }
 
 impl Default for Seams {
     fn default() -> Self {
         let p = Arc::new(PassThrough);
-        Seams {
-            credentials: p.clone(),
-            masking: p,
-        }
+        Seams { masking: p }
     }
 }

@@ -90,6 +90,7 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
             reason: None,
             break_glass: None,
             granted: Vec::new(),
+            approved: None,
             forward_headers: Default::default(),
         },
     })

@@ -45,6 +45,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::pipeline::{Failure, Record};
 use crate::runtime::Runtime;
 use crate::seams::UpstreamResponse;
 
@@ -750,13 +751,6 @@ pub async fn execute(shared: &Arc<Shared>, id: &str) {
     }
 }
 
-enum Failure {
-    /// Refused before anything was sent upstream.
-    NotForwarded(Refusal),
-    /// Sent (or being sent) upstream, and it failed there.
-    Upstream(Refusal),
-}
-
 /// Checks a claimed held call and forwards it. Nothing is sent unless the payload still has
 /// the approved digest, the function still routes it to the same target, policy still allows
 /// it and its forward record is durable.
@@ -814,6 +808,10 @@ async fn run_stored(
             reason: stored.reason.clone(),
             break_glass: None,
             granted,
+            approved: Some(callgate_core::model::Approved {
+                id: held.id.clone(),
+                digest: held.digest.clone(),
+            }),
             forward_headers,
         },
     };
@@ -865,12 +863,11 @@ async fn run_stored(
             time_ms: r.time_ms,
         })
         .collect();
-    if let Err(r) = shared.audit.forward(&call, &held.digest, approved_by).await {
-        return (Err(Failure::NotForwarded(r)), None);
-    }
-    let result = crate::pipeline::execute(shared, rt, &call, &decision)
-        .await
-        .map_err(Failure::Upstream);
+    let record = Record::Approved {
+        digest: held.digest.clone(),
+        approved_by,
+    };
+    let result = crate::pipeline::execute(shared, rt, &call, &decision, record).await;
     (result, Some(call))
 }
 

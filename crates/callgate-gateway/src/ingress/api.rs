@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(catalog))
         .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/.well-known/jwks.json", get(jwks))
         .merge(super::audit_api::routes())
         .merge(super::approvals_api::routes());
     if shared.demo.is_some() {
@@ -83,6 +84,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response<Body> {
         StatusCode::OK,
         &json!({"status": "ready", "functions": rt.registry.len(), "policies": rt.engine.len(), "policy_hash": rt.policy_hash}),
     )
+}
+
+/// The public keys of Callgate's minted upstream tokens, for upstreams to verify them.
+async fn jwks(State(shared): State<Arc<Shared>>) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/jwk-set+json")
+        .header(header::CACHE_CONTROL, "max-age=300")
+        .body(Body::from(shared.credentials.jwks().to_string()))
+        .expect("static headers are valid")
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response<Body> {
