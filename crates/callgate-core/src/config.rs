@@ -557,7 +557,7 @@ fn default_grant_max() -> String {
 
 /// A just-in-time credential Callgate attaches to a forwarded call.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialConfig {
     /// A JWT Callgate signs for this one call (`iss` Callgate, `aud` the audience, `sub` the
     /// person, `act` the agent, a scope naming the function, a short `exp`, a unique `jti`).
@@ -605,7 +605,21 @@ pub enum CredentialConfig {
         /// subject token, instead of client credentials.
         #[serde(default)]
         token_exchange: bool,
+        /// How the client authenticates at the token endpoint.
+        #[serde(default)]
+        client_auth: ClientAuth,
     },
+}
+
+/// OAuth client authentication at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    #[default]
+    Basic,
+    /// In the form body (`client_secret_post`).
+    Post,
 }
 
 fn default_minted_ttl() -> u64 {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use callgate_core::Call;
-use callgate_core::config::{CredentialConfig, CredentialsConfig};
+use callgate_core::config::{ClientAuth, CredentialConfig, CredentialsConfig};
 use callgate_core::refusal::Refusal;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
@@ -129,6 +129,17 @@ fn key_from(created: u64, der: &[u8]) -> Result<MintKey, String> {
         public_x: URL_SAFE_NO_PAD.encode(public),
         encoding: EncodingKey::from_ed_der(der),
     })
+}
+
+/// Where and how to ask for an OAuth token.
+struct OauthClient<'a> {
+    token_url: &'a str,
+    client_id: &'a str,
+    scope: &'a Option<String>,
+    resource: &'a Option<String>,
+    exchange: bool,
+    /// `client_secret_post` rather than Basic.
+    post: bool,
 }
 
 /// A cached OAuth token.
@@ -308,17 +319,21 @@ impl Credentials {
                 scope,
                 resource,
                 token_exchange,
+                client_auth,
                 ..
             } => {
                 let token = self
                     .oauth_token(
                         rt,
                         call,
-                        token_url,
-                        client_id,
-                        scope,
-                        resource,
-                        *token_exchange,
+                        OauthClient {
+                            token_url,
+                            client_id,
+                            scope,
+                            resource,
+                            exchange: *token_exchange,
+                            post: *client_auth == ClientAuth::Post,
+                        },
                     )
                     .await?;
                 let tag: String = Sha256::digest(token.as_bytes())[..6]
@@ -336,17 +351,20 @@ impl Credentials {
 
     /// A token from the authorization server, from the cache while it has more than 30 s (or
     /// a tenth of its life) left. Token exchange tokens are per person and agent.
-    #[allow(clippy::too_many_arguments)]
     async fn oauth_token(
         &self,
         rt: &Runtime,
         call: &Call,
-        token_url: &str,
-        client_id: &str,
-        scope: &Option<String>,
-        resource: &Option<String>,
-        exchange: bool,
+        c: OauthClient<'_>,
     ) -> Result<String, Refusal> {
+        let OauthClient {
+            token_url,
+            client_id,
+            scope,
+            resource,
+            exchange,
+            post,
+        } = c;
         let requester = crate::approvals::requester_of(&call.principal, &rt.config.approvals);
         let key = if exchange {
             format!(
@@ -399,6 +417,10 @@ impl Credentials {
             if let Some(r) = resource {
                 form.append_pair("resource", r);
             }
+            if post {
+                form.append_pair("client_id", client_id);
+                form.append_pair("client_secret", &secret);
+            }
             form.finish()
         };
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
@@ -406,13 +428,16 @@ impl Credentials {
             form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>(),
             form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
         ));
-        let req = http::Request::post(token_url)
+        let mut req = http::Request::post(token_url)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+            .header(http::header::ACCEPT, "application/json");
+        if !post {
+            req = req.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
+        }
+        let req = req
             .body(Full::new(bytes::Bytes::from(form)))
             .map_err(|e| Refusal::Internal {
                 detail: e.to_string(),

@@ -5,6 +5,7 @@
 mod approvals;
 mod audit;
 mod common;
+mod credentials;
 mod demo;
 mod gateway;
 mod jsontestsuite;

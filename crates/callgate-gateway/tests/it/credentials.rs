@@ -1,0 +1,317 @@
+//! Just-in-time upstream credentials, end to end: the upstream receives a credential Callgate
+//! made for the call — a token it minted, a configured secret, or an OAuth token from the real
+//! `oidc-provider` — and never the caller's own.
+
+use crate::common::*;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use std::collections::HashMap;
+
+const POLICY: &str = r#"
+@id("ops")
+permit (principal in Callgate::Group::"ops", action in Callgate::Action::"call", resource);
+"#;
+
+fn keys() -> (HashMap<&'static str, String>, String) {
+    let mut keys = HashMap::new();
+    let mut yaml = String::new();
+    for (who, groups) in [
+        ("bob", "[ops]"),
+        ("agent", "[ops]"),
+        ("carol", "[approvers]"),
+        ("erin", "[auditors]"),
+    ] {
+        let (k, h) = api_key();
+        keys.insert(who, k);
+        yaml.push_str(&format!(
+            "    - {{id: {who}, hash: \"{h}\", subject: {who}, groups: {groups}}}\n"
+        ));
+    }
+    (keys, yaml)
+}
+
+/// Verifies `token` against the gateway's JWKS as an upstream would.
+async fn verify(gw: &TestGateway, token: &str, audience: &str) -> Value {
+    let jwks = get(&gw.url("/.well-known/jwks.json"), &[]).await;
+    assert_eq!(
+        jwks.header("content-type"),
+        Some("application/jwk-set+json")
+    );
+    let jwks = jwks.json();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("the signing key is published");
+    assert_eq!(jwk["kty"], "OKP");
+    let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+    let key = DecodingKey::from_ed_der(&x);
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[audience]);
+    v.set_issuer(&["callgate"]);
+    v.leeway = 0;
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .expect("the minted token verifies")
+        .claims
+}
+
+fn bearer(seen: &Seen) -> String {
+    seen.headers
+        .get("authorization")
+        .expect("the upstream got a credential")
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn minted_tokens_name_the_person_the_agent_the_function_and_the_approval() {
+    let up = Upstream::start().await;
+    let (keys, key_yaml) = keys();
+    let config = format!(
+        r#"
+identity:
+  api_keys:
+{key_yaml}
+upstreams:
+  up:
+    url: "{}"
+    credential: {{type: minted, audience: "https://up.example", ttl_secs: 30}}
+policies: [policies]
+approvals:
+  delegations: {{agent: bob}}
+functions:
+  - name: items.get
+    upstream: up
+    route: GET /items/{{id}}
+  - name: items.wipe
+    upstream: up
+    route: POST /items/wipe
+    approval: approvers
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&config, &[("p.cedar", POLICY)]).await;
+    let h = |who: &str| ("x-api-key", keys[who].clone());
+    let call = |who: &'static str| {
+        let (url, (k, v)) = (gw.url("/items/7"), h(who));
+        async move { get(&url, &[(k, &v)]).await }
+    };
+    let r = call("bob").await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(
+        seen.headers.get("x-api-key").is_none(),
+        "the caller's key never travels"
+    );
+    let token = bearer(&seen);
+    let claims = verify(&gw, &token, "https://up.example").await;
+    assert_eq!(claims["sub"], "bob");
+    assert_eq!(claims["scope"], "call:items.get");
+    assert_eq!(claims["request_id"], r.header("x-request-id").unwrap());
+    let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(life, 30);
+    assert!(claims.get("act").is_none());
+    // A token for another audience does not verify.
+    let jwks = get(&gw.url("/.well-known/jwks.json"), &[]).await.json();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    let x = URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().unwrap())
+        .unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&["https://other.example"]);
+    assert!(jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_ed_der(&x), &v).is_err());
+
+    // Every call gets its own token.
+    call("bob").await;
+    let again = verify(&gw, &bearer(&up.last()), "https://up.example").await;
+    assert_ne!(again["jti"], claims["jti"]);
+
+    // An agent acting for bob: sub is bob, act names the agent.
+    call("agent").await;
+    let c = verify(&gw, &bearer(&up.last()), "https://up.example").await;
+    assert_eq!(c["sub"], "bob");
+    assert_eq!(c["act"]["sub"], "agent");
+
+    // An approved call's token carries the approval id and the approved digest.
+    let (k, v) = h("bob");
+    let held = post_json(&gw.url("/items/wipe"), &[(k, &v)], "{}").await;
+    assert_eq!(held.status, 202);
+    let held = held.json();
+    let id = held["id"].as_str().unwrap();
+    let (k, v) = h("carol");
+    post_json(
+        &gw.url(&format!("/v1/approvals/{id}/approve")),
+        &[(k, &v)],
+        "",
+    )
+    .await;
+    let (k, v) = h("bob");
+    let done = get(
+        &gw.url(&format!("/v1/calls/{id}")),
+        &[(k, &v), ("prefer", "wait=10")],
+    )
+    .await
+    .json();
+    assert_eq!(done["state"], "succeeded");
+    let c = verify(&gw, &bearer(&up.last()), "https://up.example").await;
+    assert_eq!(c["approval_id"], id);
+    assert_eq!(c["call_digest"], held["digest"]);
+    assert_eq!(c["scope"], "call:items.wipe");
+
+    // The audit record names the credential by its jti, never the token.
+    let (k, v) = h("erin");
+    let story = get(
+        &gw.url(&format!(
+            "/v1/audit/calls/{}",
+            r.header("x-request-id").unwrap()
+        )),
+        &[(k, &v)],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&story.body).to_string();
+    assert!(
+        text.contains(&format!(
+            "\"credential_id\":\"minted:{}\"",
+            claims["jti"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&token));
+}
+
+#[tokio::test]
+async fn injected_secrets_reach_the_upstream_only() {
+    let up = Upstream::start().await;
+    let (keys, key_yaml) = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-upstream-key-0123456789";
+    std::fs::write(dir.path().join("up.secret"), format!("{secret}\n")).unwrap();
+    let config = format!(
+        r#"
+identity:
+  api_keys:
+{key_yaml}
+upstreams:
+  up: {{url: "{}"}}
+policies: [policies]
+functions:
+  - name: items.get
+    upstream: up
+    route: GET /items/{{id}}
+    credential: {{type: secret, file: up.secret, header: Authorization, prefix: "Token "}}
+  - name: items.search
+    upstream: up
+    route: GET /search
+    arguments: {{type: object, properties: {{q: {{type: string}}}}}}
+    credential: {{type: secret, file: up.secret, query: api_key}}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, &config, &[("p.cedar", POLICY)]).await;
+    let k = keys["bob"].clone();
+    let r = get(&gw.url("/items/1"), &[("x-api-key", &k)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().headers.get("authorization").unwrap(),
+        &format!("Token {secret}")
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(secret));
+    let id = r.header("x-request-id").unwrap().to_string();
+    // The audit log names the credential, never the secret: nothing of it in the database.
+    let ek = keys["erin"].clone();
+    let story = get(
+        &gw.url(&format!("/v1/audit/calls/{id}")),
+        &[("x-api-key", &ek)],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&story.body).to_string();
+    assert!(
+        text.contains("\"credential_id\":\"secret:items.get\""),
+        "{text}"
+    );
+    for f in ["callgate-data/audit.db", "callgate-data/audit.db-wal"] {
+        let bytes = std::fs::read(gw.path(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{f} holds the secret"
+        );
+    }
+    // In a query parameter instead.
+    let r = get(&gw.url("/search?q=x"), &[("x-api-key", &k)]).await;
+    assert_eq!(r.status, 200);
+    let pq = up.last().path_and_query;
+    assert!(pq.starts_with("/search?q=x&api_key="), "{pq}");
+    assert!(pq.ends_with(secret), "{pq}");
+}
+
+#[tokio::test]
+async fn oauth_tokens_come_from_the_authorization_server_and_are_cached() {
+    let oidc = Oidc::start().await;
+    let up = Upstream::start().await;
+    let (keys, key_yaml) = keys();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.secret"), "billing-bot-secret").unwrap();
+    std::fs::write(dir.path().join("wrong.secret"), "not-the-secret").unwrap();
+    let config = format!(
+        r#"
+identity:
+  api_keys:
+{key_yaml}
+upstreams:
+  up: {{url: "{up}"}}
+policies: [policies]
+functions:
+  - name: items.get
+    upstream: up
+    route: GET /items/{{id}}
+    credential:
+      {{type: oauth, token_url: "{iss}/token", client_id: billing-bot, client_secret_file: client.secret, client_auth: post, resource: "https://callgate.test", scope: "functions:call"}}
+  - name: items.list
+    upstream: up
+    route: GET /items
+    credential:
+      {{type: oauth, token_url: "{iss}/token", client_id: billing-bot, client_secret_file: wrong.secret, client_auth: post, resource: "https://callgate.test"}}
+"#,
+        up = up.url(),
+        iss = oidc.issuer
+    );
+    let gw = TestGateway::start_in(dir, &config, &[("p.cedar", POLICY)]).await;
+    let k = keys["bob"].clone();
+    assert_eq!(gw_get(&gw, "/items/1", &k).await, 200);
+    let first = bearer(&up.last());
+    // A JWT from the authorization server, for the upstream's resource.
+    let payload: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(first.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["iss"], oidc.issuer.as_str());
+    assert_eq!(payload["client_id"], "billing-bot");
+    assert_eq!(gw_get(&gw, "/items/2", &k).await, 200);
+    assert_eq!(
+        bearer(&up.last()),
+        first,
+        "cached until shortly before it expires"
+    );
+    // A client the server refuses: 503, nothing forwarded, the caller's credential not either.
+    let before = up.count();
+    let r = get(&gw.url("/items"), &[("x-api-key", &k)]).await;
+    let p = r.problem(503);
+    assert!(p["detail"].as_str().unwrap().contains("credential"), "{p}");
+    assert_eq!(up.count(), before);
+}
+
+async fn gw_get(gw: &TestGateway, path: &str, key: &str) -> u16 {
+    get(&gw.url(path), &[("x-api-key", key)])
+        .await
+        .status
+        .as_u16()
+}
