@@ -487,7 +487,46 @@ impl Credentials {
 
 #[cfg(test)]
 mod tests {
-    use super::published;
+    use super::*;
+
+    fn write_key(dir: &Path, created: u64) {
+        let der = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(format!("{created}.pk8")), der.as_ref()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_when_due_and_the_previous_one_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("callgate.yaml");
+        let cfg = CredentialsConfig::default();
+        let keys = dir.path().join(&cfg.key_dir);
+        let now = now_secs();
+        // A key older than rotate_after_hours: a new one is made; both are published.
+        write_key(&keys, now - 25 * 3600);
+        let c = Credentials::open(&cfg, &cfg_path).unwrap();
+        assert_eq!(c.jwks()["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(std::fs::read_dir(&keys).unwrap().count(), 2);
+        // Keys whose successor is older than the overlap are no longer published.
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join(&cfg.key_dir);
+        write_key(&keys, now - 30 * 3600);
+        write_key(&keys, now - 2 * 3600);
+        let c = Credentials::open(&cfg, &dir.path().join("callgate.yaml")).unwrap();
+        let jwks = c.jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+        // A fresh directory gets its first key, 0600.
+        let dir = tempfile::tempdir().unwrap();
+        let c = Credentials::open(&cfg, &dir.path().join("callgate.yaml")).unwrap();
+        assert_eq!(c.jwks()["keys"].as_array().unwrap().len(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::fs::read_dir(dir.path().join(&cfg.key_dir))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn the_previous_key_stays_published_for_the_overlap() {

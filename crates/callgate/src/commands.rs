@@ -66,7 +66,7 @@ pub async fn demo_upstream(listen: &str) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("bank-ops listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, callgate_gateway::demo::bank_ops::router())
+    axum::serve(listener, callgate_gateway::demo::bank_ops::router(None))
         .with_graceful_shutdown(server::shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -1,21 +1,151 @@
 //! "bank-ops": the demo's built-in upstream. A deliberately naive service — it trusts its
 //! input, resolves `..` in file paths and would serve `/etc/passwd` — so the demo shows what
 //! Callgate keeps away from it.
+//!
+//! In the demo it accepts only tokens Callgate minted for it ([`TokenVerifier`]): it checks
+//! them against Callgate's `/.well-known/jwks.json` the way any upstream would, and refuses
+//! requests without one, so calling it directly, around Callgate, fails.
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub fn router() -> Router {
-    Router::new()
+/// The upstream; with a verifier, every request needs a valid token minted for it.
+pub fn router(verifier: Option<Arc<TokenVerifier>>) -> Router {
+    let r = Router::new()
         .route("/users/{id}", get(user))
         .route("/billing/reset", post(reset))
         .route("/quota/adjust", post(quota))
-        .route("/files", get(file))
+        .route("/files", get(file));
+    match verifier {
+        Some(v) => r.layer(axum::middleware::from_fn_with_state(v, require_token)),
+        None => r,
+    }
+}
+
+/// Verifies Callgate-minted tokens as an upstream does: signature by a key from Callgate's
+/// JWKS (fetched again for an unknown `kid`), `iss`, `aud`, `exp`/`nbf`, a `call:` scope, and
+/// each `jti` used once.
+pub struct TokenVerifier {
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: String,
+    keys: Mutex<(HashMap<String, DecodingKey>, Option<Instant>)>,
+    seen: Mutex<HashMap<String, u64>>,
+    client: crate::http_client::HttpClient,
+}
+
+impl TokenVerifier {
+    pub fn new(jwks_url: String, issuer: String, audience: String) -> TokenVerifier {
+        TokenVerifier {
+            jwks_url,
+            issuer,
+            audience,
+            keys: Mutex::default(),
+            seen: Mutex::default(),
+            client: crate::http_client::build_client(None, Duration::from_secs(2))
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    async fn key(&self, kid: &str) -> Option<DecodingKey> {
+        {
+            let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(key) = k.0.get(kid) {
+                return Some(key.clone());
+            }
+            // An unknown kid refetches, at most once a second.
+            if k.1.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return None;
+            }
+        }
+        let req = http::Request::get(&self.jwks_url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .ok()?;
+        let resp = self.client.request(req).await.ok()?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        let jwks: Value = serde_json::from_slice(&body).ok()?;
+        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        k.1 = Some(Instant::now());
+        for j in jwks["keys"].as_array()? {
+            if let (Some(id), Some(x)) = (j["kid"].as_str(), j["x"].as_str())
+                && let Ok(key) = DecodingKey::from_ed_components(x)
+            {
+                k.0.insert(id.to_string(), key);
+            }
+        }
+        k.0.get(kid).cloned()
+    }
+
+    /// The token's claims, or why it is refused.
+    pub async fn verify(&self, token: &str) -> Result<Value, String> {
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|e| format!("not a JWT: {e}"))?
+            .kid
+            .ok_or("the token names no key")?;
+        let key = self.key(&kid).await.ok_or("unknown signing key")?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 0;
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &v)
+            .map_err(|e| format!("invalid token: {e}"))?
+            .claims;
+        if !claims["scope"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("call:"))
+        {
+            return Err("the token has no call scope".into());
+        }
+        let jti = claims["jti"].as_str().ok_or("the token has no jti")?;
+        let exp = claims["exp"].as_u64().unwrap_or(0);
+        let now = crate::identity::oidc::now_secs();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, e| *e + 10 >= now);
+        if seen.insert(jti.to_string(), exp).is_some() {
+            return Err("the token was already used".into());
+        }
+        Ok(claims)
+    }
+}
+
+async fn require_token(
+    State(v): State<Arc<TokenVerifier>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let refused = |why: String| {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized", "detail": why})),
+        )
+            .into_response()
+    };
+    match token {
+        None => refused("bank-ops only serves calls that come through Callgate".into()),
+        Some(t) => match v.verify(&t).await {
+            Ok(_) => next.run(req).await,
+            Err(why) => refused(why),
+        },
+    }
 }
 
 async fn user(Path(id): Path<String>) -> (StatusCode, Json<Value>) {

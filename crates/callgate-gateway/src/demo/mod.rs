@@ -63,8 +63,14 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
     let addr = listener.local_addr()?;
     let upstream = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
+    // bank-ops accepts only tokens Callgate mints for it (audience "bank-ops").
+    let verifier = std::sync::Arc::new(bank_ops::TokenVerifier::new(
+        format!("http://{addr}/.well-known/jwks.json"),
+        "callgate".into(),
+        "bank-ops".into(),
+    ));
     tokio::spawn(async move {
-        let _ = axum::serve(upstream, bank_ops::router()).await;
+        let _ = axum::serve(upstream, bank_ops::router(Some(verifier))).await;
     });
 
     let issuer = format!("http://{addr}/demo/idp");

@@ -94,6 +94,10 @@ functions:
     upstream: up
     route: POST /items/wipe
     approval: approvers
+  - name: items.peek
+    upstream: up
+    route: GET /peek
+    credential: {{type: minted, audience: "https://up.example", ttl_secs: 1}}
 "#,
         up.url()
     );
@@ -184,6 +188,26 @@ functions:
         "{text}"
     );
     assert!(!text.contains(&token));
+
+    // The demo upstream's verifier (what an upstream does): a token works once, a replay is
+    // refused, and so is an expired one.
+    let verifier = callgate_gateway::demo::bank_ops::TokenVerifier::new(
+        gw.url("/.well-known/jwks.json"),
+        "callgate".into(),
+        "https://up.example".into(),
+    );
+    call("bob").await;
+    let fresh = bearer(&up.last());
+    assert!(verifier.verify(&fresh).await.is_ok());
+    let replay = verifier.verify(&fresh).await.unwrap_err();
+    assert!(replay.contains("already used"), "{replay}");
+    let (k, v) = h("bob");
+    get(&gw.url("/peek"), &[(k, &v)]).await;
+    let short = bearer(&up.last());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let expired = verifier.verify(&short).await.unwrap_err();
+    assert!(expired.contains("xpired"), "{expired}");
+    assert!(verifier.verify("not.a.jwt").await.is_err());
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 struct Demo {
     base: String,
+    upstream: String,
     _dir: tempfile::TempDir,
 }
 
@@ -14,8 +15,13 @@ async fn start() -> Demo {
     let dir = tempfile::tempdir().unwrap();
     let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
     let base = format!("http://{}", d.addr);
+    let upstream = format!("http://{}", d.upstream_addr);
     tokio::spawn(d.serve(std::future::pending()));
-    Demo { base, _dir: dir }
+    Demo {
+        base,
+        upstream,
+        _dir: dir,
+    }
 }
 
 impl Demo {
@@ -53,6 +59,11 @@ async fn demo_acceptance() {
     let r = get(&d.url("/users/u_1"), &[("authorization", &a)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["id"], "u_1");
+    // Around Callgate, bank-ops refuses: it only takes tokens Callgate minted for it — not
+    // even alice's own valid token.
+    let direct = format!("{}/users/u_1", d.upstream);
+    assert_eq!(get(&direct, &[]).await.status, 401);
+    assert_eq!(get(&direct, &[("authorization", &a)]).await.status, 401);
     let reset = |t: &str, acct: &str| {
         let (url, h, body) = (
             d.url("/billing/reset"),
