@@ -1,0 +1,438 @@
+//! Content detectors: find sensitive values in text.
+//!
+//! Each detector is a regular expression that proposes candidates, then a validator that
+//! accepts only real ones:
+//!
+//! | detector | candidates | validation |
+//! |---|---|---|
+//! | `email` | `local@domain.tld` | a dotted domain with a 2–24 letter TLD |
+//! | `phone` | `+` and 8–15 digits, or NANP `(202) 555-0123` / `202-555-0123` | digit count; not part of a longer number |
+//! | `card` | 13–19 digits, optionally grouped by one kind of separator | Luhn, a known network prefix |
+//! | `iban` | country code, 2 check digits, 11–30 alphanumerics | ISO 7064 mod 97 = 1, the country's length |
+//! | `us_ssn` | `AAA-GG-SSSS` | area not 000/666/9xx, group not 00, serial not 0000, not inside a longer id |
+//! | `ipv4`, `ipv6` | dotted quads; hex groups with colons | each octet ≤ 255, not in a version string; `Ipv6Addr` parses |
+//! | `jwt` | `eyJ…​.eyJ…​.sig` | header and payload decode as JSON objects |
+//! | `private_key` | `-----BEGIN … PRIVATE KEY-----` … `END` | the armor |
+//! | `bearer` | `Bearer <token>` | 16+ token characters |
+//! | `aws_key`, `gcp_key`, `github_token`, `slack_token`, `stripe_key` | the vendors' documented prefixes and lengths | exact shape |
+
+use regex::Regex;
+use std::ops::Range;
+use std::sync::LazyLock;
+
+/// A kind of sensitive value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Detector {
+    Email,
+    Phone,
+    Card,
+    Iban,
+    UsSsn,
+    Ipv4,
+    Ipv6,
+    Jwt,
+    PrivateKey,
+    Bearer,
+    AwsKey,
+    GcpKey,
+    GithubToken,
+    SlackToken,
+    StripeKey,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 15] = [
+        Detector::Email,
+        Detector::Phone,
+        Detector::Card,
+        Detector::Iban,
+        Detector::UsSsn,
+        Detector::Ipv4,
+        Detector::Ipv6,
+        Detector::Jwt,
+        Detector::PrivateKey,
+        Detector::Bearer,
+        Detector::AwsKey,
+        Detector::GcpKey,
+        Detector::GithubToken,
+        Detector::SlackToken,
+        Detector::StripeKey,
+    ];
+
+    /// The name used in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Card => "card",
+            Detector::Iban => "iban",
+            Detector::UsSsn => "us_ssn",
+            Detector::Ipv4 => "ipv4",
+            Detector::Ipv6 => "ipv6",
+            Detector::Jwt => "jwt",
+            Detector::PrivateKey => "private_key",
+            Detector::Bearer => "bearer",
+            Detector::AwsKey => "aws_key",
+            Detector::GcpKey => "gcp_key",
+            Detector::GithubToken => "github_token",
+            Detector::SlackToken => "slack_token",
+            Detector::StripeKey => "stripe_key",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Detector> {
+        Detector::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    fn regex(self) -> &'static Regex {
+        macro_rules! re {
+            ($s:expr) => {{
+                static R: LazyLock<Regex> = LazyLock::new(|| Regex::new($s).expect("valid"));
+                &R
+            }};
+        }
+        match self {
+            Detector::Email => re!(
+                r"(?i)[a-z0-9][a-z0-9._%+'-]{0,63}@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}"
+            ),
+            Detector::Phone => re!(
+                r"\+[1-9](?:[ .-]?\d){7,14}|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\b\d{3}[.-]\d{3}[.-]\d{4}"
+            ),
+            Detector::Card => re!(r"\d(?:[ -]?\d){12,18}"),
+            Detector::Iban => re!(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
+            Detector::UsSsn => re!(r"\d{3}-\d{2}-\d{4}"),
+            Detector::Ipv4 => re!(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
+            Detector::Ipv6 => re!(
+                r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.\d{1,3}\.\d{1,3}\.\d{1,3})?(?:%[0-9a-z]+)?"
+            ),
+            Detector::Jwt => re!(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{10,}"),
+            Detector::PrivateKey => re!(
+                r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+            ),
+            Detector::Bearer => re!(r"(?i)\bbearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
+            Detector::AwsKey => re!(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"),
+            Detector::GcpKey => re!(r"\bAIza[0-9A-Za-z_-]{35}"),
+            Detector::GithubToken => {
+                re!(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
+            }
+            Detector::SlackToken => re!(r"\bxox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}"),
+            Detector::StripeKey => re!(r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}\b"),
+        }
+    }
+
+    /// Whether the candidate `m` found in `text` is the real thing.
+    fn accept(self, text: &str, m: Range<usize>) -> bool {
+        let s = &text[m.clone()];
+        let before = text[..m.start].chars().next_back();
+        let after = text[m.end..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        let digitish = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        match self {
+            Detector::Email => !word(before) && before != Some('.') && !word(after),
+            Detector::Phone => {
+                let digits = s.bytes().filter(u8::is_ascii_digit).count();
+                !digitish(before)
+                    && !digitish(after)
+                    && !word(before)
+                    && before != Some('-')
+                    && after != Some('-')
+                    && (8..=15).contains(&digits)
+            }
+            Detector::Card => {
+                let seps: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_digit()).collect();
+                let digits: Vec<u8> = s
+                    .bytes()
+                    .filter(u8::is_ascii_digit)
+                    .map(|b| b - b'0')
+                    .collect();
+                !digitish(before)
+                    && !digitish(after)
+                    && !word(before)
+                    && !word(after)
+                    && seps.windows(2).all(|w| w[0] == w[1])
+                    && (13..=19).contains(&digits.len())
+                    && luhn(&digits)
+                    && card_prefix(&digits)
+            }
+            Detector::Iban => iban_valid(s),
+            Detector::UsSsn => {
+                let d: Vec<u32> = s.split('-').map(|p| p.parse().unwrap_or(0)).collect();
+                let inside_id = before
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    || after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                !inside_id
+                    && d.len() == 3
+                    && d[0] != 0
+                    && d[0] != 666
+                    && d[0] < 900
+                    && d[1] != 0
+                    && d[2] != 0
+            }
+            Detector::Ipv4 => {
+                // Not one part of a longer dotted number (a version string).
+                let continues = after == Some('.')
+                    && text[m.end + 1..].starts_with(|c: char| c.is_ascii_digit());
+                !digitish(before)
+                    && !digitish(after)
+                    && before != Some('.')
+                    && !continues
+                    && !word(before)
+                    && s.split('.').all(|o| {
+                        o.parse::<u16>().is_ok_and(|n| n <= 255)
+                            && (o.len() == 1 || !o.starts_with('0'))
+                    })
+            }
+            Detector::Ipv6 => {
+                let addr = s.split('%').next().unwrap_or(s);
+                !word(before)
+                    && before != Some(':')
+                    && !word(after)
+                    && after != Some(':')
+                    && addr.contains(':')
+                    && addr.matches(':').count() >= 2
+                    && addr.parse::<std::net::Ipv6Addr>().is_ok()
+                    // Plain times and ratios ("12:30:45") are not addresses, nor are
+                    // identifiers like "a::b".
+                    && (addr.contains("::") || addr.matches(':').count() == 7)
+                    && addr.bytes().any(|b| b.is_ascii_digit())
+            }
+            Detector::Jwt => {
+                let mut parts = s.split('.');
+                let is_obj = |p: Option<&str>| {
+                    p.and_then(b64url_decode)
+                        .is_some_and(|b| b.first() == Some(&b'{') && b.last() == Some(&b'}'))
+                };
+                !word(before) && is_obj(parts.next()) && is_obj(parts.next())
+            }
+            Detector::PrivateKey
+            | Detector::Bearer
+            | Detector::AwsKey
+            | Detector::GcpKey
+            | Detector::GithubToken
+            | Detector::SlackToken
+            | Detector::StripeKey => true,
+        }
+    }
+
+    /// Every accepted match of this detector in `text`.
+    pub fn find(self, text: &str) -> Vec<Range<usize>> {
+        self.regex()
+            .find_iter(text)
+            .map(|m| m.range())
+            .filter(|r| self.accept(text, r.clone()))
+            .collect()
+    }
+}
+
+/// A detected value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub detector: Detector,
+    pub range: Range<usize>,
+}
+
+/// Runs `detectors` over `text`; overlapping findings keep the earliest (then longest) one.
+pub fn scan(text: &str, detectors: &[Detector]) -> Vec<Finding> {
+    let mut all: Vec<Finding> = detectors
+        .iter()
+        .flat_map(|&d| {
+            d.find(text)
+                .into_iter()
+                .map(move |range| Finding { detector: d, range })
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        a.range
+            .start
+            .cmp(&b.range.start)
+            .then(b.range.end.cmp(&a.range.end))
+    });
+    let mut out: Vec<Finding> = Vec::new();
+    for f in all {
+        if out.last().is_none_or(|l| f.range.start >= l.range.end) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// The Luhn check over decimal digits.
+pub fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d);
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    !digits.is_empty() && sum.is_multiple_of(10)
+}
+
+/// Issuer prefixes of the major networks (Visa, Mastercard, Amex, Discover, JCB, Diners,
+/// UnionPay, Maestro).
+fn card_prefix(d: &[u8]) -> bool {
+    let n = |k: usize| d[..k].iter().fold(0u32, |a, &x| a * 10 + u32::from(x));
+    let len = d.len();
+    match d[0] {
+        4 => matches!(len, 13 | 16 | 19),
+        5 => (51..=55).contains(&n(2)) && len == 16 || matches!(n(2), 50 | 56..=58) && len >= 12,
+        2 => (2221..=2720).contains(&n(4)) && len == 16,
+        3 => {
+            matches!(n(2), 34 | 37) && len == 15
+                || (3528..=3589).contains(&n(4)) && len >= 16
+                || matches!(n(2), 36 | 38 | 39)
+                || (300..=305).contains(&n(3))
+        }
+        6 => {
+            n(4) == 6011
+                || n(2) == 65
+                || (644..=649).contains(&n(3))
+                || n(2) == 62
+                || matches!(n(2), 63 | 67)
+        }
+        _ => false,
+    }
+}
+
+/// IBAN lengths by country (ISO 13616 registry, the common ones).
+fn iban_length(cc: &str) -> Option<usize> {
+    Some(match cc {
+        "AD" => 24,
+        "AE" => 23,
+        "AT" => 20,
+        "AZ" => 28,
+        "BA" => 20,
+        "BE" => 16,
+        "BG" => 22,
+        "BH" => 22,
+        "BR" => 29,
+        "CH" => 21,
+        "CR" => 22,
+        "CY" => 28,
+        "CZ" => 24,
+        "DE" => 22,
+        "DK" => 18,
+        "DO" => 28,
+        "EE" => 20,
+        "EG" => 29,
+        "ES" => 24,
+        "FI" => 18,
+        "FO" => 18,
+        "FR" => 27,
+        "GB" => 22,
+        "GE" => 22,
+        "GI" => 23,
+        "GL" => 18,
+        "GR" => 27,
+        "GT" => 28,
+        "HR" => 21,
+        "HU" => 28,
+        "IE" => 22,
+        "IL" => 23,
+        "IS" => 26,
+        "IT" => 27,
+        "JO" => 30,
+        "KW" => 30,
+        "KZ" => 20,
+        "LB" => 28,
+        "LI" => 21,
+        "LT" => 20,
+        "LU" => 20,
+        "LV" => 21,
+        "MC" => 27,
+        "MD" => 24,
+        "ME" => 22,
+        "MK" => 19,
+        "MR" => 27,
+        "MT" => 31,
+        "MU" => 30,
+        "NL" => 18,
+        "NO" => 15,
+        "PK" => 24,
+        "PL" => 28,
+        "PS" => 29,
+        "PT" => 25,
+        "QA" => 29,
+        "RO" => 24,
+        "RS" => 22,
+        "SA" => 24,
+        "SE" => 24,
+        "SI" => 19,
+        "SK" => 24,
+        "SM" => 27,
+        "TN" => 24,
+        "TR" => 26,
+        "UA" => 29,
+        "VG" => 24,
+        "XK" => 20,
+        _ => return None,
+    })
+}
+
+/// ISO 13616: the country's length and ISO 7064 mod 97-10 equal to 1.
+pub fn iban_valid(s: &str) -> bool {
+    let compact: String = s.chars().filter(|c| *c != ' ').collect();
+    if compact.len() < 15 || !compact.is_ascii() {
+        return false;
+    }
+    if iban_length(&compact[..2]) != Some(compact.len()) {
+        return false;
+    }
+    let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
+    let mut rem: u32 = 0;
+    for c in rearranged.chars() {
+        let v = match c {
+            '0'..='9' => c as u32 - '0' as u32,
+            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums() {
+        assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+        assert!(iban_valid("GB82 WEST 1234 5698 7654 32"));
+        assert!(iban_valid("DE89370400440532013000"));
+        assert!(!iban_valid("DE89370400440532013001"));
+        assert!(!iban_valid("GB82WEST123456987654"));
+    }
+}

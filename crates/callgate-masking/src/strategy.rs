@@ -1,0 +1,112 @@
+//! Masking strategies: what a selected value becomes.
+
+use ring::hmac;
+
+/// The text a redacted value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// What to do with a sensitive value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Replace with `"[REDACTED]"`.
+    Redact,
+    /// Keep the last `keep` letters and digits, star the others, keep separators:
+    /// `123-45-6789` → `***-**-6789`. An email keeps its first character and its domain:
+    /// `ada@example.com` → `a**@example.com`.
+    Partial { keep: usize },
+    /// A keyed hash (`hmac:` and 16 hex digits of HMAC-SHA256): the same value always gives
+    /// the same token under one key, so records can still be joined, but it cannot be reversed.
+    Hash,
+    /// Remove the field (in text, where nothing can be removed, redact).
+    Drop,
+}
+
+/// Applies `strategy` to `value`. `key` is the keyed-hash secret. Returns `None` for a dropped
+/// field.
+pub fn apply(strategy: Strategy, value: &str, key: &hmac::Key) -> Option<String> {
+    Some(match strategy {
+        Strategy::Redact => REDACTED.to_string(),
+        Strategy::Drop => return None,
+        Strategy::Hash => {
+            let tag = hmac::sign(key, value.as_bytes());
+            let hex: String = tag.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("hmac:{hex}")
+        }
+        Strategy::Partial { keep } => partial(value, keep),
+    })
+}
+
+/// Redaction for text, where a value cannot be dropped.
+pub fn apply_in_text(strategy: Strategy, value: &str, key: &hmac::Key) -> String {
+    apply(strategy, value, key).unwrap_or_else(|| REDACTED.to_string())
+}
+
+fn partial(value: &str, keep: usize) -> String {
+    if let Some((local, domain)) = value.split_once('@')
+        && !local.is_empty()
+        && domain.contains('.')
+    {
+        let mut chars = local.chars();
+        let first = chars.next().unwrap_or('*');
+        return format!("{first}{}@{domain}", "*".repeat(chars.count()));
+    }
+    let total = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let star_until = total.saturating_sub(keep);
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                seen += 1;
+                if seen <= star_until { '*' } else { c }
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A keyed-hash key from secret bytes.
+pub fn hash_key(secret: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies() {
+        let k = hash_key(b"k");
+        assert_eq!(apply(Strategy::Redact, "x", &k).unwrap(), "[REDACTED]");
+        assert_eq!(apply(Strategy::Drop, "x", &k), None);
+        assert_eq!(apply_in_text(Strategy::Drop, "x", &k), "[REDACTED]");
+        assert_eq!(
+            apply(Strategy::Partial { keep: 4 }, "123-45-6789", &k).unwrap(),
+            "***-**-6789"
+        );
+        assert_eq!(
+            apply(Strategy::Partial { keep: 4 }, "4111 1111 1111 1111", &k).unwrap(),
+            "**** **** **** 1111"
+        );
+        assert_eq!(
+            apply(Strategy::Partial { keep: 4 }, "ada@example.com", &k).unwrap(),
+            "a**@example.com"
+        );
+        assert_eq!(
+            apply(Strategy::Partial { keep: 9 }, "ab", &k).unwrap(),
+            "ab"
+        );
+        let a = apply(Strategy::Hash, "ada@example.com", &k).unwrap();
+        assert_eq!(a, apply(Strategy::Hash, "ada@example.com", &k).unwrap());
+        assert_ne!(a, apply(Strategy::Hash, "bob@example.com", &k).unwrap());
+        assert_ne!(
+            a,
+            apply(Strategy::Hash, "ada@example.com", &hash_key(b"other")).unwrap()
+        );
+        assert!(a.starts_with("hmac:") && a.len() == 21);
+    }
+}
