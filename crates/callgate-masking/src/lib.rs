@@ -10,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 pub mod detect;
+pub mod profile;
 pub mod strategy;
 
 pub use detect::{Detector, Finding};
+pub use profile::{Profile, Rule, RuleSpec};
 pub use strategy::Strategy;

@@ -1,0 +1,456 @@
+//! Masking profiles: rules that select values and say what they become, applied to JSON
+//! documents and to plain text.
+//!
+//! A rule selects values in one of three ways:
+//! - by RFC 9535 JSONPath (`$.user.ssn`, `$..password`), via `serde_json_path`;
+//! - by key name, case-insensitively, where the key *contains* a pattern (`password` also
+//!   selects `password_hash`);
+//! - by content, with detectors ([`crate::detect`]), inside any string (and number) value —
+//!   the only kind of rule that also applies to plain-text bodies.
+//!
+//! A rule can clear groups: a caller in one of them sees the value unmasked. Rules apply in
+//! order — JSONPath rules, then key rules, then detectors on what is left — and a value masked
+//! by one rule is not looked at again.
+
+use std::collections::HashSet;
+
+use ring::hmac;
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+use crate::detect::{Detector, scan};
+use crate::strategy::{self, REDACTED, Strategy};
+
+/// How a rule selects values.
+#[derive(Debug, Clone)]
+pub enum Select {
+    Path(JsonPath),
+    /// Lower-case substrings of key names.
+    Keys(Vec<String>),
+    Detect(Vec<Detector>),
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub select: Select,
+    pub strategy: Strategy,
+    /// Groups that see the value unmasked.
+    pub cleared: Vec<String>,
+}
+
+/// A compiled profile.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub rules: Vec<Rule>,
+    /// Response headers removed (lower-case names).
+    pub headers: Vec<String>,
+}
+
+/// A rule as written in configuration, before compiling.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSpec {
+    pub path: Option<String>,
+    pub keys: Vec<String>,
+    pub detect: Vec<String>,
+    /// `redact`, `partial`, `hash` or `drop`.
+    pub strategy: String,
+    pub keep: usize,
+    pub cleared: Vec<String>,
+}
+
+impl Rule {
+    /// Compiles a rule; the error says what is wrong with it.
+    pub fn compile(spec: &RuleSpec) -> Result<Rule, String> {
+        let select = match (&spec.path, spec.keys.is_empty(), spec.detect.is_empty()) {
+            (Some(p), true, true) => Select::Path(
+                JsonPath::parse(p)
+                    .map_err(|e| format!("path {p:?} is not RFC 9535 JSONPath: {e}"))?,
+            ),
+            (None, false, true) => {
+                Select::Keys(spec.keys.iter().map(|k| k.to_ascii_lowercase()).collect())
+            }
+            (None, true, false) => Select::Detect(
+                spec.detect
+                    .iter()
+                    .map(|d| {
+                        Detector::from_name(d).ok_or_else(|| {
+                            format!(
+                                "unknown detector {d:?} (known: {})",
+                                Detector::ALL.map(|d| d.name()).join(", ")
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => return Err("a rule selects by exactly one of path, keys or detect".into()),
+        };
+        let strategy = match spec.strategy.as_str() {
+            "redact" => Strategy::Redact,
+            "partial" => Strategy::Partial { keep: spec.keep },
+            "hash" => Strategy::Hash,
+            "drop" => Strategy::Drop,
+            s => {
+                return Err(format!(
+                    "unknown strategy {s:?} (redact, partial, hash, drop)"
+                ));
+            }
+        };
+        Ok(Rule {
+            select,
+            strategy,
+            cleared: spec.cleared.clone(),
+        })
+    }
+
+    fn applies_to(&self, groups: &[String]) -> bool {
+        !self.cleared.iter().any(|c| groups.contains(c))
+    }
+}
+
+/// Masks one scalar `v` as a whole. `None`: drop it.
+fn mask_whole(v: &Value, s: Strategy, key: &hmac::Key) -> Option<Value> {
+    match v {
+        Value::String(t) => strategy::apply(s, t, key).map(Value::String),
+        Value::Number(n) => strategy::apply(s, &n.to_string(), key).map(Value::String),
+        Value::Null => Some(Value::Null),
+        // A selected object, array or boolean is replaced whole (or dropped).
+        _ => match s {
+            Strategy::Drop => None,
+            Strategy::Hash => strategy::apply(s, &v.to_string(), key).map(Value::String),
+            _ => Some(Value::String(REDACTED.into())),
+        },
+    }
+}
+
+/// Replaces what `detectors` find inside `text`.
+pub fn mask_text(
+    text: &str,
+    detectors: &[Detector],
+    s: Strategy,
+    key: &hmac::Key,
+) -> Option<String> {
+    let found = scan(text, detectors);
+    if found.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        out.push_str(&text[at..f.range.start]);
+        out.push_str(&strategy::apply_in_text(s, &text[f.range.clone()], key));
+        at = f.range.end;
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}
+
+/// A JSON pointer's tokens.
+fn tokens(pointer: &str) -> Vec<String> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+/// Applies `f` to the value at `tokens`; `f` returning `None` removes it.
+fn edit_at(root: &mut Value, tokens: &[String], f: &mut dyn FnMut(&Value) -> Option<Value>) {
+    let Some((last, parents)) = tokens.split_last() else {
+        if let Some(v) = f(root) {
+            *root = v;
+        } else {
+            *root = Value::Null;
+        }
+        return;
+    };
+    let mut cur = root;
+    for t in parents {
+        cur = match cur {
+            Value::Object(m) => match m.get_mut(t) {
+                Some(v) => v,
+                None => return,
+            },
+            Value::Array(a) => match t.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    match cur {
+        Value::Object(m) => {
+            if let Some(v) = m.get(last) {
+                match f(v) {
+                    Some(n) => {
+                        m.insert(last.clone(), n);
+                    }
+                    None => {
+                        m.remove(last);
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < a.len()) {
+                // Dropping from an array would shift indexes; redact instead.
+                a[i] = f(&a[i]).unwrap_or_else(|| Value::String(REDACTED.into()));
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Profile {
+    /// Masks `doc` in place for a caller in `groups`.
+    pub fn mask_json(&self, doc: &mut Value, groups: &[String], key: &hmac::Key) {
+        // Values already masked (by JSON pointer) are not looked at again.
+        let mut done: HashSet<String> = HashSet::new();
+        for rule in self.rules.iter().filter(|r| r.applies_to(groups)) {
+            if let Select::Path(p) = &rule.select {
+                let pointers: Vec<String> = p
+                    .query_located(doc)
+                    .locations()
+                    .map(|l| l.to_json_pointer())
+                    .collect();
+                // Deepest first, and array elements from the end, so edits do not move paths.
+                let mut pointers = pointers;
+                pointers.sort_by(|a, b| b.cmp(a));
+                for ptr in pointers {
+                    if done.contains(&ptr) {
+                        continue;
+                    }
+                    edit_at(doc, &tokens(&ptr), &mut |v| {
+                        mask_whole(v, rule.strategy, key)
+                    });
+                    done.insert(ptr);
+                }
+            }
+        }
+        let rest: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.applies_to(groups) && !matches!(r.select, Select::Path(_)))
+            .collect();
+        if !rest.is_empty() {
+            walk(doc, String::new(), &rest, &done, key);
+        }
+    }
+
+    /// Masks a plain-text body with the profile's detector rules.
+    pub fn mask_plain(&self, text: &str, groups: &[String], key: &hmac::Key) -> String {
+        let mut out = text.to_string();
+        for rule in self.rules.iter().filter(|r| r.applies_to(groups)) {
+            if let Select::Detect(ds) = &rule.select
+                && let Some(m) = mask_text(&out, ds, rule.strategy, key)
+            {
+                out = m;
+            }
+        }
+        out
+    }
+
+    /// Whether a response header must be removed.
+    pub fn removes_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Key and detector rules over the whole document.
+fn walk(v: &mut Value, at: String, rules: &[&Rule], done: &HashSet<String>, key: &hmac::Key) {
+    match v {
+        Value::Object(m) => {
+            let keys: Vec<String> = m.keys().cloned().collect();
+            for k in keys {
+                let ptr = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                if done.contains(&ptr) {
+                    continue;
+                }
+                let lower = k.to_ascii_lowercase();
+                let by_key = rules.iter().find(|r| match &r.select {
+                    Select::Keys(ks) => ks.iter().any(|p| lower.contains(p.as_str())),
+                    _ => false,
+                });
+                if let Some(rule) = by_key {
+                    let masked = m.get(&k).and_then(|x| mask_whole(x, rule.strategy, key));
+                    match masked {
+                        Some(x) => {
+                            m.insert(k, x);
+                        }
+                        None => {
+                            m.remove(&k);
+                        }
+                    }
+                    continue;
+                }
+                if let Some(child) = m.get_mut(&k) {
+                    walk(child, ptr, rules, done, key);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                let ptr = format!("{at}/{i}");
+                if !done.contains(&ptr) {
+                    walk(x, ptr, rules, done, key);
+                }
+            }
+        }
+        Value::String(s) => {
+            let mut text = std::mem::take(s);
+            for r in rules {
+                if let Select::Detect(ds) = &r.select
+                    && let Some(m) = mask_text(&text, ds, r.strategy, key)
+                {
+                    text = m;
+                }
+            }
+            *s = text;
+        }
+        Value::Number(n) => {
+            let text = n.to_string();
+            for r in rules {
+                if let Select::Detect(ds) = &r.select
+                    && let Some(m) = mask_text(&text, ds, r.strategy, key)
+                {
+                    *v = Value::String(m);
+                    return;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(
+        path: Option<&str>,
+        keys: &[&str],
+        detect: &[&str],
+        strategy: &str,
+        cleared: &[&str],
+    ) -> Rule {
+        Rule::compile(&RuleSpec {
+            path: path.map(str::to_string),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            detect: detect.iter().map(|s| s.to_string()).collect(),
+            strategy: strategy.into(),
+            keep: 4,
+            cleared: cleared.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap()
+    }
+
+    fn demo_profile() -> Profile {
+        Profile {
+            rules: vec![
+                rule(Some("$..password_hash"), &[], &[], "drop", &[]),
+                rule(Some("$.ssn"), &[], &[], "partial", &[]),
+                rule(None, &["token", "secret", "password"], &[], "redact", &[]),
+                rule(None, &[], &["email"], "partial", &["billing-ops"]),
+                rule(None, &[], &["card", "us_ssn"], "partial", &[]),
+                rule(None, &[], &["aws_key", "jwt"], "redact", &[]),
+            ],
+            headers: vec!["set-cookie".into()],
+        }
+    }
+
+    #[test]
+    fn masks_by_path_key_and_content_with_clearance() {
+        let key = strategy::hash_key(b"k");
+        let doc = json!({
+            "id": "u_1",
+            "email": "ada@example.com",
+            "ssn": "123-45-6789",
+            "card_number": "4111 1111 1111 1111",
+            "api_token": "sk_live_xxx",
+            "password_hash": "$argon2id$v=19$...",
+            "notes": ["call ada@example.com re card 4111111111111111", {"aws": "key AKIAIOSFODNN7EXAMPLE here"}],
+            "n": 4111111111111111u64,
+        });
+        let mut alice = doc.clone();
+        demo_profile().mask_json(&mut alice, &["support".into()], &key);
+        assert_eq!(
+            alice,
+            json!({
+                "id": "u_1",
+                "email": "a**@example.com",
+                "ssn": "***-**-6789",
+                "card_number": "**** **** **** 1111",
+                "api_token": "[REDACTED]",
+                "notes": ["call a**@example.com re card ************1111", {"aws": "key [REDACTED] here"}],
+                "n": "************1111",
+            })
+        );
+        let mut bob = doc.clone();
+        demo_profile().mask_json(&mut bob, &["billing-ops".into()], &key);
+        assert_eq!(
+            bob["email"], "ada@example.com",
+            "billing-ops is cleared for email"
+        );
+        assert!(bob.get("password_hash").is_none(), "nobody sees the hash");
+        assert_eq!(bob["ssn"], "***-**-6789");
+    }
+
+    #[test]
+    fn plain_text_and_rule_errors() {
+        let key = strategy::hash_key(b"k");
+        assert_eq!(
+            demo_profile().mask_plain("ssn 123-45-6789, mail ada@example.com", &[], &key),
+            "ssn ***-**-6789, mail a**@example.com"
+        );
+        let bad = |spec: RuleSpec| Rule::compile(&spec).unwrap_err();
+        assert!(
+            bad(RuleSpec {
+                path: Some("$[".into()),
+                strategy: "redact".into(),
+                ..Default::default()
+            })
+            .contains("JSONPath")
+        );
+        assert!(
+            bad(RuleSpec {
+                detect: vec!["ssn".into()],
+                strategy: "redact".into(),
+                ..Default::default()
+            })
+            .contains("unknown detector")
+        );
+        assert!(
+            bad(RuleSpec {
+                keys: vec!["x".into()],
+                strategy: "shred".into(),
+                ..Default::default()
+            })
+            .contains("strategy")
+        );
+        assert!(
+            bad(RuleSpec {
+                strategy: "redact".into(),
+                ..Default::default()
+            })
+            .contains("exactly one")
+        );
+    }
+
+    #[test]
+    fn array_elements_and_wildcards() {
+        let key = strategy::hash_key(b"k");
+        let p = Profile {
+            rules: vec![
+                rule(Some("$.users[*].ssn"), &[], &[], "hash", &[]),
+                rule(Some("$.list[1]"), &[], &[], "drop", &[]),
+            ],
+            headers: vec![],
+        };
+        let mut d = json!({"users": [{"ssn": "1"}, {"ssn": "2"}], "list": [1, 2, 3]});
+        p.mask_json(&mut d, &[], &key);
+        assert!(d["users"][0]["ssn"].as_str().unwrap().starts_with("hmac:"));
+        assert_ne!(d["users"][0]["ssn"], d["users"][1]["ssn"]);
+        assert_eq!(d["list"], json!([1, "[REDACTED]", 3]));
+    }
+}
