@@ -44,6 +44,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 fn default_listen() -> String {
@@ -246,6 +248,9 @@ pub struct FunctionConfig {
     /// The just-in-time credential for this function's upstream (overrides the upstream's).
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// The masking profile applied to this function's responses (policies' `@mask` add more).
+    #[serde(default)]
+    pub mask: Option<String>,
 }
 
 fn default_risk() -> String {
@@ -667,4 +672,92 @@ fn default_rotate_hours() -> u64 {
 }
 fn default_overlap() -> u64 {
     600
+}
+
+/// Response masking: named profiles, the keyed-hash secret, and what to do with a body a
+/// profile cannot parse.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    #[serde(default)]
+    pub profiles: BTreeMap<String, MaskProfileConfig>,
+    /// File with the secret for `hash` (created, 0600, on first use), relative to the config.
+    #[serde(default = "default_mask_key")]
+    pub hash_key_file: String,
+    /// A response a profile cannot read (not JSON when it says JSON, or binary): `reject` (502)
+    /// or `redact` (the whole body replaced). Never passed through.
+    #[serde(default)]
+    pub on_unparsable: Unparsable,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        MaskingConfig {
+            profiles: BTreeMap::new(),
+            hash_key_file: default_mask_key(),
+            on_unparsable: Unparsable::default(),
+        }
+    }
+}
+
+fn default_mask_key() -> String {
+    "callgate-data/mask.key".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unparsable {
+    #[default]
+    Reject,
+    Redact,
+}
+
+/// One masking profile.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskProfileConfig {
+    pub rules: Vec<MaskRuleConfig>,
+    /// Response headers removed when the profile applies.
+    #[serde(default = "default_mask_headers")]
+    pub headers: Vec<String>,
+}
+
+fn default_mask_headers() -> Vec<String> {
+    [
+        "set-cookie",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "www-authenticate",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// One rule: select by exactly one of `path`, `keys` or `detect`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRuleConfig {
+    /// RFC 9535 JSONPath, e.g. `$..password`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Key-name patterns, case-insensitive, matched as substrings.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Detectors: email, phone, card, iban, us_ssn, ipv4, ipv6, jwt, private_key, bearer,
+    /// aws_key, gcp_key, github_token, slack_token, stripe_key.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// redact | partial | hash | drop.
+    pub strategy: String,
+    /// For `partial`: characters kept at the end.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Groups that see the value unmasked.
+    #[serde(default)]
+    pub cleared: Vec<String>,
+}
+
+fn default_keep() -> usize {
+    4
 }

@@ -97,6 +97,8 @@ pub struct FunctionDef {
     pub break_glass: Vec<String>,
     /// The just-in-time credential for the upstream (the function's, else the upstream's).
     pub credential: Option<crate::config::CredentialConfig>,
+    /// The masking profile for responses.
+    pub mask: Option<String>,
 }
 
 impl fmt::Debug for FunctionDef {
@@ -271,6 +273,7 @@ impl Registry {
                 idempotent: f.idempotent,
                 break_glass: f.break_glass.clone(),
                 credential: f.credential.clone().or_else(|| up.credential.clone()),
+                mask: f.mask.clone(),
             });
             if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {
                 errors.push(format!(

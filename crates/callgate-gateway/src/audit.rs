@@ -28,7 +28,7 @@ use callgate_store::{AuditLog, AuditStore, LogOptions, SqliteStore, StoredCheckp
 use sha2::{Digest, Sha256};
 
 use crate::runtime::Runtime;
-use crate::seams::UpstreamResponse;
+use crate::upstream::UpstreamResponse;
 
 /// The audit log as the gateway uses it.
 pub type Log = AuditLog<SqliteStore>;

@@ -4,7 +4,8 @@
 //! ([`server`], [`tls`]), identity with JWKS fetching ([`identity`]), the governed pipeline
 //! ([`pipeline`]) and the ingresses that feed it ([`ingress`]), upstream forwarding
 //! ([`upstream`], [`http_client`]), rate limits ([`ratelimit`]), metrics ([`metrics`]), hot
-//! reload ([`runtime`]), the extension seams for later capabilities ([`seams`]) and the
+//! reload ([`runtime`]), approvals ([`approvals`]), credentials ([`credentials`]), masking
+//! ([`masking`]) and the
 //! self-contained demo ([`demo`]). Decisions themselves are made by the pure crates
 //! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
@@ -17,12 +18,12 @@ pub mod framing;
 pub mod http_client;
 pub mod identity;
 pub mod ingress;
+pub mod masking;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod ratelimit;
 pub mod runtime;
-pub mod seams;
 pub mod server;
 pub mod tls;
 pub mod upstream;
@@ -40,7 +41,6 @@ pub struct Shared {
     pub reloader: Reloader,
     pub metrics: metrics::Metrics,
     pub limits: ratelimit::RateLimits,
-    pub seams: seams::Seams,
     /// The audit log: every call's record is durable before it is forwarded.
     pub audit: Arc<audit::Audit>,
     /// Held calls, reviews and grants.
@@ -69,7 +69,6 @@ impl Shared {
             reloader,
             metrics,
             limits: Default::default(),
-            seams: Default::default(),
             audit,
             approvals,
             credentials,

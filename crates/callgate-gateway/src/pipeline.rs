@@ -18,7 +18,8 @@
 //! 8. **audit** — [`crate::audit`]: the call's record is durable before anything is forwarded
 //!    (a deny is recorded durably too, at phase 4); responses are recorded after phase 10.
 //! 9. **forward** — [`crate::upstream`], with the credential attached.
-//! 10. **mask** — seam, on the response before anyone sees it.
+//! 10. **mask** — [`crate::masking`], on the response before anyone (the caller, the audit
+//!     record, a waiting requester) sees it.
 //! 11. **respond** — status, headers and body back to the ingress, which maps refusals once.
 
 use bytes::Bytes;
@@ -38,8 +39,8 @@ use std::time::Instant;
 use crate::Shared;
 use crate::identity::oidc::now_secs;
 use crate::runtime::Runtime;
-use crate::seams::UpstreamResponse;
 use crate::upstream;
+use crate::upstream::UpstreamResponse;
 use callgate_approvals::Requirement;
 use callgate_store::approvals::Held;
 
@@ -358,9 +359,7 @@ pub(crate) async fn execute(
     .await
     .map_err(Upstream)?;
     // 10. mask
-    shared
-        .seams
-        .masking
+    rt.masking
         .mask(call, decision, &mut response)
         .map_err(Upstream)?;
     Ok(response)

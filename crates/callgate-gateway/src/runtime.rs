@@ -47,6 +47,8 @@ pub struct Runtime {
     pub webhook_secrets: Vec<Option<Vec<u8>>>,
     /// Upstream secrets by function (injected secrets, OAuth client secrets), read at load.
     pub credential_secrets: HashMap<String, Vec<u8>>,
+    /// Compiled masking profiles.
+    pub masking: crate::masking::Masking,
 }
 
 /// Everything that can be wrong with a configuration, each message with its location.
@@ -213,9 +215,31 @@ pub fn load(
     }
     let webhook_secrets = approvals_checks(&config, base, vars, &mut errors);
     let credential_secrets = credential_checks(&registry, base, vars, &mut errors);
-    if !errors.is_empty() {
-        return Err(LoadErrors(errors));
+    for f in registry.iter() {
+        if let Some(m) = &f.mask
+            && !config.masking.profiles.contains_key(m)
+        {
+            errors.push(format!(
+                "function {:?}: mask: no masking profile {m:?}",
+                f.name
+            ));
+        }
     }
+    for (m, policy) in engine.mask_profiles() {
+        if !config.masking.profiles.contains_key(&m) {
+            errors.push(format!("policy {policy}: @mask: no masking profile {m:?}"));
+        }
+    }
+    let masking = match crate::masking::Masking::load(&config.masking, base) {
+        Ok(m) => Some(m),
+        Err(es) => {
+            errors.extend(es);
+            None
+        }
+    };
+    let Some(masking) = masking.filter(|_| errors.is_empty()) else {
+        return Err(LoadErrors(errors));
+    };
     Ok((
         Runtime {
             config,
@@ -227,6 +251,7 @@ pub fn load(
             config_hash,
             webhook_secrets,
             credential_secrets,
+            masking,
         },
         sources,
     ))

@@ -10,7 +10,14 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::http_client::HttpClient;
-use crate::seams::UpstreamResponse;
+
+/// An upstream response on its way back to the caller.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross Callgate.
 const HOP_BY_HOP: &[&str] = &[

@@ -535,6 +535,15 @@ impl PolicyEngine {
         permitted
     }
 
+    /// Every masking profile named by an `@mask` annotation, with the policy naming it.
+    pub fn mask_profiles(&self) -> Vec<(String, String)> {
+        self.duties
+            .iter()
+            .zip(&self.refs)
+            .flat_map(|(d, r)| d.mask.iter().map(|m| (m.clone(), r.id.clone())))
+            .collect()
+    }
+
     /// Every policy id with its location, for `callgate check`.
     pub fn summary(&self) -> BTreeMap<String, (String, usize)> {
         self.policies

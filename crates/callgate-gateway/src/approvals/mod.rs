@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use crate::Shared;
 use crate::pipeline::{Failure, Record};
 use crate::runtime::Runtime;
-use crate::seams::UpstreamResponse;
+use crate::upstream::UpstreamResponse;
 
 /// A held call as stored: everything needed to execute it, and nothing the caller could
 /// change afterwards. Its canonical form's SHA-256 is the digest reviewers approve.

@@ -17,7 +17,7 @@ use crate::audit::RefusedRequest;
 use crate::metrics::{CallLabels, FunctionLabels};
 use crate::pipeline::{self, Inbound, Outcome, Trace};
 use crate::problem;
-use crate::seams::UpstreamResponse;
+use crate::upstream::UpstreamResponse;
 use callgate_approvals::State;
 use callgate_store::approvals::Held;
 

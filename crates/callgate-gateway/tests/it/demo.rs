@@ -58,7 +58,22 @@ async fn demo_acceptance() {
     get(&d.url("/users/u_1"), &[]).await.problem(401);
     let r = get(&d.url("/users/u_1"), &[("authorization", &a)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["id"], "u_1");
+    let u = r.json();
+    assert_eq!(u["id"], "u_1");
+    // alice (support) sees masked personal data; nobody sees the token or the password hash.
+    assert_eq!(u["ssn"], "***-**-6781");
+    assert_eq!(u["card_number"], "**** **** **** 1111");
+    assert_eq!(u["email"], "u****@example.com");
+    assert_eq!(u["api_token"], "[REDACTED]");
+    assert_eq!(u["password_hash"], "[REDACTED]");
+    assert_eq!(u["name"], "Ada Lovelace");
+    // bob (billing-ops) is cleared for email, and only for email.
+    let u = get(&d.url("/users/u_1"), &[("authorization", &b)])
+        .await
+        .json();
+    assert_eq!(u["email"], "user1@example.com");
+    assert_eq!(u["ssn"], "***-**-6781");
+    assert_eq!(u["password_hash"], "[REDACTED]");
     // Around Callgate, bank-ops refuses: it only takes tokens Callgate minted for it — not
     // even alice's own valid token.
     let direct = format!("{}/users/u_1", d.upstream);

@@ -9,6 +9,7 @@ mod credentials;
 mod demo;
 mod gateway;
 mod jsontestsuite;
+mod masking;
 mod oidc;
 mod tls;
 mod wycheproof;

@@ -1,0 +1,201 @@
+//! Phase 10, mask: the response is masked before anyone sees it — the caller, the audit log's
+//! response record, a waiting requester of a held call.
+//!
+//! The profiles that apply are the function's `mask:` and every `@mask("…")` of the policies
+//! that allowed the call; each rule is skipped for callers in its cleared groups. JSON bodies
+//! are parsed once (strictly) and masked by path, key and content; `text/*` bodies by content.
+//! A body a profile cannot read — not JSON although it says so, or binary — is never passed
+//! through: it is refused (502) or replaced whole, as `masking.on_unparsable` says. The body
+//! size is already capped by `limits.max_response_bytes` (a larger response is a 502), so
+//! nothing is ever passed unmasked for being large.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use callgate_core::Call;
+use callgate_core::config::{MaskingConfig, Unparsable};
+use callgate_core::refusal::Refusal;
+use callgate_masking::{Profile, Rule, RuleSpec};
+use callgate_policy::Decision;
+use http::header;
+
+use crate::upstream::UpstreamResponse;
+
+/// Compiled profiles and the keyed-hash key.
+pub struct Masking {
+    pub profiles: HashMap<String, Arc<Profile>>,
+    key: ring::hmac::Key,
+    on_unparsable: Unparsable,
+}
+
+impl Masking {
+    /// Compiles `cfg`; reads (or creates, 0600) the hash key. Errors name the rule.
+    pub fn load(cfg: &MaskingConfig, base: &Path) -> Result<Masking, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut profiles = HashMap::new();
+        for (name, p) in &cfg.profiles {
+            let mut rules = Vec::new();
+            for (i, r) in p.rules.iter().enumerate() {
+                let spec = RuleSpec {
+                    path: r.path.clone(),
+                    keys: r.keys.clone(),
+                    detect: r.detect.clone(),
+                    strategy: r.strategy.clone(),
+                    keep: r.keep,
+                    cleared: r.cleared.clone(),
+                };
+                match Rule::compile(&spec) {
+                    Ok(rule) => rules.push(rule),
+                    Err(e) => errors.push(format!("masking.profiles.{name}.rules[{i}]: {e}")),
+                }
+            }
+            profiles.insert(
+                name.clone(),
+                Arc::new(Profile {
+                    rules,
+                    headers: p.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                }),
+            );
+        }
+        let key = if cfg.profiles.is_empty() {
+            Vec::new()
+        } else {
+            let path = base.join(&cfg.hash_key_file);
+            match std::fs::read(&path) {
+                Ok(k) if k.len() >= 32 => k,
+                Ok(_) => {
+                    errors.push(format!(
+                        "{}: the hash key is shorter than 32 bytes",
+                        path.display()
+                    ));
+                    Vec::new()
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let mut k = [0u8; 32];
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                        .map_err(|_| vec!["cannot generate the masking hash key".to_string()])?;
+                    if let Err(e) = crate::audit::write_private(&path, &k) {
+                        errors.push(format!("{}: {e}", path.display()));
+                    }
+                    k.to_vec()
+                }
+                Err(e) => {
+                    errors.push(format!("{}: {e}", path.display()));
+                    Vec::new()
+                }
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Masking {
+            profiles,
+            key: callgate_masking::strategy::hash_key(&key),
+            on_unparsable: cfg.on_unparsable,
+        })
+    }
+
+    /// The profiles for `call` under `decision`.
+    fn for_call(&self, call: &Call, decision: &Decision) -> Result<Vec<Arc<Profile>>, Refusal> {
+        call.function
+            .mask
+            .iter()
+            .chain(decision.obligations.mask.iter())
+            .map(|name| {
+                self.profiles
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Refusal::Internal {
+                        detail: format!("masking profile {name:?} is not defined"),
+                    })
+            })
+            .collect()
+    }
+
+    /// Masks `response` for `call`'s caller.
+    pub fn mask(
+        &self,
+        call: &Call,
+        decision: &Decision,
+        response: &mut UpstreamResponse,
+    ) -> Result<(), Refusal> {
+        let profiles = self.for_call(call, decision)?;
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        let groups = &call.principal.groups;
+        let names: Vec<http::HeaderName> = response
+            .headers
+            .keys()
+            .filter(|n| profiles.iter().any(|p| p.removes_header(n.as_str())))
+            .cloned()
+            .collect();
+        for n in names {
+            response.headers.remove(n);
+        }
+        if response.body.is_empty() {
+            return Ok(());
+        }
+        let ctype = response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let is_json = ctype.contains("json");
+        let is_text = ctype.starts_with("text/");
+        let unreadable = |why: &str| -> Result<(), Refusal> {
+            tracing::warn!(request_id = %call.request_id, function = %call.function.name, why, "a response could not be masked");
+            match self.on_unparsable {
+                Unparsable::Reject => Err(Refusal::UpstreamUnreachable {
+                    detail: format!(
+                        "the response of {} could not be masked, so it is not passed on",
+                        call.function.name
+                    ),
+                }),
+                Unparsable::Redact => Ok(()),
+            }
+        };
+        if is_json || (!is_text && ctype.is_empty()) {
+            match callgate_core::json::parse_strict(&response.body) {
+                Ok(mut doc) => {
+                    for p in &profiles {
+                        p.mask_json(&mut doc, groups, &self.key);
+                    }
+                    response.body = serde_json::to_vec(&doc).unwrap_or_default().into();
+                    return Ok(());
+                }
+                Err(_) if !is_json => {}
+                Err(_) => {
+                    unreadable("not JSON")?;
+                    redact_whole(response);
+                    return Ok(());
+                }
+            }
+        }
+        match std::str::from_utf8(&response.body) {
+            Ok(text) if is_text || ctype.is_empty() => {
+                let mut out = text.to_string();
+                for p in &profiles {
+                    out = p.mask_plain(&out, groups, &self.key);
+                }
+                response.body = out.into_bytes().into();
+                Ok(())
+            }
+            _ => {
+                unreadable("neither JSON nor text")?;
+                redact_whole(response);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn redact_whole(response: &mut UpstreamResponse) {
+    response.body = bytes::Bytes::from_static(b"\"[REDACTED]\"");
+    response.headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+}

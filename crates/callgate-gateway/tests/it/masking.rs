@@ -1,0 +1,175 @@
+//! Response masking, end to end: profiles chosen by the function and by policy, clearance,
+//! headers, the audit record of the response, and failing closed on bodies a profile cannot
+//! read.
+
+use crate::common::*;
+use axum::Router;
+use axum::routing::get as route_get;
+use http::header;
+use serde_json::json;
+
+async fn pii_upstream() -> String {
+    let app = Router::new()
+        .route(
+            "/profile",
+            route_get(|| async {
+                (
+                    [(header::SET_COOKIE, "session=abc123")],
+                    axum::Json(json!({
+                        "email": "ada@example.com",
+                        "ssn": "123-45-6789",
+                        "card": "4111111111111111",
+                        "password": "hunter2",
+                        "note": "reach ada@example.com, key AKIAIOSFODNN7EXAMPLE",
+                    })),
+                )
+            }),
+        )
+        .route(
+            "/broken",
+            route_get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    "{\"ssn\": \"123-45-6789\"",
+                )
+            }),
+        )
+        .route(
+            "/text",
+            route_get(|| async { "ssn 123-45-6789 for ada@example.com" }),
+        )
+        .route(
+            "/binary",
+            route_get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    vec![0u8, 159, 146, 150, b'1', b'2', b'3', b'-', b'4', b'5'],
+                )
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    url
+}
+
+const POLICY: &str = r#"
+@id("support")
+permit (principal in Callgate::Group::"support", action in Callgate::Action::"call", resource);
+
+@id("billing")
+@mask("strict")
+permit (principal in Callgate::Group::"billing", action in Callgate::Action::"call", resource);
+"#;
+
+async fn setup(on_unparsable: &str) -> (TestGateway, String, String, String) {
+    let up = pii_upstream().await;
+    let (alice, ah) = api_key();
+    let (bob, bh) = api_key();
+    let (erin, eh) = api_key();
+    let config = format!(
+        r#"
+identity:
+  api_keys:
+    - {{id: alice, hash: "{ah}", subject: alice, groups: [support]}}
+    - {{id: bob, hash: "{bh}", subject: bob, groups: [billing, mail-cleared]}}
+    - {{id: erin, hash: "{eh}", subject: erin, groups: [auditors]}}
+upstreams:
+  up: {{url: "{up}"}}
+policies: [policies]
+masking:
+  on_unparsable: {on_unparsable}
+  profiles:
+    pii:
+      rules:
+        - {{keys: [password], strategy: drop}}
+        - {{path: "$.ssn", strategy: partial, keep: 4}}
+        - {{detect: [card], strategy: partial}}
+        - {{detect: [email], strategy: hash, cleared: [mail-cleared]}}
+        - {{detect: [aws_key, us_ssn], strategy: redact}}
+    strict:
+      rules:
+        - {{path: "$.card", strategy: redact}}
+functions:
+  - {{name: profile.get, upstream: up, route: GET /profile, mask: pii}}
+  - {{name: broken.get, upstream: up, route: GET /broken, mask: pii}}
+  - {{name: text.get, upstream: up, route: GET /text, mask: pii}}
+  - {{name: binary.get, upstream: up, route: GET /binary, mask: pii}}
+"#
+    );
+    let gw = TestGateway::start(&config, &[("p.cedar", POLICY)]).await;
+    (gw, alice, bob, erin)
+}
+
+#[tokio::test]
+async fn responses_are_masked_by_profile_clearance_and_policy() {
+    let (gw, alice, bob, erin) = setup("reject").await;
+    let r = get(&gw.url("/profile"), &[("x-api-key", &alice)]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("set-cookie").is_none(),
+        "secret-bearing headers are governed too"
+    );
+    let v = r.json();
+    assert!(v.get("password").is_none());
+    assert_eq!(v["ssn"], "***-**-6789");
+    assert_eq!(v["card"], "************1111");
+    let hashed = v["email"].as_str().unwrap();
+    assert!(hashed.starts_with("hmac:"), "{hashed}");
+    assert_eq!(
+        v["note"],
+        format!("reach {hashed}, key [REDACTED]"),
+        "the same value hashes the same everywhere"
+    );
+    // bob is cleared for email, and policy adds the strict profile for billing.
+    let v = get(&gw.url("/profile"), &[("x-api-key", &bob)])
+        .await
+        .json();
+    assert_eq!(v["email"], "ada@example.com");
+    assert_eq!(v["card"], "[REDACTED]");
+    // The audit log keeps what the caller got, never the raw values.
+    let id = r.header("x-request-id").unwrap();
+    let story = get(
+        &gw.url(&format!("/v1/audit/calls/{id}")),
+        &[("x-api-key", &erin)],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&story.body);
+    assert!(text.contains("***-**-6789"), "{text}");
+    for raw in [
+        "123-45-6789",
+        "hunter2",
+        "4111111111111111",
+        "AKIAIOSFODNN7EXAMPLE",
+        "abc123",
+    ] {
+        assert!(!text.contains(raw), "{raw} reached the audit log");
+    }
+    // Plain text is masked by content.
+    let r = get(&gw.url("/text"), &[("x-api-key", &alice)]).await;
+    let t = String::from_utf8_lossy(&r.body).to_string();
+    assert!(t.starts_with("ssn [REDACTED] for hmac:"), "{t}");
+}
+
+#[tokio::test]
+async fn unreadable_bodies_fail_closed() {
+    let (gw, alice, _, _) = setup("reject").await;
+    for path in ["/broken", "/binary"] {
+        let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
+        let p = r.problem(502);
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("could not be masked"),
+            "{p}"
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains("123-45"));
+    }
+    let (gw, alice, _, _) = setup("redact").await;
+    for path in ["/broken", "/binary"] {
+        let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"\"[REDACTED]\"");
+    }
+}
