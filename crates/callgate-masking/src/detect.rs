@@ -96,27 +96,27 @@ impl Detector {
                 r"(?i)[a-z0-9][a-z0-9._%+'-]{0,63}@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}"
             ),
             Detector::Phone => re!(
-                r"\+[1-9](?:[ .-]?\d){7,14}|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\b\d{3}[.-]\d{3}[.-]\d{4}"
+                r"\+[1-9](?:[ .-]?[0-9]){7,14}|\([0-9]{3}\)[ .-]?[0-9]{3}[ .-][0-9]{4}|(?-u:\b)[0-9]{3}[.-][0-9]{3}[.-][0-9]{4}"
             ),
-            Detector::Card => re!(r"\d(?:[ -]?\d){12,18}"),
-            Detector::Iban => re!(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
-            Detector::UsSsn => re!(r"\d{3}-\d{2}-\d{4}"),
-            Detector::Ipv4 => re!(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
+            Detector::Card => re!(r"[0-9](?:[ -]?[0-9]){12,18}"),
+            Detector::Iban => re!(r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)"),
+            Detector::UsSsn => re!(r"[0-9]{3}-[0-9]{2}-[0-9]{4}"),
+            Detector::Ipv4 => re!(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"),
             Detector::Ipv6 => re!(
-                r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.\d{1,3}\.\d{1,3}\.\d{1,3})?(?:%[0-9a-z]+)?"
+                r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})?(?:%[0-9a-z]+)?"
             ),
             Detector::Jwt => re!(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{10,}"),
             Detector::PrivateKey => re!(
                 r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
             ),
-            Detector::Bearer => re!(r"(?i)\bbearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
-            Detector::AwsKey => re!(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"),
-            Detector::GcpKey => re!(r"\bAIza[0-9A-Za-z_-]{35}"),
+            Detector::Bearer => re!(r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
+            Detector::AwsKey => re!(r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)"),
+            Detector::GcpKey => re!(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
             Detector::GithubToken => {
-                re!(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b")
+                re!(r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?-u:\b)")
             }
-            Detector::SlackToken => re!(r"\bxox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}"),
-            Detector::StripeKey => re!(r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}\b"),
+            Detector::SlackToken => re!(r"(?-u:\b)xox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}"),
+            Detector::StripeKey => re!(r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?-u:\b)"),
         }
     }
 
@@ -214,8 +214,42 @@ impl Detector {
         }
     }
 
+    /// A cheap necessary condition, checked before the regular expression runs: most values
+    /// (names, ids, prose) are ruled out by a byte count or a substring search.
+    fn might_match(self, text: &str, h: &Hints) -> bool {
+        match self {
+            Detector::Email => h.at,
+            Detector::Phone => h.digits >= 8,
+            Detector::Card => h.digits >= 13,
+            Detector::Iban => h.digits >= 2 && h.upper >= 2 && text.len() >= 15,
+            Detector::UsSsn => h.digits >= 9 && h.dash,
+            Detector::Ipv4 => h.digits >= 4 && h.dot,
+            Detector::Ipv6 => h.colon,
+            Detector::Jwt => text.contains("eyJ"),
+            Detector::PrivateKey => text.contains("PRIVATE KEY-----"),
+            Detector::Bearer => {
+                h.upper + h.lower >= 22 && text.len() >= 22 && {
+                    let l = text.as_bytes();
+                    l.windows(6).any(|w| w.eq_ignore_ascii_case(b"bearer"))
+                }
+            }
+            Detector::AwsKey => h.upper >= 4 && text.len() >= 20,
+            Detector::GcpKey => text.contains("AIza"),
+            Detector::GithubToken => text.contains("gh") || text.contains("github_pat_"),
+            Detector::SlackToken => text.contains("xox"),
+            Detector::StripeKey => text.contains("_live_") || text.contains("_test_"),
+        }
+    }
+
     /// Every accepted match of this detector in `text`.
     pub fn find(self, text: &str) -> Vec<Range<usize>> {
+        if !self.might_match(text, &Hints::of(text)) {
+            return Vec::new();
+        }
+        self.find_unchecked(text)
+    }
+
+    fn find_unchecked(self, text: &str) -> Vec<Range<usize>> {
         self.regex()
             .find_iter(text)
             .map(|m| m.range())
@@ -231,12 +265,52 @@ pub struct Finding {
     pub range: Range<usize>,
 }
 
+/// Byte counts every detector's quick check uses, computed once per text.
+struct Hints {
+    digits: usize,
+    upper: usize,
+    lower: usize,
+    at: bool,
+    dash: bool,
+    dot: bool,
+    colon: bool,
+}
+
+impl Hints {
+    fn of(text: &str) -> Hints {
+        let mut h = Hints {
+            digits: 0,
+            upper: 0,
+            lower: 0,
+            at: false,
+            dash: false,
+            dot: false,
+            colon: false,
+        };
+        for b in text.bytes() {
+            match b {
+                b'0'..=b'9' => h.digits += 1,
+                b'A'..=b'Z' => h.upper += 1,
+                b'a'..=b'z' => h.lower += 1,
+                b'@' => h.at = true,
+                b'-' => h.dash = true,
+                b'.' => h.dot = true,
+                b':' => h.colon = true,
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
 /// Runs `detectors` over `text`; overlapping findings keep the earliest (then longest) one.
 pub fn scan(text: &str, detectors: &[Detector]) -> Vec<Finding> {
+    let hints = Hints::of(text);
     let mut all: Vec<Finding> = detectors
         .iter()
+        .filter(|d| d.might_match(text, &hints))
         .flat_map(|&d| {
-            d.find(text)
+            d.find_unchecked(text)
                 .into_iter()
                 .map(move |range| Finding { detector: d, range })
         })

@@ -1,0 +1,93 @@
+//! Masking throughput on one core: a 1 MiB JSON response (customer records with emails, SSNs,
+//! cards, tokens and free text) masked with a typical profile, against the baseline of only
+//! parsing and re-serializing the same document (what any JSON-aware proxy pays).
+
+use callgate_masking::strategy::hash_key;
+use callgate_masking::{Profile, Rule, RuleSpec};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Value, json};
+
+fn doc() -> Vec<u8> {
+    let mut records = Vec::new();
+    let mut i = 0u64;
+    while serde_json::to_vec(&Value::Array(records.clone()))
+        .unwrap()
+        .len()
+        < 1 << 20
+    {
+        records.push(json!({
+            "id": format!("u_{i}"),
+            "name": "Ada Lovelace",
+            "email": format!("user{i}@example.com"),
+            "ssn": format!("123-45-{:04}", 1000 + i % 9000),
+            "card_number": "4111 1111 1111 1111",
+            "api_token": "sk_live_demoxxxxxxxxxxxxxxxxxxxxx",
+            "address": {"street": "1 Infinite Loop", "city": "Cupertino", "zip": "95014"},
+            "notes": "customer called about invoice 48213; prefers email; account in good standing",
+            "balance": 1234.5,
+            "tags": ["gold", "newsletter"],
+        }));
+        i += 1;
+    }
+    serde_json::to_vec(&Value::Array(records)).unwrap()
+}
+
+fn profile() -> Profile {
+    let r = |path: Option<&str>, keys: &[&str], detect: &[&str], strategy: &str| {
+        Rule::compile(&RuleSpec {
+            path: path.map(String::from),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            detect: detect.iter().map(|s| s.to_string()).collect(),
+            strategy: strategy.into(),
+            keep: 4,
+            cleared: vec![],
+        })
+        .unwrap()
+    };
+    Profile {
+        rules: vec![
+            r(
+                None,
+                &["password", "secret", "token", "api_key"],
+                &[],
+                "redact",
+            ),
+            r(Some("$[*].ssn"), &[], &[], "partial"),
+            r(None, &[], &["card", "us_ssn", "iban"], "partial"),
+            r(None, &[], &["email"], "partial"),
+            r(
+                None,
+                &[],
+                &["jwt", "private_key", "bearer", "aws_key", "stripe_key"],
+                "redact",
+            ),
+        ],
+        headers: vec![],
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let body = doc();
+    let p = profile();
+    let key = hash_key(b"bench-key-0123456789abcdef0123456");
+    let mut g = c.benchmark_group("mask_1MiB_json");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.sample_size(20);
+    g.bench_function("baseline: parse and serialize", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            serde_json::to_vec(&v).unwrap()
+        })
+    });
+    g.bench_function("parse, mask, serialize", |b| {
+        b.iter(|| {
+            let mut v: Value = serde_json::from_slice(&body).unwrap();
+            p.mask_json(&mut v, &[], &key);
+            serde_json::to_vec(&v).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
