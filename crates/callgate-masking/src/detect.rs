@@ -110,13 +110,19 @@ impl Detector {
                 r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
             ),
             Detector::Bearer => re!(r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
-            Detector::AwsKey => re!(r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)"),
+            Detector::AwsKey => {
+                re!(r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)")
+            }
             Detector::GcpKey => re!(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
             Detector::GithubToken => {
-                re!(r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?-u:\b)")
+                re!(
+                    r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?-u:\b)"
+                )
             }
             Detector::SlackToken => re!(r"(?-u:\b)xox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}"),
-            Detector::StripeKey => re!(r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?-u:\b)"),
+            Detector::StripeKey => {
+                re!(r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?-u:\b)")
+            }
         }
     }
 

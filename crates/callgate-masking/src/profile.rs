@@ -12,8 +12,6 @@
 //! order — JSONPath rules, then key rules, then detectors on what is left — and a value masked
 //! by one rule is not looked at again.
 
-use std::collections::HashSet;
-
 use ring::hmac;
 use serde_json::Value;
 use serde_json_path::JsonPath;
@@ -204,8 +202,8 @@ fn edit_at(root: &mut Value, tokens: &[String], f: &mut dyn FnMut(&Value) -> Opt
 impl Profile {
     /// Masks `doc` in place for a caller in `groups`.
     pub fn mask_json(&self, doc: &mut Value, groups: &[String], key: &hmac::Key) {
-        // Values already masked (by JSON pointer) are not looked at again.
-        let mut done: HashSet<String> = HashSet::new();
+        // Values already masked by path are not looked at again.
+        let mut done = Done::default();
         for rule in self.rules.iter().filter(|r| r.applies_to(groups)) {
             if let Select::Path(p) = &rule.select {
                 let pointers: Vec<String> = p
@@ -217,13 +215,12 @@ impl Profile {
                 let mut pointers = pointers;
                 pointers.sort_by(|a, b| b.cmp(a));
                 for ptr in pointers {
-                    if done.contains(&ptr) {
+                    let toks = tokens(&ptr);
+                    if done.contains(&toks) {
                         continue;
                     }
-                    edit_at(doc, &tokens(&ptr), &mut |v| {
-                        mask_whole(v, rule.strategy, key)
-                    });
-                    done.insert(ptr);
+                    edit_at(doc, &toks, &mut |v| mask_whole(v, rule.strategy, key));
+                    done.insert(&toks);
                 }
             }
         }
@@ -233,7 +230,8 @@ impl Profile {
             .filter(|r| r.applies_to(groups) && !matches!(r.select, Select::Path(_)))
             .collect();
         if !rest.is_empty() {
-            walk(doc, String::new(), &rest, &done, key);
+            let d = (!done.children.is_empty() || done.leaf).then_some(&done);
+            walk(doc, d, &rest, key);
         }
     }
 
@@ -256,56 +254,83 @@ impl Profile {
     }
 }
 
-/// Key and detector rules over the whole document.
-fn walk(v: &mut Value, at: String, rules: &[&Rule], done: &HashSet<String>, key: &hmac::Key) {
+/// The values masked by path rules, as a tree of reference tokens, so the walk can skip them
+/// with one map lookup per level instead of building pointers.
+#[derive(Debug, Default)]
+struct Done {
+    leaf: bool,
+    children: std::collections::HashMap<String, Done>,
+}
+
+impl Done {
+    fn insert(&mut self, tokens: &[String]) {
+        let mut d = self;
+        for t in tokens {
+            d = d.children.entry(t.clone()).or_default();
+        }
+        d.leaf = true;
+    }
+
+    fn contains(&self, tokens: &[String]) -> bool {
+        let mut d = self;
+        for t in tokens {
+            if d.leaf {
+                return true;
+            }
+            match d.children.get(t) {
+                Some(c) => d = c,
+                None => return false,
+            }
+        }
+        d.leaf
+    }
+}
+
+/// Key and detector rules over the whole document; `done` is the part of the path-masked tree
+/// under `v`, if any.
+fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
+    if done.is_some_and(|d| d.leaf) {
+        return;
+    }
+    let below = |k: &str| done.and_then(|d| d.children.get(k));
     match v {
         Value::Object(m) => {
-            let keys: Vec<String> = m.keys().cloned().collect();
-            for k in keys {
-                let ptr = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
-                if done.contains(&ptr) {
+            let mut dropped: Vec<String> = Vec::new();
+            for (k, child) in m.iter_mut() {
+                let d = below(k);
+                if d.is_some_and(|d| d.leaf) {
                     continue;
                 }
-                let lower = k.to_ascii_lowercase();
                 let by_key = rules.iter().find(|r| match &r.select {
-                    Select::Keys(ks) => ks.iter().any(|p| lower.contains(p.as_str())),
+                    Select::Keys(ks) => ks.iter().any(|p| contains_ignore_case(k, p)),
                     _ => false,
                 });
-                if let Some(rule) = by_key {
-                    let masked = m.get(&k).and_then(|x| mask_whole(x, rule.strategy, key));
-                    match masked {
-                        Some(x) => {
-                            m.insert(k, x);
-                        }
-                        None => {
-                            m.remove(&k);
-                        }
-                    }
-                    continue;
+                match by_key {
+                    Some(rule) => match mask_whole(child, rule.strategy, key) {
+                        Some(x) => *child = x,
+                        None => dropped.push(k.clone()),
+                    },
+                    None => walk(child, d, rules, key),
                 }
-                if let Some(child) = m.get_mut(&k) {
-                    walk(child, ptr, rules, done, key);
-                }
+            }
+            for k in dropped {
+                m.shift_remove(&k);
             }
         }
         Value::Array(a) => {
             for (i, x) in a.iter_mut().enumerate() {
-                let ptr = format!("{at}/{i}");
-                if !done.contains(&ptr) {
-                    walk(x, ptr, rules, done, key);
-                }
+                let d = done.and_then(|d| d.children.get(&i.to_string()));
+                walk(x, d, rules, key);
             }
         }
         Value::String(s) => {
-            let mut text = std::mem::take(s);
             for r in rules {
                 if let Select::Detect(ds) = &r.select
-                    && let Some(m) = mask_text(&text, ds, r.strategy, key)
+                    && let Some(m) = mask_text(s, ds, r.strategy, key)
                 {
-                    text = m;
+                    *s = m;
                 }
             }
-            *s = text;
         }
         Value::Number(n) => {
             let text = n.to_string();
@@ -320,6 +345,12 @@ fn walk(v: &mut Value, at: String, rules: &[&Rule], done: &HashSet<String>, key:
         }
         _ => {}
     }
+}
+
+/// Whether `hay` contains the lower-case ASCII `needle`, ignoring ASCII case.
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 #[cfg(test)]
