@@ -313,8 +313,8 @@ impl Audit {
         }
     }
 
-    /// Records the call and its decision and, when `upstream` is given, that it is being
-    /// forwarded there. Returns once the record is durable; an error refuses the call.
+    /// Records the call and its decision (with `arguments` as masked for the log) and, when
+    /// `upstream` is given, that it is being forwarded there. Returns once the record is durable; an error refuses the call.
     pub async fn call(
         &self,
         call: &Call,
@@ -322,6 +322,7 @@ impl Audit {
         effect: &str,
         upstream: Option<&str>,
         credential_id: Option<String>,
+        arguments: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), Refusal> {
         let event = Event::Call(Box::new(CallEvent {
             time_ms: now_ms(),
@@ -331,7 +332,7 @@ impl Audit {
             source: call.meta.source.map(|s| s.to_string()),
             ingress: call.meta.ingress.name().to_string(),
             function: call.function.name.clone(),
-            arguments: call.arguments.clone(),
+            arguments,
             decision: decision_record(decision, effect),
             forward: upstream.map(|u| ForwardRecord {
                 upstream: u.to_string(),
@@ -353,6 +354,7 @@ impl Audit {
         call: &Call,
         decision: &Decision,
         requested: ApprovalEvent,
+        arguments: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), Refusal> {
         let internal = |e: callgate_audit::record::RecordError| Refusal::Internal {
             detail: e.to_string(),
@@ -365,7 +367,7 @@ impl Audit {
             source: call.meta.source.map(|s| s.to_string()),
             ingress: call.meta.ingress.name().to_string(),
             function: call.function.name.clone(),
-            arguments: call.arguments.clone(),
+            arguments,
             decision: decision_record(decision, "held"),
             forward: None,
         }))

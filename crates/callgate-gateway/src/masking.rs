@@ -113,6 +113,46 @@ impl Masking {
             .collect()
     }
 
+    /// The names of the profiles for `call` under `decision`.
+    pub fn names_for(call: &Call, decision: &Decision) -> Vec<String> {
+        call.function
+            .mask
+            .iter()
+            .chain(decision.obligations.mask.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// Masks `v` with the named profiles for a viewer in `groups` (unknown names: redacted
+    /// whole, never shown raw).
+    pub fn mask_value(&self, names: &[String], v: &mut serde_json::Value, groups: &[String]) {
+        for n in names {
+            match self.profiles.get(n) {
+                Some(p) => p.mask_json(v, groups, &self.key),
+                None => *v = serde_json::Value::String(callgate_masking::strategy::REDACTED.into()),
+            }
+        }
+    }
+
+    /// The call's arguments as the audit log keeps them: masked by the call's profiles, with
+    /// no clearance (auditors see what nobody is cleared for only as masked).
+    pub fn audit_arguments(
+        &self,
+        call: &Call,
+        decision: &Decision,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let names = Self::names_for(call, decision);
+        if names.is_empty() {
+            return call.arguments.clone();
+        }
+        let mut v = serde_json::Value::Object(call.arguments.clone());
+        self.mask_value(&names, &mut v, &[]);
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+
     /// Masks `response` for `call`'s caller.
     pub fn mask(
         &self,

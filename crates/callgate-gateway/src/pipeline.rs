@@ -318,6 +318,7 @@ pub(crate) async fn execute(
                 "allow",
                 Some(&call.function.upstream),
                 credential_id,
+                rt.masking.audit_arguments(call, decision),
             )
             .await
             .map_err(NotForwarded)?,
@@ -388,7 +389,14 @@ pub async fn run(
         // A deny is recorded, durably, before the caller hears of it.
         shared
             .audit
-            .call(&call, decision, "deny", None, None)
+            .call(
+                &call,
+                decision,
+                "deny",
+                None,
+                None,
+                rt.masking.audit_arguments(&call, decision),
+            )
             .await?;
         trace.recorded = true;
         tracing::info!(request_id = %call.request_id, subject = %call.principal.subject, function = %call.function.name, reason = %reason, "call denied");

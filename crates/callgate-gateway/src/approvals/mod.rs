@@ -344,6 +344,8 @@ pub async fn hold(
             "reason": call.meta.reason,
             "policies": decision.determining.iter().map(|p| &p.id).collect::<Vec<_>>(),
             "session": call.meta.session,
+            // The masking profiles the arguments are shown to reviewers through.
+            "mask": crate::masking::Masking::names_for(call, decision),
         }),
         outcome: None,
         version: 0,
@@ -352,7 +354,15 @@ pub async fn hold(
     ev.digest = Some(digest);
     ev.requirement = Some(requirement.to_string());
     ev.reason = call.meta.reason.clone();
-    shared.audit.held(call, decision, ev).await?;
+    shared
+        .audit
+        .held(
+            call,
+            decision,
+            ev,
+            rt.masking.audit_arguments(call, decision),
+        )
+        .await?;
     shared
         .approvals
         .store

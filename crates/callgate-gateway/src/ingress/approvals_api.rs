@@ -115,7 +115,10 @@ async fn call_status(
             Some(w) if !h.approval.state.is_final() => shared.approvals.wait(&id, w).await?,
             _ => h,
         };
-        Ok(json_response(StatusCode::OK, &approvals::view(&h, true)))
+        Ok(json_response(
+            StatusCode::OK,
+            &masked_view(&shared, &p, &h, true),
+        ))
     };
     answer(&rid, a.await)
 }
@@ -130,7 +133,10 @@ async fn cancel(
     let a = async {
         let p = authenticate(&shared, &headers).await?;
         let h = approvals::cancel(&shared, &id, &p).await?;
-        Ok(json_response(StatusCode::OK, &approvals::view(&h, false)))
+        Ok(json_response(
+            StatusCode::OK,
+            &masked_view(&shared, &p, &h, false),
+        ))
     };
     answer(&rid, a.await)
 }
@@ -163,7 +169,7 @@ async fn list(
             .filter(|h| h.approval.expires_ms().is_none_or(|e| now < e))
             .filter(|h| !h.approval.has_reviewed(&p.subject))
             .chain(unknown)
-            .map(|h| approvals::view(h, false))
+            .map(|h| masked_view(&shared, &p, h, false))
             .collect();
         Ok(json_response(
             StatusCode::OK,
@@ -186,7 +192,10 @@ async fn show(
         if !may_see(&shared, &p, &h) {
             return Err(hidden(&id));
         }
-        Ok(json_response(StatusCode::OK, &approvals::view(&h, false)))
+        Ok(json_response(
+            StatusCode::OK,
+            &masked_view(&shared, &p, &h, false),
+        ))
     };
     answer(&rid, a.await)
 }
@@ -233,7 +242,7 @@ async fn review(
             b.digest.as_deref(),
         )
         .await?;
-        let mut v = approvals::view(&r.held, false);
+        let mut v = masked_view(&shared, &p, &r.held, false);
         v["review"] = serde_json::to_value(&r.record).unwrap_or_default();
         Ok(json_response(StatusCode::OK, &v))
     };
@@ -275,9 +284,32 @@ async fn revoke(
             return Err(hidden(&id));
         }
         let h = approvals::revoke(&shared, &id, &p).await?;
-        Ok(json_response(StatusCode::OK, &approvals::view(&h, false)))
+        Ok(json_response(
+            StatusCode::OK,
+            &masked_view(&shared, &p, &h, false),
+        ))
     };
     answer(&rid, a.await)
+}
+
+/// The view of `h` for `p`: arguments masked by the call's profiles under `p`'s own clearance
+/// (their credential's groups — never a grant's).
+fn masked_view(shared: &Shared, p: &Principal, h: &Held, outcome: bool) -> Value {
+    let mut v = approvals::view(h, outcome);
+    let names: Vec<String> = h.summary["mask"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !names.is_empty() {
+        let rt = shared.reloader.peek();
+        rt.masking
+            .mask_value(&names, &mut v["arguments"], &p.groups);
+    }
+    v
 }
 
 fn grant_view(h: &Held) -> Value {

@@ -35,6 +35,12 @@ async fn pii_upstream() -> String {
             }),
         )
         .route(
+            "/charge",
+            axum::routing::post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
+                axum::Json(json!({"charged": v["card"], "got_the_real_card": v["card"] == "4111 1111 1111 1111"}))
+            }),
+        )
+        .route(
             "/text",
             route_get(|| async { "ssn 123-45-6789 for ada@example.com" }),
         )
@@ -57,16 +63,29 @@ const POLICY: &str = r#"
 @id("support")
 permit (principal in Callgate::Group::"support", action in Callgate::Action::"call", resource);
 
+@id("charge")
+@approval("approvers")
+permit (principal in Callgate::Group::"support", action == Callgate::Action::"card.charge", resource);
+
 @id("billing")
 @mask("strict")
 permit (principal in Callgate::Group::"billing", action in Callgate::Action::"call", resource);
 "#;
 
 async fn setup(on_unparsable: &str) -> (TestGateway, String, String, String) {
+    let (gw, keys) = setup_with(on_unparsable).await;
+    (gw, keys[0].clone(), keys[1].clone(), keys[2].clone())
+}
+
+/// Keys: alice (support), bob (billing, cleared for mail), erin (auditors), carol (approvers),
+/// dave (approvers, cleared for cards).
+async fn setup_with(on_unparsable: &str) -> (TestGateway, Vec<String>) {
     let up = pii_upstream().await;
     let (alice, ah) = api_key();
     let (bob, bh) = api_key();
     let (erin, eh) = api_key();
+    let (carol, ch) = api_key();
+    let (dave, dh) = api_key();
     let config = format!(
         r#"
 identity:
@@ -74,6 +93,8 @@ identity:
     - {{id: alice, hash: "{ah}", subject: alice, groups: [support]}}
     - {{id: bob, hash: "{bh}", subject: bob, groups: [billing, mail-cleared]}}
     - {{id: erin, hash: "{eh}", subject: erin, groups: [auditors]}}
+    - {{id: carol, hash: "{ch}", subject: carol, groups: [approvers]}}
+    - {{id: dave, hash: "{dh}", subject: dave, groups: [approvers, card-cleared]}}
 upstreams:
   up: {{url: "{up}"}}
 policies: [policies]
@@ -84,7 +105,7 @@ masking:
       rules:
         - {{keys: [password], strategy: drop}}
         - {{path: "$.ssn", strategy: partial, keep: 4}}
-        - {{detect: [card], strategy: partial}}
+        - {{detect: [card], strategy: partial, cleared: [card-cleared]}}
         - {{detect: [email], strategy: hash, cleared: [mail-cleared]}}
         - {{detect: [aws_key, us_ssn], strategy: redact}}
     strict:
@@ -95,10 +116,15 @@ functions:
   - {{name: broken.get, upstream: up, route: GET /broken, mask: pii}}
   - {{name: text.get, upstream: up, route: GET /text, mask: pii}}
   - {{name: binary.get, upstream: up, route: GET /binary, mask: pii}}
+  - name: card.charge
+    upstream: up
+    route: POST /charge
+    mask: pii
+    arguments: {{type: object, properties: {{card: {{type: string}}}}, required: [card]}}
 "#
     );
     let gw = TestGateway::start(&config, &[("p.cedar", POLICY)]).await;
-    (gw, alice, bob, erin)
+    (gw, vec![alice, bob, erin, carol, dave])
 }
 
 #[tokio::test]
@@ -172,4 +198,61 @@ async fn unreadable_bodies_fail_closed() {
         assert_eq!(r.status, 200);
         assert_eq!(&r.body[..], b"\"[REDACTED]\"");
     }
+}
+
+#[tokio::test]
+async fn arguments_are_masked_in_the_audit_log_and_for_approvers_by_their_clearance() {
+    let (gw, k) = setup_with("reject").await;
+    let (alice, erin, carol, dave) = (&k[0], &k[2], &k[3], &k[4]);
+    let r = post_json(
+        &gw.url("/charge"),
+        &[("x-api-key", alice)],
+        r#"{"card":"4111 1111 1111 1111"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // carol reviews masked arguments; dave is cleared for cards.
+    let show = |key: &String| {
+        let (url, key) = (gw.url(&format!("/v1/approvals/{id}")), key.clone());
+        async move { get(&url, &[("x-api-key", &key)]).await.json() }
+    };
+    assert_eq!(
+        show(carol).await["arguments"]["card"],
+        "**** **** **** 1111"
+    );
+    assert_eq!(show(dave).await["arguments"]["card"], "4111 1111 1111 1111");
+    let list = get(&gw.url("/v1/approvals"), &[("x-api-key", carol)])
+        .await
+        .json();
+    assert_eq!(
+        list["approvals"][0]["arguments"]["card"],
+        "**** **** **** 1111"
+    );
+    // The audit log's call record keeps the masked arguments.
+    let story = get(
+        &gw.url(&format!("/v1/audit/calls/{id}")),
+        &[("x-api-key", erin)],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&story.body).to_string();
+    assert!(text.contains("**** **** **** 1111"), "{text}");
+    assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+    // Approved, the upstream gets the real arguments: the stored request is what runs.
+    post_json(
+        &gw.url(&format!("/v1/approvals/{id}/approve")),
+        &[("x-api-key", carol)],
+        "",
+    )
+    .await;
+    let done = get(
+        &gw.url(&format!("/v1/calls/{id}")),
+        &[("x-api-key", alice), ("prefer", "wait=10")],
+    )
+    .await
+    .json();
+    assert_eq!(done["state"], "succeeded");
+    // ... and alice, not cleared, gets the response masked.
+    assert_eq!(done["response"]["body"]["charged"], "**** **** **** 1111");
+    assert_eq!(done["response"]["body"]["got_the_real_card"], true);
 }
