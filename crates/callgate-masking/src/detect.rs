@@ -222,7 +222,7 @@ impl Detector {
 
     /// A cheap necessary condition, checked before the regular expression runs: most values
     /// (names, ids, prose) are ruled out by a byte count or a substring search.
-    fn might_match(self, text: &str, h: &Hints) -> bool {
+    pub fn might_match(self, text: &str, h: &Hints) -> bool {
         match self {
             Detector::Email => h.at,
             Detector::Phone => h.digits >= 8,
@@ -272,7 +272,8 @@ pub struct Finding {
 }
 
 /// Byte counts every detector's quick check uses, computed once per text.
-struct Hints {
+#[derive(Debug, Clone, Copy)]
+pub struct Hints {
     digits: usize,
     upper: usize,
     lower: usize,
@@ -283,7 +284,7 @@ struct Hints {
 }
 
 impl Hints {
-    fn of(text: &str) -> Hints {
+    pub fn of(text: &str) -> Hints {
         let mut h = Hints {
             digits: 0,
             upper: 0,

@@ -16,7 +16,7 @@ use ring::hmac;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::detect::{Detector, scan};
+use crate::detect::{Detector, Hints, scan};
 use crate::strategy::{self, REDACTED, Strategy};
 
 /// How a rule selects values.
@@ -324,11 +324,15 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
             }
         }
         Value::String(s) => {
+            // One pass over the bytes rules most strings out for every detector at once.
+            let mut hints = Hints::of(s);
             for r in rules {
                 if let Select::Detect(ds) = &r.select
+                    && ds.iter().any(|d| d.might_match(s, &hints))
                     && let Some(m) = mask_text(s, ds, r.strategy, key)
                 {
                     *s = m;
+                    hints = Hints::of(s);
                 }
             }
         }
