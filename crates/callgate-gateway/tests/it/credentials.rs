@@ -339,3 +339,105 @@ async fn gw_get(gw: &TestGateway, path: &str, key: &str) -> u16 {
         .status
         .as_u16()
 }
+
+/// An RFC 8693 token-exchange endpoint (an authorization server stand-in): it verifies the
+/// subject token against Callgate's JWKS, as a real server configured to trust Callgate would,
+/// and issues a token naming the person and the agent.
+async fn exchange_server(
+    l: tokio::net::TcpListener,
+    jwks: String,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let audience = format!("http://{}/token", l.local_addr().unwrap());
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let verifier = Arc::new(callgate_gateway::demo::bank_ops::TokenVerifier::new(
+        jwks,
+        "callgate".into(),
+        audience,
+    ));
+    let (h, v) = (hits.clone(), verifier.clone());
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |body: String| {
+            let (h, v) = (h.clone(), v.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+                if form.get("grant_type").map(String::as_str)
+                    != Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                    || form.get("client_id").map(String::as_str) != Some("callgate")
+                    || form.get("client_secret").map(String::as_str) != Some("exchange-secret")
+                {
+                    return (http::StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": "invalid_request"})));
+                }
+                match v.verify(form.get("subject_token").map(String::as_str).unwrap_or("")).await {
+                    Ok(c) => {
+                        let who = format!(
+                            "{}{}",
+                            c["sub"].as_str().unwrap_or(""),
+                            c["act"]["sub"].as_str().map(|a| format!("+{a}")).unwrap_or_default()
+                        );
+                        (
+                            http::StatusCode::OK,
+                            axum::Json(serde_json::json!({"access_token": format!("exchanged-for-{who}"), "token_type": "Bearer", "expires_in": 300})),
+                        )
+                    }
+                    Err(e) => (http::StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": "invalid_grant", "error_description": e}))),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    hits
+}
+
+#[tokio::test]
+async fn token_exchange_gets_a_token_per_person_and_agent() {
+    let up = Upstream::start().await;
+    let (keys, key_yaml) = keys();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ex.secret"), "exchange-secret").unwrap();
+    // The server's address goes into the config; it learns the gateway's JWKS address once the
+    // gateway runs.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", server.local_addr().unwrap());
+    let config = format!(
+        r#"
+identity:
+  api_keys:
+{key_yaml}
+upstreams:
+  up: {{url: "{}"}}
+policies: [policies]
+approvals:
+  delegations: {{agent: bob}}
+functions:
+  - name: items.get
+    upstream: up
+    route: GET /items/{{id}}
+    credential: {{type: oauth, token_url: "{token_url}", client_id: callgate, client_secret_file: ex.secret, client_auth: post, token_exchange: true}}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, &config, &[("p.cedar", POLICY)]).await;
+    let hits = exchange_server(server, gw.url("/.well-known/jwks.json")).await;
+    let get_as = |who: &'static str| {
+        let (url, k) = (gw.url("/items/1"), keys[who].clone());
+        async move { get(&url, &[("x-api-key", &k)]).await.status }
+    };
+    assert_eq!(get_as("bob").await, 200);
+    assert_eq!(bearer(&up.last()), "exchanged-for-bob");
+    assert_eq!(get_as("bob").await, 200);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cached per person"
+    );
+    // The agent acting for bob gets its own exchanged token, naming both.
+    assert_eq!(get_as("agent").await, 200);
+    assert_eq!(bearer(&up.last()), "exchanged-for-bob+agent");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
