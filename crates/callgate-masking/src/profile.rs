@@ -14,7 +14,7 @@
 
 use ring::hmac;
 use serde_json::Value;
-use serde_json_path::JsonPath;
+use serde_json_path::{JsonPath, PathElement};
 
 use crate::detect::{Detector, Hints, scan};
 use crate::strategy::{self, REDACTED, Strategy};
@@ -143,17 +143,15 @@ pub fn mask_text(
     Some(out)
 }
 
-/// A JSON pointer's tokens.
-fn tokens(pointer: &str) -> Vec<String> {
-    pointer
-        .split('/')
-        .skip(1)
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect()
+/// One step of a normalized path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Tok {
+    Name(String),
+    Index(usize),
 }
 
 /// Applies `f` to the value at `tokens`; `f` returning `None` removes it.
-fn edit_at(root: &mut Value, tokens: &[String], f: &mut dyn FnMut(&Value) -> Option<Value>) {
+fn edit_at(root: &mut Value, tokens: &[Tok], f: &mut dyn FnMut(&Value) -> Option<Value>) {
     let Some((last, parents)) = tokens.split_last() else {
         if let Some(v) = f(root) {
             *root = v;
@@ -164,35 +162,35 @@ fn edit_at(root: &mut Value, tokens: &[String], f: &mut dyn FnMut(&Value) -> Opt
     };
     let mut cur = root;
     for t in parents {
-        cur = match cur {
-            Value::Object(m) => match m.get_mut(t) {
+        cur = match (cur, t) {
+            (Value::Object(m), Tok::Name(n)) => match m.get_mut(n) {
                 Some(v) => v,
                 None => return,
             },
-            Value::Array(a) => match t.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+            (Value::Array(a), Tok::Index(i)) => match a.get_mut(*i) {
                 Some(v) => v,
                 None => return,
             },
             _ => return,
         };
     }
-    match cur {
-        Value::Object(m) => {
-            if let Some(v) = m.get(last) {
+    match (cur, last) {
+        (Value::Object(m), Tok::Name(n)) => {
+            if let Some(v) = m.get(n) {
                 match f(v) {
-                    Some(n) => {
-                        m.insert(last.clone(), n);
+                    Some(x) => {
+                        m.insert(n.clone(), x);
                     }
                     None => {
-                        m.remove(last);
+                        m.shift_remove(n);
                     }
                 }
             }
         }
-        Value::Array(a) => {
-            if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < a.len()) {
+        (Value::Array(a), Tok::Index(i)) => {
+            if let Some(v) = a.get(*i) {
                 // Dropping from an array would shift indexes; redact instead.
-                a[i] = f(&a[i]).unwrap_or_else(|| Value::String(REDACTED.into()));
+                a[*i] = f(v).unwrap_or_else(|| Value::String(REDACTED.into()));
             }
         }
         _ => {}
@@ -206,16 +204,19 @@ impl Profile {
         let mut done = Done::default();
         for rule in self.rules.iter().filter(|r| r.applies_to(groups)) {
             if let Select::Path(p) = &rule.select {
-                let pointers: Vec<String> = p
+                let paths: Vec<Vec<Tok>> = p
                     .query_located(doc)
                     .locations()
-                    .map(|l| l.to_json_pointer())
+                    .map(|l| {
+                        l.iter()
+                            .map(|e| match e {
+                                PathElement::Name(n) => Tok::Name((*n).to_string()),
+                                PathElement::Index(i) => Tok::Index(*i),
+                            })
+                            .collect()
+                    })
                     .collect();
-                // Deepest first, and array elements from the end, so edits do not move paths.
-                let mut pointers = pointers;
-                pointers.sort_by(|a, b| b.cmp(a));
-                for ptr in pointers {
-                    let toks = tokens(&ptr);
+                for toks in paths {
                     if done.contains(&toks) {
                         continue;
                     }
@@ -230,7 +231,7 @@ impl Profile {
             .filter(|r| r.applies_to(groups) && !matches!(r.select, Select::Path(_)))
             .collect();
         if !rest.is_empty() {
-            let d = (!done.children.is_empty() || done.leaf).then_some(&done);
+            let d = (!done.is_empty()).then_some(&done);
             walk(doc, d, &rest, key);
         }
     }
@@ -259,25 +260,40 @@ impl Profile {
 #[derive(Debug, Default)]
 struct Done {
     leaf: bool,
-    children: std::collections::HashMap<String, Done>,
+    names: std::collections::HashMap<String, Done>,
+    indexes: std::collections::HashMap<usize, Done>,
 }
 
 impl Done {
-    fn insert(&mut self, tokens: &[String]) {
+    fn child(&self, t: &Tok) -> Option<&Done> {
+        match t {
+            Tok::Name(n) => self.names.get(n),
+            Tok::Index(i) => self.indexes.get(i),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.leaf && self.names.is_empty() && self.indexes.is_empty()
+    }
+
+    fn insert(&mut self, tokens: &[Tok]) {
         let mut d = self;
         for t in tokens {
-            d = d.children.entry(t.clone()).or_default();
+            d = match t {
+                Tok::Name(n) => d.names.entry(n.clone()).or_default(),
+                Tok::Index(i) => d.indexes.entry(*i).or_default(),
+            };
         }
         d.leaf = true;
     }
 
-    fn contains(&self, tokens: &[String]) -> bool {
+    fn contains(&self, tokens: &[Tok]) -> bool {
         let mut d = self;
         for t in tokens {
             if d.leaf {
                 return true;
             }
-            match d.children.get(t) {
+            match d.child(t) {
                 Some(c) => d = c,
                 None => return false,
             }
@@ -292,7 +308,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
     if done.is_some_and(|d| d.leaf) {
         return;
     }
-    let below = |k: &str| done.and_then(|d| d.children.get(k));
+    let below = |k: &str| done.and_then(|d| d.names.get(k));
     match v {
         Value::Object(m) => {
             let mut dropped: Vec<String> = Vec::new();
@@ -319,7 +335,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
         }
         Value::Array(a) => {
             for (i, x) in a.iter_mut().enumerate() {
-                let d = done.and_then(|d| d.children.get(&i.to_string()));
+                let d = done.and_then(|d| d.indexes.get(&i));
                 walk(x, d, rules, key);
             }
         }
