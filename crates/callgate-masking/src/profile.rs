@@ -265,6 +265,18 @@ struct Done {
 }
 
 impl Done {
+    /// The child for object key `k`; a few names are compared directly rather than hashed.
+    fn name(&self, k: &str) -> Option<&Done> {
+        if self.names.len() <= 4 {
+            self.names
+                .iter()
+                .find(|(n, _)| n.as_str() == k)
+                .map(|(_, d)| d)
+        } else {
+            self.names.get(k)
+        }
+    }
+
     fn child(&self, t: &Tok) -> Option<&Done> {
         match t {
             Tok::Name(n) => self.names.get(n),
@@ -308,7 +320,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
     if done.is_some_and(|d| d.leaf) {
         return;
     }
-    let below = |k: &str| done.and_then(|d| d.names.get(k));
+    let below = |k: &str| done.and_then(|d| d.name(k));
     match v {
         Value::Object(m) => {
             let mut dropped: Vec<String> = Vec::new();
@@ -318,7 +330,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
                     continue;
                 }
                 let by_key = rules.iter().find(|r| match &r.select {
-                    Select::Keys(ks) => ks.iter().any(|p| contains_ignore_case(k, p)),
+                    Select::Keys(ks) => key_matches(k, ks),
                     _ => false,
                 });
                 match by_key {
@@ -367,10 +379,15 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
     }
 }
 
-/// Whether `hay` contains the lower-case ASCII `needle`, ignoring ASCII case.
-fn contains_ignore_case(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+/// Whether key `k` contains one of the lower-case `patterns`, ignoring ASCII case. Most keys
+/// are lower case already and are searched as they are.
+fn key_matches(k: &str, patterns: &[String]) -> bool {
+    if k.bytes().any(|b| b.is_ascii_uppercase()) {
+        let lower = k.to_ascii_lowercase();
+        patterns.iter().any(|p| lower.contains(p.as_str()))
+    } else {
+        patterns.iter().any(|p| k.contains(p.as_str()))
+    }
 }
 
 #[cfg(test)]
