@@ -1,12 +1,12 @@
 //! Phase 6, approval: holding calls until a different person approves them, and executing the
 //! stored request exactly once afterwards.
 //!
-//! - [`Approvals::hold`] stores the call exactly as it will be executed ([`StoredCall`]) with
+//! - [`hold`] (`hold.rs`) stores the call exactly as it will be executed ([`StoredCall`]) with
 //!   its digest, after its `held` record is durable in the audit log; the caller gets 202.
-//! - Reviews, cancellations and revocations ([`Approvals::review`] and friends) run the pure
+//! - Reviews, cancellations and revocations ([`review`], [`cancel`], [`revoke`]) run the pure
 //!   state machine of `callgate-approvals` inside a compare-and-swap update of the store, then
 //!   record what happened in the audit log.
-//! - [`execute`] claims an approved call (approved → executing, a compare-and-swap: exactly one
+//! - [`execute`] (`execute.rs`) claims an approved call (approved → executing, a compare-and-swap: exactly one
 //!   claim wins), checks the stored payload against the approved digest, re-checks policy,
 //!   makes the `call.forward` record durable, and only then forwards. The upstream's answer is
 //!   stored for the requester (`GET /v1/calls/{id}`) and for callers waiting with
