@@ -821,34 +821,50 @@ async fn webhooks_are_signed_retried_and_never_block() {
     let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let fails = Arc::new(Mutex::new(1));
     let (g, f) = (got.clone(), fails.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
-            let (g, f) = (g.clone(), f.clone());
-            async move {
-                {
-                    let mut n = f.lock().unwrap();
-                    if *n > 0 {
-                        *n -= 1;
-                        return http::StatusCode::SERVICE_UNAVAILABLE;
-                    }
+    let slack: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sl = slack.clone();
+    let app = axum::Router::new()
+        .route(
+            "/slack",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sl = sl.clone();
+                async move {
+                    sl.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    http::StatusCode::OK
                 }
-                let sig = headers
-                    .get("callgate-signature")
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                g.lock().unwrap().push((
-                    sig + "|" + std::str::from_utf8(&body).unwrap(),
-                    serde_json::from_slice(&body).unwrap(),
-                ));
-                http::StatusCode::OK
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/hook",
+            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+                let (g, f) = (g.clone(), f.clone());
+                async move {
+                    {
+                        let mut n = f.lock().unwrap();
+                        if *n > 0 {
+                            *n -= 1;
+                            return http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                    }
+                    let sig = headers
+                        .get("callgate-signature")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    g.lock().unwrap().push((
+                        sig + "|" + std::str::from_utf8(&body).unwrap(),
+                        serde_json::from_slice(&body).unwrap(),
+                    ));
+                    http::StatusCode::OK
+                }
+            }),
+        );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    let slack_hook = format!("http://{}/slack", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hook.secret"), "s3cret\n").unwrap();
@@ -861,7 +877,7 @@ async fn webhooks_are_signed_retried_and_never_block() {
         hashes.insert(*who, h);
     }
     let extra = format!(
-        "  public_url: https://callgate.example.com\n  webhooks:\n    - {{url: \"{hook}\", secret_file: hook.secret}}\n    - {{url: \"http://127.0.0.1:1/down\", format: slack, max_attempts: 2}}\n"
+        "  public_url: https://callgate.example.com\n  webhooks:\n    - {{url: \"{hook}\", secret_file: hook.secret}}\n    - {{url: \"http://127.0.0.1:1/down\", format: slack, max_attempts: 2}}\n    - {{url: \"{slack_hook}\", format: slack}}\n"
     );
     let config = config(&up.url(), &hashes, &extra);
     let gw = TestGateway::start_in(dir, &config, &[("p.cedar", POLICY)]).await;
@@ -883,6 +899,23 @@ async fn webhooks_are_signed_retried_and_never_block() {
     while got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The Slack-format hook got incoming-webhook messages: one `text` field, with the link.
+    let slack = slack.lock().unwrap().clone();
+    assert!(slack.len() >= 2, "{slack:?}");
+    for m in &slack {
+        let text = m["text"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("https://callgate.example.com/v1/approvals/{id}")),
+            "{text}"
+        );
+        assert_eq!(m.as_object().unwrap().len(), 1, "{m}");
+    }
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("bob asks for billing.reset_account")
+    );
     let got = got.lock().unwrap().clone();
     let events: Vec<&str> = got
         .iter()
