@@ -3,8 +3,8 @@
 //! This crate owns the normalized call model every ingress produces ([`model`]), the
 //! configuration types and their JSON Schema ([`config`]), the compiled function registry with
 //! route matching ([`registry`], [`route`]), strict JSON parsing ([`json`]), argument extraction,
-//! validation and upstream request shaping ([`args`]), and the typed refusals every phase can
-//! produce ([`refusal`]). Nothing here opens a socket or a file; the gateway crate does the IO.
+//! validation and upstream request shaping ([`args`]), the typed refusals every phase can
+//! produce ([`refusal`]), and timestamps ([`time`]). Nothing here opens a socket or a file; the gateway crate does the IO.
 #![forbid(unsafe_code)]
 
 pub mod args;
@@ -15,6 +15,7 @@ pub mod rate;
 pub mod refusal;
 pub mod registry;
 pub mod route;
+pub mod time;
 
 pub use model::{AuthMethod, Call, CallMeta, Ingress, Principal};
 pub use refusal::Refusal;

@@ -152,6 +152,28 @@ fn decision_record(d: &Decision, effect: &str) -> DecisionRecord {
     }
 }
 
+/// The `call` event for `call` under `decision`, recorded with `arguments` (already masked).
+fn call_event(
+    call: &Call,
+    decision: &Decision,
+    effect: &str,
+    forward: Option<ForwardRecord>,
+    arguments: serde_json::Map<String, serde_json::Value>,
+) -> Event {
+    Event::Call(Box::new(CallEvent {
+        time_ms: now_ms(),
+        request_id: call.request_id.clone(),
+        session: call.meta.session.clone(),
+        caller: caller(&call.principal),
+        source: call.meta.source.map(|s| s.to_string()),
+        ingress: call.meta.ingress.name().to_string(),
+        function: call.function.name.clone(),
+        arguments,
+        decision: decision_record(decision, effect),
+        forward,
+    }))
+}
+
 /// What the ingress knew about a request that was refused.
 pub struct RefusedRequest<'a> {
     pub request_id: &'a str,
@@ -314,7 +336,8 @@ impl Audit {
     }
 
     /// Records the call and its decision (with `arguments` as masked for the log) and, when
-    /// `upstream` is given, that it is being forwarded there. Returns once the record is durable; an error refuses the call.
+    /// `upstream` is given, that it is being forwarded there. Returns once the record is
+    /// durable; an error refuses the call.
     pub async fn call(
         &self,
         call: &Call,
@@ -324,25 +347,15 @@ impl Audit {
         credential_id: Option<String>,
         arguments: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), Refusal> {
-        let event = Event::Call(Box::new(CallEvent {
-            time_ms: now_ms(),
-            request_id: call.request_id.clone(),
-            session: call.meta.session.clone(),
-            caller: caller(&call.principal),
-            source: call.meta.source.map(|s| s.to_string()),
-            ingress: call.meta.ingress.name().to_string(),
-            function: call.function.name.clone(),
-            arguments,
-            decision: decision_record(decision, effect),
-            forward: upstream.map(|u| ForwardRecord {
-                upstream: u.to_string(),
-                credential_id,
-            }),
-        }))
-        .encode()
-        .map_err(|e| Refusal::Internal {
-            detail: e.to_string(),
-        })?;
+        let forward = upstream.map(|u| ForwardRecord {
+            upstream: u.to_string(),
+            credential_id,
+        });
+        let event = call_event(call, decision, effect, forward, arguments)
+            .encode()
+            .map_err(|e| Refusal::Internal {
+                detail: e.to_string(),
+            })?;
         self.log.append(vec![event]).await.map_err(unavailable)?;
         Ok(())
     }
@@ -359,20 +372,9 @@ impl Audit {
         let internal = |e: callgate_audit::record::RecordError| Refusal::Internal {
             detail: e.to_string(),
         };
-        let call_event = Event::Call(Box::new(CallEvent {
-            time_ms: now_ms(),
-            request_id: call.request_id.clone(),
-            session: call.meta.session.clone(),
-            caller: caller(&call.principal),
-            source: call.meta.source.map(|s| s.to_string()),
-            ingress: call.meta.ingress.name().to_string(),
-            function: call.function.name.clone(),
-            arguments,
-            decision: decision_record(decision, "held"),
-            forward: None,
-        }))
-        .encode()
-        .map_err(internal)?;
+        let call_event = call_event(call, decision, "held", None, arguments)
+            .encode()
+            .map_err(internal)?;
         let requested = Event::ApprovalRequested(requested)
             .encode()
             .map_err(internal)?;

@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use callgate_audit::note::{Signer, Verifier};
 use callgate_audit::record::{Event, StartEvent, parse_record};
 use callgate_core::config::AuditConfig;
+use callgate_core::time::rfc3339;
 use callgate_gateway::audit::{AuditPaths, load_key_for, write_private};
 use callgate_store::log::now_ms;
 use callgate_store::{AuditLog, AuditStore, Filter, LogOptions, SqliteStore, StoredRecord, ops};
@@ -372,29 +373,6 @@ fn print_lines(records: &[StoredRecord], json: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Unix milliseconds as an RFC 3339 UTC timestamp.
-fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 fn event(r: &StoredRecord) -> Option<Event> {

@@ -86,6 +86,25 @@ fn hidden(id: &str) -> Refusal {
     }
 }
 
+/// Held item `id`. A missing item and one the caller may not see look the same (404); a store
+/// that cannot answer stays a 503.
+async fn load(shared: &Shared, id: &str) -> Result<Held, Refusal> {
+    shared.approvals.get(id).await.map_err(|r| match r {
+        Refusal::NotFound { .. } => hidden(id),
+        other => other,
+    })
+}
+
+/// Held item `id` if `p` may see it (requester, eligible reviewer, auditor), else 404.
+async fn visible(shared: &Shared, p: &Principal, id: &str) -> Result<Held, Refusal> {
+    let h = load(shared, id).await?;
+    if may_see(shared, p, &h) {
+        Ok(h)
+    } else {
+        Err(hidden(id))
+    }
+}
+
 /// A JSON body that may be empty.
 fn optional_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Refusal> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -106,7 +125,7 @@ async fn call_status(
 ) -> Response<Body> {
     let a = async {
         let p = authenticate(&shared, &headers).await?;
-        let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
+        let h = load(&shared, &id).await?;
         if !(is_requester(&shared, &p, &h) || is_auditor(&shared, &p)) {
             return Err(hidden(&id));
         }
@@ -188,10 +207,7 @@ async fn show(
 ) -> Response<Body> {
     let a = async {
         let p = authenticate(&shared, &headers).await?;
-        let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
-        if !may_see(&shared, &p, &h) {
-            return Err(hidden(&id));
-        }
+        let h = visible(&shared, &p, &id).await?;
         Ok(json_response(
             StatusCode::OK,
             &masked_view(&shared, &p, &h, false),
@@ -226,7 +242,7 @@ async fn review(
             callgate_core::args::check_reason(c)?;
         }
         // Someone who may not see the item learns nothing about it.
-        let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
+        let h = load(&shared, &id).await?;
         if !may_see(&shared, &p, &h) {
             // Still recorded: an outsider trying to review is worth knowing about.
             let _ = approvals::review(&shared, &id, &p, verdict, None, None, None).await;
@@ -279,10 +295,8 @@ async fn revoke(
 ) -> Response<Body> {
     let a = async {
         let p = authenticate(&shared, &headers).await?;
-        let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
-        if !may_see(&shared, &p, &h) {
-            return Err(hidden(&id));
-        }
+        // Someone who may not see the item learns nothing about it.
+        visible(&shared, &p, &id).await?;
         let h = approvals::revoke(&shared, &id, &p).await?;
         Ok(json_response(
             StatusCode::OK,
@@ -378,7 +392,7 @@ async fn revoke_grant(
 ) -> Response<Body> {
     let a = async {
         let p = authenticate(&shared, &headers).await?;
-        let h = shared.approvals.get(&id).await.map_err(|_| hidden(&id))?;
+        let h = load(&shared, &id).await?;
         if h.kind != Kind::Grant || !may_see(&shared, &p, &h) {
             return Err(hidden(&id));
         }
