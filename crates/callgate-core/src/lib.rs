@@ -19,4 +19,4 @@ pub mod time;
 
 pub use model::{AuthMethod, Call, CallMeta, Ingress, Principal};
 pub use refusal::Refusal;
-pub use registry::{FunctionDef, Registry};
+pub use registry::{Backend, FunctionDef, Registry, ToolDef};

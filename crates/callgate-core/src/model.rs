@@ -44,6 +44,9 @@ pub struct Principal {
     pub expires_at: Option<u64>,
     /// The token's session (`sid` claim), which groups calls for session replay.
     pub session: Option<String>,
+    /// The token's audiences (`aud`); empty for API keys, which are Callgate's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
 }
 
 /// Which ingress turned a request into this call.
@@ -54,6 +57,8 @@ pub enum Ingress {
     Proxy,
     /// `POST /v1/functions/{name}/invoke`.
     Invoke,
+    /// An MCP `tools/call` at `/mcp`.
+    Mcp,
 }
 
 impl Ingress {
@@ -61,6 +66,7 @@ impl Ingress {
         match self {
             Ingress::Proxy => "proxy",
             Ingress::Invoke => "invoke",
+            Ingress::Mcp => "mcp",
         }
     }
 }

@@ -73,6 +73,53 @@ pub fn object_fields(schema: &Value) -> BTreeMap<String, (ArgType, bool)> {
         .unwrap_or_default()
 }
 
+/// What executes a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// An HTTP endpoint: the function's route on its upstream.
+    Http,
+    /// A tool of an upstream MCP server (`mcp.servers.<server>`), by the server's own name.
+    McpTool { server: String, tool: String },
+}
+
+/// An upstream MCP tool definition as pinned (the approved version): the server's tool name,
+/// description and input schema. The description is shown to agents, never to policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ToolDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "inputSchema")]
+    pub input_schema: Value,
+}
+
+/// The registry name of upstream tool `tool` under `prefix`: lowercase, and every character a
+/// function name cannot hold becomes `_` (`createIssue` → `github.createissue`,
+/// `get-file` → `github.get_file`).
+pub fn tool_function_name(prefix: &str, tool: &str) -> String {
+    let mut name: String = tool
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // Each dotted part must start with a letter.
+    name = name
+        .split('.')
+        .map(|part| match part.chars().next() {
+            Some(c) if c.is_ascii_lowercase() => part.to_string(),
+            _ => format!("t{part}"),
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    format!("{prefix}.{name}")
+}
+
 /// One declared function, ready for the data path.
 pub struct FunctionDef {
     pub name: String,
@@ -99,6 +146,8 @@ pub struct FunctionDef {
     pub credential: Option<crate::config::CredentialConfig>,
     /// The masking profile for responses.
     pub mask: Option<String>,
+    /// What executes it. For an MCP tool, `route` is unused and the proxy never matches it.
+    pub backend: Backend,
 }
 
 impl fmt::Debug for FunctionDef {
@@ -274,6 +323,7 @@ impl Registry {
                 break_glass: f.break_glass.clone(),
                 credential: f.credential.clone().or_else(|| up.credential.clone()),
                 mask: f.mask.clone(),
+                backend: Backend::Http,
             });
             if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {
                 errors.push(format!(
@@ -287,8 +337,14 @@ impl Registry {
         }
         // Two routes that match the same requests would make the proxy's choice arbitrary.
         for (i, a) in reg.functions.iter().enumerate() {
+            if a.backend != Backend::Http {
+                continue;
+            }
             for b in &reg.functions[i + 1..] {
-                if a.route.method == b.route.method && same_shape(&a.route, &b.route) {
+                if b.backend == Backend::Http
+                    && a.route.method == b.route.method
+                    && same_shape(&a.route, &b.route)
+                {
                     errors.push(format!(
                         "functions {:?} and {:?} both declare {} {}",
                         a.name,
@@ -307,6 +363,92 @@ impl Registry {
         } else {
             Err(errors)
         }
+    }
+
+    /// Adds the pinned tools of upstream MCP servers as functions. A tool that cannot be
+    /// registered (a name taken by another function, an invalid schema) is left out and
+    /// reported; it never fails the configuration, since the upstream chose its tools.
+    pub fn add_mcp_tools(&mut self, cfg: &Config, pinned: &[(String, ToolDef)]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let default_timeout = Duration::from_millis(cfg.limits.upstream_timeout_ms);
+        for (server, tool) in pinned {
+            let Some(srv) = cfg.mcp.servers.get(server) else {
+                continue;
+            };
+            let prefix = srv.prefix.as_deref().unwrap_or(server);
+            let name = tool_function_name(prefix, &tool.name);
+            let at = format!("mcp server {server:?} tool {:?}", tool.name);
+            if !valid_function_name(&name) {
+                problems.push(format!("{at}: {name:?} is not a valid function name"));
+                continue;
+            }
+            if self.by_name.contains_key(&name) {
+                problems.push(format!("{at}: {name:?} is already taken"));
+                continue;
+            }
+            let per_tool = srv.tools.get(&tool.name).cloned().unwrap_or_default();
+            let schema = if tool.input_schema.is_object() {
+                tool.input_schema.clone()
+            } else {
+                serde_json::json!({"type": "object"})
+            };
+            let validator = match jsonschema::validator_for(&schema) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{at}: invalid input schema: {e}"));
+                    continue;
+                }
+            };
+            let approval = match per_tool
+                .approval
+                .as_deref()
+                .or(srv.approval.as_deref())
+                .map(callgate_approvals::Requirement::parse)
+            {
+                None => None,
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) => {
+                    problems.push(format!("{at}: approval: {}", e.message));
+                    continue;
+                }
+            };
+            let def = Arc::new(FunctionDef {
+                name: name.clone(),
+                description: tool.description.clone(),
+                upstream: format!("mcp:{server}"),
+                upstream_url: srv
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| format!("stdio:{}", srv.command.join(" "))),
+                route: Route::parse("POST /").expect("static route"),
+                fields: object_fields(&schema),
+                schema: Some(schema),
+                validator: Some(validator),
+                bind: BTreeMap::new(),
+                risk: per_tool.risk.unwrap_or_else(|| srv.risk.clone()),
+                timeout: srv
+                    .timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(default_timeout),
+                approval,
+                idempotent: per_tool.idempotent,
+                break_glass: Vec::new(),
+                credential: srv.credential.clone(),
+                mask: per_tool.mask.or_else(|| srv.mask.clone()),
+                backend: Backend::McpTool {
+                    server: server.clone(),
+                    tool: tool.name.clone(),
+                },
+            });
+            if self.by_alias.contains_key(&openai_name(&name)) {
+                problems.push(format!("{at}: its tool name is taken"));
+                continue;
+            }
+            self.by_alias.insert(openai_name(&name), def.clone());
+            self.by_name.insert(name, def.clone());
+            self.functions.push(def);
+        }
+        problems
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<FunctionDef>> {
@@ -333,7 +475,7 @@ impl Registry {
     /// Finds the function a proxied request addresses.
     pub fn resolve(&self, method: &http::Method, segs: &[String]) -> Resolved<'_> {
         let mut other_method = false;
-        for f in &self.functions {
+        for f in self.functions.iter().filter(|f| f.backend == Backend::Http) {
             if let Some(params) = f.route.match_segments(segs) {
                 if f.route.method == method {
                     return Resolved::Found(f, params);

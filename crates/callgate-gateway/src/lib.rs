@@ -19,6 +19,7 @@ pub mod http_client;
 pub mod identity;
 pub mod ingress;
 pub mod masking;
+pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub approvals: approvals::Approvals,
     /// Just-in-time upstream credentials and the keys that mint them.
     pub credentials: credentials::Credentials,
+    /// Connections to upstream MCP servers.
+    pub mcp: mcp::upstream::Upstreams,
     /// The demo identity provider, when running `callgate demo`.
     pub demo: Option<demo::idp::DemoIdp>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending traffic.
@@ -72,6 +75,7 @@ impl Shared {
             audit,
             approvals,
             credentials,
+            mcp: Default::default(),
             demo: None,
             draining: AtomicBool::new(false),
         }

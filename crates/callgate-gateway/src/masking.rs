@@ -177,6 +177,22 @@ impl Masking {
         if response.body.is_empty() {
             return Ok(());
         }
+        if let callgate_core::Backend::McpTool { .. } = call.function.backend {
+            // An MCP tool result: mask its structured content and each content block.
+            let Ok(mut doc) = callgate_core::json::parse_strict(&response.body) else {
+                return Err(Refusal::UpstreamUnreachable {
+                    detail: format!(
+                        "the result of {} could not be masked, so it is not passed on",
+                        call.function.name
+                    ),
+                });
+            };
+            for p in &profiles {
+                mask_tool_result(p, &mut doc, groups, &self.key);
+            }
+            response.body = serde_json::to_vec(&doc).unwrap_or_default().into();
+            return Ok(());
+        }
         let ctype = response
             .headers
             .get(header::CONTENT_TYPE)
@@ -228,6 +244,51 @@ impl Masking {
                 redact_whole(response);
                 Ok(())
             }
+        }
+    }
+}
+
+/// Masks an MCP `CallToolResult`: `structuredContent` as JSON; each text block as JSON when
+/// it is JSON, else as plain text; embedded text resources as plain text. Blocks that cannot
+/// be inspected (images, audio, binary resources) are replaced: masking never skips data.
+fn mask_tool_result(
+    p: &callgate_masking::Profile,
+    doc: &mut serde_json::Value,
+    groups: &[String],
+    key: &ring::hmac::Key,
+) {
+    use serde_json::Value;
+    if let Some(sc) = doc.get_mut("structuredContent") {
+        p.mask_json(sc, groups, key);
+    }
+    let Some(blocks) = doc.get_mut("content").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let Some(text) = block.get("text").and_then(Value::as_str) else {
+                    continue;
+                };
+                let masked = match callgate_core::json::parse_strict(text.as_bytes()) {
+                    Ok(mut v) if v.is_object() || v.is_array() => {
+                        p.mask_json(&mut v, groups, key);
+                        v.to_string()
+                    }
+                    _ => p.mask_plain(text, groups, key),
+                };
+                block["text"] = Value::String(masked);
+            }
+            Some("resource") => {
+                if let Some(text) = block["resource"].get("text").and_then(Value::as_str) {
+                    let masked = p.mask_plain(text, groups, key);
+                    block["resource"]["text"] = Value::String(masked);
+                } else if block["resource"].get("blob").is_some() {
+                    *block = serde_json::json!({"type": "text", "text": "[REDACTED]"});
+                }
+            }
+            Some("resource_link") => {}
+            _ => *block = serde_json::json!({"type": "text", "text": "[REDACTED]"}),
         }
     }
 }

@@ -28,7 +28,7 @@ use callgate_core::model::{CallMeta, Ingress};
 use callgate_core::refusal::Refusal;
 use callgate_core::registry::Resolved;
 use callgate_core::route::normalize_path;
-use callgate_core::{Call, FunctionDef, Principal};
+use callgate_core::{Backend, Call, FunctionDef, Principal};
 use callgate_policy::Decision;
 use http::request::Parts;
 use http_body_util::{BodyExt, Limited};
@@ -164,7 +164,14 @@ pub const SESSION_HEADER: &str = "callgate-session";
 /// The call's session: the `Callgate-Session` header if sent (1–128 visible ASCII
 /// characters), else the token's session claim.
 fn session(parts: &Parts, principal: &Principal) -> Result<Option<String>, Refusal> {
-    match parts.headers.get(SESSION_HEADER) {
+    session_from(&parts.headers, principal)
+}
+
+fn session_from(
+    headers: &http::HeaderMap,
+    principal: &Principal,
+) -> Result<Option<String>, Refusal> {
+    match headers.get(SESSION_HEADER) {
         Some(v) => {
             let s = v.to_str().ok().filter(|s| {
                 (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
@@ -178,8 +185,8 @@ fn session(parts: &Parts, principal: &Principal) -> Result<Option<String>, Refus
 }
 
 /// A text header Callgate reads itself (reason, break-glass), checked as a reason.
-fn reason_header(parts: &Parts, name: &str) -> Result<Option<String>, Refusal> {
-    match parts.headers.get(name) {
+fn reason_header(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, Refusal> {
+    match headers.get(name) {
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| {
@@ -214,10 +221,10 @@ async fn build_call(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let mut reason = reason_header(&inbound.parts, REASON_HEADER)?;
-    let break_glass = reason_header(&inbound.parts, BREAK_GLASS_HEADER)?;
+    let mut reason = reason_header(&inbound.parts.headers, REASON_HEADER)?;
+    let break_glass = reason_header(&inbound.parts.headers, BREAK_GLASS_HEADER)?;
     let arguments = match inbound.ingress {
-        Ingress::Invoke => {
+        Ingress::Invoke | Ingress::Mcp => {
             let (arguments, r) = args::from_invoke_request(content_type, &body)?;
             if let Some(r) = r {
                 args::check_reason(&r)?;
@@ -241,7 +248,7 @@ async fn build_call(
     let (principal, granted) = shared.approvals.grants.apply(principal, &function.name);
     let forward_headers = match inbound.ingress {
         Ingress::Proxy => upstream::forwardable(&inbound.parts.headers),
-        Ingress::Invoke => Default::default(),
+        Ingress::Invoke | Ingress::Mcp => Default::default(),
     };
     Ok(Call {
         request_id: inbound.request_id,
@@ -299,14 +306,12 @@ pub(crate) async fn execute(
         .await
         .map_err(NotForwarded)?;
     let credential_id = credential.as_ref().map(|c| c.id.clone());
-    let client = rt
-        .upstreams
-        .get(&call.function.upstream)
-        .ok_or_else(|| Refusal::Internal {
-            detail: format!("no client for upstream {}", call.function.upstream),
-        })
-        .map_err(NotForwarded)?;
-    let mut shape = args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?;
+    let shape = match call.function.backend {
+        Backend::Http => {
+            Some(args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?)
+        }
+        Backend::McpTool { .. } => None,
+    };
     // 8. audit: durable before the upstream sees anything; if it cannot be written the call is
     // refused (503).
     match record {
@@ -331,7 +336,41 @@ pub(crate) async fn execute(
             .await
             .map_err(NotForwarded)?,
     }
-    // 9. forward, with the credential attached
+    // 9. forward, with the credential attached: an HTTP request, or a `tools/call` on an
+    // upstream MCP server.
+    let mut response = match (&call.function.backend, shape) {
+        (Backend::McpTool { server, tool }, _) => shared
+            .mcp
+            .call_tool(rt, server, tool, call, credential)
+            .await
+            .map_err(Upstream)?,
+        (Backend::Http, shape) => forward_http(rt, call, shape, credential)
+            .await
+            .map_err(Upstream)?,
+    };
+    // 10. mask
+    rt.masking
+        .mask(call, decision, &mut response)
+        .map_err(Upstream)?;
+    Ok(response)
+}
+
+/// Phase 9 for an HTTP function.
+async fn forward_http(
+    rt: &Runtime,
+    call: &Call,
+    shape: Option<args::UpstreamShape>,
+    credential: Option<crate::credentials::Obtained>,
+) -> Result<UpstreamResponse, Refusal> {
+    let mut shape = shape.ok_or_else(|| Refusal::Internal {
+        detail: format!("{} has no HTTP route", call.function.name),
+    })?;
+    let client = rt
+        .upstreams
+        .get(&call.function.upstream)
+        .ok_or_else(|| Refusal::Internal {
+            detail: format!("no client for upstream {}", call.function.upstream),
+        })?;
     let mut headers = call.meta.forward_headers.clone();
     if let Some(c) = credential {
         if let Some((name, value)) = c.header {
@@ -350,7 +389,7 @@ pub(crate) async fn execute(
             shape.path_and_query.push_str(&pair);
         }
     }
-    let mut response = upstream::forward(
+    upstream::forward(
         client,
         call,
         shape,
@@ -358,12 +397,6 @@ pub(crate) async fn execute(
         rt.config.limits.max_response_bytes,
     )
     .await
-    .map_err(Upstream)?;
-    // 10. mask
-    rt.masking
-        .mask(call, decision, &mut response)
-        .map_err(Upstream)?;
-    Ok(response)
 }
 
 /// Runs the whole pipeline for one request.
@@ -378,6 +411,89 @@ pub async fn run(
     trace.subject = Some(principal.subject.clone());
     // 2–3. resolve function, validate arguments
     let call = build_call(shared, rt, inbound, principal, trace).await?;
+    run_call(shared, rt, call, trace).await
+}
+
+/// A tool call as the MCP ingress hands it over: the caller is already authenticated (once
+/// per HTTP request, at the `/mcp` edge) and the arguments were parsed, strictly, from the
+/// JSON-RPC body.
+pub struct ToolCall<'a> {
+    pub request_id: String,
+    pub principal: Arc<Principal>,
+    pub name: &'a str,
+    pub arguments: serde_json::Value,
+    pub headers: &'a http::HeaderMap,
+    /// A reason from the request's `_meta`, if the agent gave one there.
+    pub reason: Option<String>,
+    pub source: Option<IpAddr>,
+}
+
+/// Phases 2–3 for an MCP `tools/call`: the tool by name, its arguments validated. Then the
+/// same phases 4–11 as every other ingress.
+pub async fn run_tool_call(
+    shared: &Shared,
+    rt: &Runtime,
+    tc: ToolCall<'_>,
+    trace: &mut Trace,
+) -> Result<Outcome, Refusal> {
+    trace.subject = Some(tc.principal.subject.clone());
+    let function = rt
+        .registry
+        .get(tc.name)
+        .filter(|f| rt.config.mcp.expose_functions || f.backend != callgate_core::Backend::Http)
+        .ok_or_else(|| Refusal::UnknownFunction {
+            detail: format!("no tool named {:?}", tc.name),
+        })?
+        .clone();
+    trace.function = Some(function.name.clone());
+    let arguments = match tc.arguments {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => Default::default(),
+        other => {
+            return Err(Refusal::bad_request(format!(
+                "tool arguments must be an object, not {}",
+                callgate_core::json::kind_of(&other)
+            )));
+        }
+    };
+    let mut reason = reason_header(tc.headers, REASON_HEADER)?;
+    if let Some(r) = tc.reason {
+        args::check_reason(&r)?;
+        reason = Some(r);
+    }
+    args::validate(&function, &arguments)?;
+    let session = match tc.headers.get(SESSION_HEADER) {
+        Some(_) => session_from(tc.headers, &tc.principal)?,
+        None => tc.principal.session.clone(),
+    };
+    let (principal, granted) = shared.approvals.grants.apply(tc.principal, &function.name);
+    let call = Call {
+        request_id: tc.request_id,
+        principal,
+        function,
+        arguments,
+        meta: CallMeta {
+            ingress: Ingress::Mcp,
+            source: tc.source,
+            received_at: now_secs(),
+            session,
+            reason,
+            break_glass: None,
+            granted,
+            approved: None,
+            forward_headers: Default::default(),
+        },
+    };
+    run_call(shared, rt, call, trace).await
+}
+
+/// Phases 4–11 for a normalized call, whichever ingress built it.
+pub async fn run_call(
+    shared: &Shared,
+    rt: &Runtime,
+    call: Call,
+    trace: &mut Trace,
+) -> Result<Outcome, Refusal> {
     trace.session = call.meta.session.clone();
     // 4. authorize
     let decision = rt.engine.decide(&call)?;

@@ -79,6 +79,7 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
             actor: None,
             expires_at: None,
             session: None,
+            audiences: Vec::new(),
         }),
         function,
         arguments: case.arguments.clone(),

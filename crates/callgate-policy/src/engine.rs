@@ -535,6 +535,23 @@ impl PolicyEngine {
         permitted
     }
 
+    /// Whether a call by `who` to `function` may be held for approval: the function requires
+    /// it, or a permit policy whose scope `who` matches carries `@approval`.
+    pub fn may_hold(&self, who: &Principal, function: &FunctionDef) -> bool {
+        if function.approval.is_some() {
+            return true;
+        }
+        let Some(slice) = self.slices.get(&function.name) else {
+            return false;
+        };
+        slice.members.iter().any(|&i| {
+            let p = &self.policies[i];
+            p.policy.effect() == cedar_policy::Effect::Permit
+                && self.duties[i].approval.is_some()
+                && self.scope_matches(p, who, &slice.resource)
+        })
+    }
+
     /// Every masking profile named by an `@mask` annotation, with the policy naming it.
     pub fn mask_profiles(&self) -> Vec<(String, String)> {
         self.duties

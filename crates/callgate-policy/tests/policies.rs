@@ -167,6 +167,7 @@ fn catalog_scope_matching() {
         actor: None,
         expires_at: None,
         session: None,
+        audiences: Vec::new(),
     };
     let visible = |p: &callgate_core::Principal| {
         reg.iter()

@@ -64,6 +64,7 @@ impl ApiKeys {
                 actor: None,
                 expires_at: None,
                 session: None,
+                audiences: Vec::new(),
             };
             if by_hash.insert(h, Arc::new(p)).is_some() {
                 return Err(format!(

@@ -232,6 +232,15 @@ impl IssuerVerifier {
                 .get("sid")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            audiences: match claims.get("aud") {
+                Some(Value::String(a)) => vec![a.clone()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            },
         })
     }
 }

@@ -28,6 +28,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .merge(super::audit_api::routes())
         .merge(super::approvals_api::routes());
+    if shared.reloader.peek().config.mcp.enabled {
+        r = r.merge(crate::mcp::edge::routes(shared.clone()));
+    }
     if shared.demo.is_some() {
         r = r.merge(crate::demo::idp::routes());
     }

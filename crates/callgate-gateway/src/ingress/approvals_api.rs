@@ -56,13 +56,13 @@ async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Principal,
     Ok((*rt.auth.authenticate(headers).await?).clone())
 }
 
-fn is_auditor(shared: &Shared, p: &Principal) -> bool {
+pub(crate) fn is_auditor(shared: &Shared, p: &Principal) -> bool {
     p.groups.contains(&shared.audit.auditors_group)
 }
 
 /// Whether `p` asked for `h`: as the person, as the agent that asked, or as an agent acting
 /// for the person.
-fn is_requester(shared: &Shared, p: &Principal, h: &Held) -> bool {
+pub(crate) fn is_requester(shared: &Shared, p: &Principal, h: &Held) -> bool {
     let rt = shared.reloader.peek();
     h.approval.requester.is(&p.subject)
         || h.approval
@@ -80,7 +80,7 @@ fn may_see(shared: &Shared, p: &Principal, h: &Held) -> bool {
             .is_ok()
 }
 
-fn hidden(id: &str) -> Refusal {
+pub(crate) fn hidden(id: &str) -> Refusal {
     Refusal::NotFound {
         detail: format!("no held call or grant {id} that you may see"),
     }
@@ -88,7 +88,7 @@ fn hidden(id: &str) -> Refusal {
 
 /// Held item `id`. A missing item and one the caller may not see look the same (404); a store
 /// that cannot answer stays a 503.
-async fn load(shared: &Shared, id: &str) -> Result<Held, Refusal> {
+pub(crate) async fn load(shared: &Shared, id: &str) -> Result<Held, Refusal> {
     shared.approvals.get(id).await.map_err(|r| match r {
         Refusal::NotFound { .. } => hidden(id),
         other => other,
@@ -308,7 +308,7 @@ async fn revoke(
 
 /// The view of `h` for `p`: arguments masked by the call's profiles under `p`'s own clearance
 /// (their credential's groups — never a grant's).
-fn masked_view(shared: &Shared, p: &Principal, h: &Held, outcome: bool) -> Value {
+pub(crate) fn masked_view(shared: &Shared, p: &Principal, h: &Held, outcome: bool) -> Value {
     let mut v = approvals::view(h, outcome);
     let names: Vec<String> = h.summary["mask"]
         .as_array()

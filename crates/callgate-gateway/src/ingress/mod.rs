@@ -31,6 +31,7 @@ pub fn is_api_path(path: &str) -> bool {
         || path == "/metrics"
         || path.starts_with("/.well-known/")
         || path.starts_with("/demo/")
+        || path == crate::mcp::PATH
 }
 
 /// Refuses HTTP/1.1 messages whose framing two parsers could read differently
@@ -83,33 +84,51 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
             held_response(&held, &request_id)
         }
         Err(refusal) => {
-            match &refusal {
-                Refusal::Internal { detail } => {
-                    tracing::error!(request_id = %request_id, %detail, "internal error")
-                }
-                r if r.status() >= 500 => {
-                    tracing::warn!(request_id = %request_id, function = ?trace.function, refusal = %r, "call failed")
-                }
-                r => {
-                    tracing::info!(request_id = %request_id, subject = ?trace.subject, function = ?trace.function, refusal = %r, "call refused")
-                }
-            }
-            if !trace.recorded {
-                shared.audit.refused(
-                    RefusedRequest {
-                        request_id: &request_id,
-                        ingress,
-                        source,
-                        session: trace.session.clone(),
-                        subject: trace.subject.clone(),
-                        function: trace.function.clone(),
-                    },
-                    &refusal,
-                );
-            }
+            refused(shared, &request_id, ingress, source, &trace, &refusal);
             problem::response(&refusal, &request_id)
         }
     };
+    observe(shared, &trace, resp.status().as_u16(), started);
+    resp
+}
+
+/// Logs a refused call and records it in the audit log unless its own record already says so.
+pub fn refused(
+    shared: &Shared,
+    request_id: &str,
+    ingress: callgate_core::Ingress,
+    source: Option<std::net::IpAddr>,
+    trace: &Trace,
+    refusal: &Refusal,
+) {
+    match refusal {
+        Refusal::Internal { detail } => {
+            tracing::error!(request_id = %request_id, %detail, "internal error")
+        }
+        r if r.status() >= 500 => {
+            tracing::warn!(request_id = %request_id, function = ?trace.function, refusal = %r, "call failed")
+        }
+        r => {
+            tracing::info!(request_id = %request_id, subject = ?trace.subject, function = ?trace.function, refusal = %r, "call refused")
+        }
+    }
+    if !trace.recorded {
+        shared.audit.refused(
+            RefusedRequest {
+                request_id,
+                ingress,
+                source,
+                session: trace.session.clone(),
+                subject: trace.subject.clone(),
+                function: trace.function.clone(),
+            },
+            refusal,
+        );
+    }
+}
+
+/// Counts one answered call and its latency.
+pub fn observe(shared: &Shared, trace: &Trace, status: u16, started: Instant) {
     let function = trace.function.clone().unwrap_or_else(|| "-".into());
     shared
         .metrics
@@ -117,7 +136,7 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
         .get_or_create(&CallLabels {
             function: function.clone(),
             decision: trace.decision_label().into(),
-            status: resp.status().as_u16(),
+            status,
         })
         .inc();
     shared
@@ -125,7 +144,6 @@ pub async fn govern(shared: &Shared, inbound: Inbound) -> Response<Body> {
         .latency
         .get_or_create(&FunctionLabels { function })
         .observe(started.elapsed().as_secs_f64());
-    resp
 }
 
 fn upstream_response(up: UpstreamResponse) -> Response<Body> {

@@ -1,0 +1,1 @@
+//! Tool definition pinning (see the module docs of [`super`]).

@@ -1,0 +1,208 @@
+//! Callgate's MCP server: what `/mcp` answers once the [`super::edge`] has let a request in.
+//!
+//! - `tools/list` lists only the tools the caller could be allowed to call (the same test as
+//!   the HTTP catalog), plus `callgate.call_status` for callers who may call something that
+//!   can be held for approval.
+//! - `tools/call` becomes the one normalized call ([`pipeline::run_tool_call`]); policy,
+//!   approvals, credentials, audit and masking never see MCP types.
+//! - `resources/*` and `prompts/*`: Callgate offers none, so there is nothing to allow.
+
+use callgate_core::refusal::Refusal;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ServerCapabilities, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::McpCaller;
+use super::result;
+use crate::Shared;
+use crate::pipeline::{self, Outcome, ToolCall, Trace};
+
+/// The tool Callgate itself provides, for an agent to follow a held call.
+pub const STATUS_TOOL: &str = "callgate.call_status";
+
+/// The `_meta` key an agent may give a call's reason in (as `Callgate-Reason` does on HTTP).
+pub const REASON_META: &str = "io.callgate/reason";
+
+/// One instance per MCP session (or per stateless request); all state is in [`Shared`].
+#[derive(Clone)]
+pub struct CallgateMcp {
+    shared: Arc<Shared>,
+}
+
+impl CallgateMcp {
+    pub fn new(shared: Arc<Shared>) -> CallgateMcp {
+        CallgateMcp { shared }
+    }
+}
+
+/// The caller the edge authenticated for this request.
+fn caller(ctx: &RequestContext<RoleServer>) -> Result<McpCaller, ErrorData> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<McpCaller>())
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("request without an authenticated caller", None))
+}
+
+fn status_tool() -> Tool {
+    serde_json::from_value(json!({
+        "name": STATUS_TOOL,
+        "title": "Status of a held call",
+        "description": "The state of a call Callgate held for approval (pending, approved, denied, executed, ...) and, once it ran, its result. Pass the call_id from the pending result.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"call_id": {"type": "string", "description": "the id of the held call"}},
+            "required": ["call_id"],
+            "additionalProperties": false
+        },
+        "annotations": {"readOnlyHint": true, "openWorldHint": false}
+    }))
+    .expect("static tool definition")
+}
+
+impl ServerHandler for CallgateMcp {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("callgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Callgate governs every tool call: who you are, what policy allows with these \
+                 arguments, and whether a second person must approve. A refused call says why; \
+                 a held call returns its call_id: poll it with callgate.call_status.",
+            )
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(&[
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_11_25,
+            ProtocolVersion::V_2026_07_28,
+        ])
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = caller(&ctx)?;
+        let rt = self.shared.reloader.current();
+        let empty = json!({"type": "object", "properties": {}});
+        let mut holdable = false;
+        let mut tools: Vec<Tool> = Vec::new();
+        for f in rt.registry.iter() {
+            let exposed =
+                rt.config.mcp.expose_functions || f.backend != callgate_core::Backend::Http;
+            if !exposed || !rt.engine.could_allow(&caller.principal, f) {
+                continue;
+            }
+            holdable |= rt.engine.may_hold(&caller.principal, f);
+            let tool = serde_json::from_value(json!({
+                "name": f.name,
+                "description": f.description,
+                "inputSchema": f.schema.clone().unwrap_or_else(|| empty.clone()),
+            }));
+            match tool {
+                Ok(t) => tools.push(t),
+                Err(e) => {
+                    tracing::warn!(function = %f.name, error = %e, "not listed as an MCP tool")
+                }
+            }
+        }
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        if holdable {
+            tools.push(status_tool());
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller(&ctx)?;
+        if request.name == STATUS_TOOL {
+            let id = request
+                .arguments
+                .as_ref()
+                .and_then(|a| a.get("call_id"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ErrorData::invalid_params("call_id (a string) is required", None))?;
+            return Ok(CallToolResponse::Complete(
+                result::status(&self.shared, &caller, id).await,
+            ));
+        }
+        let started = Instant::now();
+        let rt = self.shared.reloader.current();
+        let reason = request
+            .meta
+            .as_ref()
+            .and_then(|m| m.get(REASON_META))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut trace = Trace::default();
+        let tc = ToolCall {
+            request_id: caller.request_id.clone(),
+            principal: caller.principal.clone(),
+            name: &request.name,
+            arguments: request.arguments.map(Value::Object).unwrap_or(Value::Null),
+            headers: &caller.headers,
+            reason,
+            source: caller.source,
+        };
+        let outcome = pipeline::run_tool_call(&self.shared, &rt, tc, &mut trace).await;
+        let (status, answer) = match outcome {
+            Ok(Outcome::Forwarded(up)) => (up.status.as_u16(), Ok(result::forwarded(&up))),
+            Ok(Outcome::Held(held)) => (202, Ok(result::pending(&caller, &held))),
+            // An unknown tool is a protocol error (MCP: invalid params); it names nothing.
+            Err(r @ Refusal::UnknownFunction { .. }) => {
+                crate::ingress::refused(
+                    &self.shared,
+                    &caller.request_id,
+                    callgate_core::Ingress::Mcp,
+                    caller.source,
+                    &trace,
+                    &r,
+                );
+                (
+                    404,
+                    Err(ErrorData::invalid_params(
+                        format!("unknown tool: {}", request.name),
+                        None,
+                    )),
+                )
+            }
+            Err(r) => {
+                crate::ingress::refused(
+                    &self.shared,
+                    &caller.request_id,
+                    callgate_core::Ingress::Mcp,
+                    caller.source,
+                    &trace,
+                    &r,
+                );
+                (r.status(), Ok(result::refused(&r, &caller.request_id)))
+            }
+        };
+        crate::ingress::observe(&self.shared, &trace, status, started);
+        answer.map(CallToolResponse::Complete)
+    }
+}
+
+/// A text block.
+pub fn text(s: impl Into<String>) -> ContentBlock {
+    ContentBlock::text(s.into())
+}
+
+/// A tool result from its JSON form (what upstream MCP servers return).
+pub fn result_from_json(v: Value) -> Result<CallToolResult, serde_json::Error> {
+    serde_json::from_value(v)
+}

@@ -1,0 +1,33 @@
+// A real MCP client (the official TypeScript SDK) that Callgate's tests drive through /mcp.
+//
+// Usage: node client.mjs URL TOKEN STEPS_JSON
+// STEPS_JSON is an array of steps: {"op": "list"} or {"op": "call", "name": ..., "arguments": {...}}.
+// Prints one JSON line per step: {"ok": true, "result": ...} or {"ok": false, "error": ..., "code": ...},
+// then {"session": ..., "protocol": ...}.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const [url, token, stepsJson] = process.argv.slice(2);
+const steps = JSON.parse(stepsJson || "[]");
+const headers = token ? { Authorization: `Bearer ${token}` } : {};
+const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
+const client = new Client({ name: "callgate-test-client", version: "1.0.0" });
+try {
+  await client.connect(transport);
+} catch (e) {
+  console.log(JSON.stringify({ ok: false, connect: true, error: String(e && e.message || e), code: e && e.code }));
+  process.exit(0);
+}
+for (const step of steps) {
+  try {
+    let result;
+    if (step.op === "list") result = await client.listTools();
+    else if (step.op === "call") result = await client.callTool({ name: step.name, arguments: step.arguments || {} });
+    else throw new Error(`unknown step ${step.op}`);
+    console.log(JSON.stringify({ ok: true, result }));
+  } catch (e) {
+    console.log(JSON.stringify({ ok: false, error: String(e && e.message || e), code: e && e.code }));
+  }
+}
+console.log(JSON.stringify({ session: transport.sessionId ?? null, protocol: transport.protocolVersion ?? null }));
+await client.close();
