@@ -53,6 +53,14 @@ struct MintKey {
     encoding: EncodingKey,
 }
 
+/// Where a function's secret is kept: per function, or per MCP server for its tools.
+fn secret_key(f: &callgate_core::FunctionDef) -> &str {
+    match f.backend {
+        callgate_core::Backend::Http => &f.name,
+        callgate_core::Backend::McpTool { .. } => &f.upstream,
+    }
+}
+
 fn unavailable(detail: impl Into<String>) -> Refusal {
     Refusal::Unavailable {
         detail: detail.into(),
@@ -286,7 +294,7 @@ impl Credentials {
             } => {
                 let secret = rt
                     .credential_secrets
-                    .get(&call.function.name)
+                    .get(secret_key(&call.function))
                     .ok_or_else(|| unavailable("the upstream secret is not loaded"))?;
                 let text = String::from_utf8_lossy(secret);
                 let header = match header {
@@ -308,7 +316,7 @@ impl Credentials {
                     None => None,
                 };
                 Ok(Some(Obtained {
-                    id: format!("secret:{}", call.function.name),
+                    id: format!("secret:{}", secret_key(&call.function)),
                     header,
                     query: query.as_ref().map(|q| (q.clone(), text.into_owned())),
                 }))
@@ -389,7 +397,7 @@ impl Credentials {
         }
         let secret = rt
             .credential_secrets
-            .get(&call.function.name)
+            .get(secret_key(&call.function))
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .unwrap_or_default();
         let subject_token = if exchange {

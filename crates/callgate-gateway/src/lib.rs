@@ -129,7 +129,14 @@ impl Gateway {
             credentials,
         );
         shared.demo = demo;
+        let base = config_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
+        let pins = base.join(&shared.reloader.peek().config.mcp.pins);
+        shared.mcp = mcp::upstream::Upstreams::new(&pins);
         let gateway = Gateway::new(shared);
+        mcp::upstream::Upstreams::start(&gateway.shared, &base);
         approvals::Approvals::resume(&gateway.shared)
             .await
             .map_err(|e| format!("approvals: {e}"))?;

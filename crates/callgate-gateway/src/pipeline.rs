@@ -299,6 +299,19 @@ pub(crate) async fn execute(
     record: Record,
 ) -> Result<UpstreamResponse, Failure> {
     use Failure::{NotForwarded, Upstream};
+    // A tool whose server changed its definition is blocked until an administrator approves
+    // the new one; checked here so an approved call meets the same rule.
+    if let Backend::McpTool { server, tool } = &call.function.backend
+        && shared.mcp.is_blocked(server, tool)
+    {
+        return Err(NotForwarded(Refusal::Unavailable {
+            detail: format!(
+                "{} is blocked: its MCP server changed the tool's definition, and an \
+                 administrator must approve the new one first",
+                call.function.name
+            ),
+        }));
+    }
     // 7. credential: obtained before the record so the record can name it (never hold it).
     let credential = shared
         .credentials

@@ -100,7 +100,7 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
             None => format!("{}: {}", config_path.display(), e.message),
         })
     })?;
-    let registry = Registry::build(&cfg).map_err(|es| {
+    let mut registry = Registry::build(&cfg).map_err(|es| {
         LoadErrors(
             es.into_iter()
                 .map(|e| format!("{}: {e}", config_path.display()))
@@ -112,6 +112,15 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
         config: config_path.to_path_buf(),
         watched: vec![config_path.to_path_buf()],
     };
+    // Upstream MCP tools, as pinned: their approved definitions only.
+    if !cfg.mcp.servers.is_empty() {
+        let pins_path = base.join(&cfg.mcp.pins);
+        let pins = crate::mcp::pins::read(&pins_path).map_err(one)?;
+        for problem in registry.add_mcp_tools(&cfg, &pins.approved()) {
+            tracing::warn!("{problem}");
+        }
+        sources.watched.push(pins_path);
+    }
     let mut files = Vec::new();
     for entry in &cfg.policies {
         let path = base.join(entry);
@@ -214,7 +223,7 @@ pub fn load(
         }
     }
     let webhook_secrets = approvals_checks(&config, base, vars, &mut errors);
-    let credential_secrets = credential_checks(&registry, base, vars, &mut errors);
+    let credential_secrets = credential_checks(&config, &registry, base, vars, &mut errors);
     for f in registry.iter() {
         if let Some(m) = &f.mask
             && !config.masking.profiles.contains_key(m)
@@ -296,6 +305,7 @@ fn read_secret(
 
 /// Checks each function's credential and reads its secrets.
 fn credential_checks(
+    config: &Config,
     registry: &Registry,
     base: &Path,
     vars: &Vars,
@@ -303,9 +313,27 @@ fn credential_checks(
 ) -> HashMap<String, Vec<u8>> {
     use callgate_core::config::CredentialConfig;
     let mut secrets = HashMap::new();
-    for f in registry.iter() {
-        let at = format!("function {:?}: credential", f.name);
-        match &f.credential {
+    // MCP servers' credentials are loaded once per server (key `mcp:<server>`, the
+    // `upstream` of each of its tools), also for the requests that list its tools.
+    let functions = registry
+        .iter()
+        .filter(|f| f.backend == callgate_core::Backend::Http)
+        .map(|f| {
+            (
+                f.name.clone(),
+                format!("function {:?}: credential", f.name),
+                f.credential.clone(),
+            )
+        });
+    let servers = config.mcp.servers.iter().map(|(name, srv)| {
+        (
+            format!("mcp:{name}"),
+            format!("mcp server {name:?}: credential"),
+            srv.credential.clone(),
+        )
+    });
+    for (key, at, credential) in functions.chain(servers) {
+        match &credential {
             None => {}
             Some(CredentialConfig::Minted { audience, ttl_secs }) => {
                 if audience.trim().is_empty() {
@@ -338,7 +366,7 @@ fn credential_checks(
                     if header.is_some() && !ok {
                         errors.push(format!("{at}: the secret is not a valid header value"));
                     }
-                    secrets.insert(f.name.clone(), s);
+                    secrets.insert(key.clone(), s);
                 }
             }
             Some(CredentialConfig::Oauth {
@@ -362,7 +390,7 @@ fn credential_checks(
                     vars,
                     errors,
                 ) {
-                    secrets.insert(f.name.clone(), s);
+                    secrets.insert(key.clone(), s);
                 }
             }
         }

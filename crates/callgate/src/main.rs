@@ -5,6 +5,7 @@
 mod approvals_cmd;
 mod audit_cmd;
 mod commands;
+mod tools_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -86,6 +87,18 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
+    },
+    /// Pinned definitions of upstream MCP tools: list, diff, approve a changed one.
+    Tools {
+        #[arg(
+            long,
+            env = "CALLGATE_CONFIG",
+            default_value = "callgate.yaml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: tools_cmd::ToolsCommand,
     },
     /// Review held calls and grants on a running gateway.
     Approvals {
@@ -174,6 +187,7 @@ fn main() -> ExitCode {
             Command::Schema => commands::schema(),
             Command::Keygen => commands::keygen(),
             Command::Audit { config, command } => audit_cmd::run(&config, command).await,
+            Command::Tools { config, command } => tools_cmd::run(&config, command),
             Command::Approvals { remote, command } => {
                 approvals_cmd::approvals(&remote, command).await
             }

@@ -1,28 +1,731 @@
-//! Callgate's connections to upstream MCP servers.
+//! Callgate's connections to upstream MCP servers, and phase 9 for their tools.
+//!
+//! - **stdio** servers are processes Callgate launches (rmcp's child-process transport) and
+//!   supervises: when one exits it is started again with exponential backoff (0.5 s doubling
+//!   to 30 s, reset after a minute of uptime). The process gets a clean environment: only
+//!   `PATH`, `HOME`, `LANG` and its configured `env`, never Callgate's own secrets.
+//! - **streamable HTTP** servers are spoken to with Callgate's pooled HTTP client, so every
+//!   `tools/call` carries that call's own just-in-time credential (a header per request);
+//!   the agent's token is never forwarded. Sessions are re-established when the server
+//!   forgets them (404).
+//!
+//! On every (re)connection, on `notifications/tools/list_changed` and once a minute, the
+//! server's tools are listed and recorded in [`super::pins`]: new tools are pinned, changed
+//! ones blocked. Requests a server makes of Callgate (sampling, elicitation, roots) are
+//! refused: no policy grants an upstream server access to the agent's model or user.
 
-use callgate_core::Call;
+use bytes::Bytes;
+use callgate_core::config::McpServerConfig;
 use callgate_core::refusal::Refusal;
+use callgate_core::{Call, ToolDef};
+use http::{HeaderName, HeaderValue, header};
+use http_body_util::{BodyExt, Full};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, ClientConfig, Implementation};
+use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 
+use super::pins::Pins;
+use super::result::TOOL_RESULT_TYPE;
+use crate::Shared;
 use crate::credentials::Obtained;
+use crate::http_client::HttpClient;
 use crate::runtime::Runtime;
 use crate::upstream::UpstreamResponse;
 
+/// The protocol version Callgate offers upstream servers in the handshake.
+const UPSTREAM_VERSION: &str = "2025-11-25";
+/// How often a server's tools are listed again, in case it changed them without saying so.
+const REFRESH: Duration = Duration::from_secs(60);
+
 /// The upstream MCP servers of this process.
 #[derive(Default)]
-pub struct Upstreams {}
+pub struct Upstreams {
+    pins: Option<Arc<Pins>>,
+    servers: RwLock<HashMap<String, Arc<Server>>>,
+}
+
+struct Server {
+    name: String,
+    conn: Conn,
+    /// Woken when the server says its tools changed.
+    refresh: Notify,
+}
+
+enum Conn {
+    Http(HttpMcp),
+    /// The running process's client, while it runs.
+    Stdio(tokio::sync::RwLock<Option<Peer<RoleClient>>>),
+}
+
+fn unreachable(server: &str, detail: impl std::fmt::Display) -> Refusal {
+    Refusal::UpstreamUnreachable {
+        detail: format!("MCP server {server}: {detail}"),
+    }
+}
 
 impl Upstreams {
+    /// Upstreams whose tool pins live at `pins`.
+    pub fn new(pins: &Path) -> Upstreams {
+        Upstreams {
+            pins: Some(Arc::new(Pins::new(pins.to_path_buf()))),
+            servers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The tool pins.
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_deref()
+    }
+
+    /// Whether `server`'s `tool` is blocked by a changed, unapproved definition.
+    pub fn is_blocked(&self, server: &str, tool: &str) -> bool {
+        self.pins
+            .as_ref()
+            .is_none_or(|p| p.is_blocked(server, tool))
+    }
+
+    /// Connects to (or launches) every configured server and keeps it so.
+    pub fn start(shared: &Arc<Shared>, base: &Path) {
+        let rt = shared.reloader.current();
+        for (name, cfg) in &rt.config.mcp.servers {
+            let conn = match &cfg.url {
+                Some(url) => match HttpMcp::new(url, cfg, base) {
+                    Ok(h) => Conn::Http(h),
+                    Err(e) => {
+                        tracing::error!(server = %name, error = %e, "MCP server not started");
+                        continue;
+                    }
+                },
+                None => Conn::Stdio(tokio::sync::RwLock::new(None)),
+            };
+            let server = Arc::new(Server {
+                name: name.clone(),
+                conn,
+                refresh: Notify::new(),
+            });
+            shared
+                .mcp
+                .servers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), server.clone());
+            let weak = Arc::downgrade(shared);
+            let cfg = cfg.clone();
+            let base = base.to_path_buf();
+            match &server.conn {
+                Conn::Http(_) => {
+                    tokio::spawn(keep_listed(weak, server));
+                }
+                Conn::Stdio(_) => {
+                    tokio::spawn(supervise(weak, server, cfg, base));
+                }
+            }
+        }
+    }
+
+    fn server(&self, name: &str) -> Option<Arc<Server>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Phase 9 for an MCP tool: `tools/call` on its server, with Callgate's credential.
     pub async fn call_tool(
         &self,
-        _rt: &Runtime,
+        rt: &Runtime,
         server: &str,
-        _tool: &str,
-        _call: &Call,
-        _credential: Option<Obtained>,
+        tool: &str,
+        call: &Call,
+        credential: Option<Obtained>,
     ) -> Result<UpstreamResponse, Refusal> {
-        Err(Refusal::UpstreamUnreachable {
-            detail: format!("MCP server {server} is not connected"),
+        let srv = self
+            .server(server)
+            .ok_or_else(|| unreachable(server, "not connected"))?;
+        let params = json!({"name": tool, "arguments": call.arguments});
+        let timeout = call.function.timeout;
+        let result = match &srv.conn {
+            Conn::Http(h) => {
+                tokio::time::timeout(timeout, h.rpc(server, "tools/call", params, credential))
+                    .await
+                    .map_err(|_| Refusal::UpstreamTimeout {
+                        detail: format!("MCP server {server} did not answer in time"),
+                    })??
+            }
+            Conn::Stdio(peer) => {
+                let peer = peer
+                    .read()
+                    .await
+                    .clone()
+                    .ok_or_else(|| unreachable(server, "the process is not running"))?;
+                let params: CallToolRequestParams =
+                    serde_json::from_value(params).map_err(|e| unreachable(server, e))?;
+                match tokio::time::timeout(timeout, peer.call_tool_once(params)).await {
+                    Err(_) => {
+                        return Err(Refusal::UpstreamTimeout {
+                            detail: format!("MCP server {server} did not answer in time"),
+                        });
+                    }
+                    Ok(Ok(CallToolResponse::Complete(r))) => {
+                        Ok(serde_json::to_value(r).map_err(|e| unreachable(server, e))?)
+                    }
+                    Ok(Ok(_)) => Err(
+                        json!({"code": -32603, "message": "the server asked for input or a task, which Callgate does not relay"}),
+                    ),
+                    Ok(Err(rmcp::ServiceError::McpError(e))) => {
+                        Err(json!({"code": e.code.0, "message": e.message}))
+                    }
+                    Ok(Err(e)) => return Err(unreachable(server, e)),
+                }
+            }
+        };
+        let (status, body) = match result {
+            Ok(r) => (http::StatusCode::OK, r),
+            // The server refused the request itself (unknown tool, bad arguments): an error
+            // result the agent can read.
+            Err(e) => (
+                http::StatusCode::BAD_GATEWAY,
+                json!({
+                    "content": [{"type": "text", "text": format!(
+                        "the MCP server refused the call: {}",
+                        e["message"].as_str().unwrap_or("error")
+                    )}],
+                    "isError": true
+                }),
+            ),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| unreachable(server, e))?;
+        if body.len() > rt.config.limits.max_response_bytes {
+            return Err(Refusal::UpstreamUnreachable {
+                detail: format!(
+                    "the result of {} is larger than {} bytes",
+                    call.function.name, rt.config.limits.max_response_bytes
+                ),
+            });
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(TOOL_RESULT_TYPE),
+        );
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: body.into(),
         })
+    }
+}
+
+/// A server's tools as pinning sees them.
+fn tool_defs(tools: &[Value]) -> Vec<ToolDef> {
+    tools
+        .iter()
+        .filter_map(|t| {
+            Some(ToolDef {
+                name: t.get("name")?.as_str()?.to_string(),
+                description: t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                input_schema: t
+                    .get("inputSchema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            })
+        })
+        .collect()
+}
+
+/// Records `tools` of `server` in the pins and says what changed.
+fn record(shared: &Shared, server: &str, tools: &[Value]) {
+    let Some(pins) = shared.mcp.pins() else {
+        return;
+    };
+    match pins.observe(server, &tool_defs(tools)) {
+        Ok(seen) => {
+            for t in &seen.pinned {
+                tracing::info!(server, tool = %t, "MCP tool pinned on first use");
+            }
+            for t in &seen.blocked {
+                tracing::warn!(server, tool = %t, "MCP tool definition changed: blocked until an administrator approves it (callgate tools diff)");
+            }
+            for t in &seen.restored {
+                tracing::info!(server, tool = %t, "MCP tool is back to its approved definition");
+            }
+        }
+        Err(e) => tracing::error!(server, error = %e, "MCP tool pins could not be written"),
+    }
+}
+
+/// Lists an HTTP server's tools until it answers, then again on change and every minute.
+async fn keep_listed(weak: Weak<Shared>, server: Arc<Server>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let Conn::Http(h) = &server.conn else { return };
+        let ok = match h.list_tools(&server.name).await {
+            Ok(tools) => {
+                record(&shared, &server.name, &tools);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(server = %server.name, error = %e, "MCP server tools could not be listed");
+                false
+            }
+        };
+        drop(shared);
+        let wait = if ok {
+            backoff = Duration::from_millis(500);
+            REFRESH
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = server.refresh.notified() => {}
+        }
+    }
+}
+
+/// Callgate as an MCP client of a stdio server: refuses every request the server makes and
+/// notices when its tools change.
+struct ClientSide {
+    changed: mpsc::UnboundedSender<()>,
+}
+
+impl rmcp::ClientHandler for ClientSide {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            Default::default(),
+            Implementation::new("callgate", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.send(());
+    }
+}
+
+/// Launches a stdio server and keeps it running.
+async fn supervise(
+    weak: Weak<Shared>,
+    server: Arc<Server>,
+    cfg: McpServerConfig,
+    base: std::path::PathBuf,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        match launch(&cfg, &base).await {
+            Ok((running, mut changed)) => {
+                tracing::info!(server = %server.name, "MCP server started");
+                let peer = running.peer().clone();
+                if let Some(shared) = weak.upgrade() {
+                    list_stdio(&shared, &server.name, &peer).await;
+                }
+                if let Conn::Stdio(slot) = &server.conn {
+                    *slot.write().await = Some(peer.clone());
+                }
+                let mut waiting = Box::pin(running.waiting());
+                loop {
+                    tokio::select! {
+                        _ = &mut waiting => break,
+                        Some(()) = changed.recv() => {}
+                        _ = tokio::time::sleep(REFRESH) => {}
+                        _ = server.refresh.notified() => {}
+                    }
+                    let Some(shared) = weak.upgrade() else { return };
+                    list_stdio(&shared, &server.name, &peer).await;
+                }
+                if let Conn::Stdio(slot) = &server.conn {
+                    *slot.write().await = None;
+                }
+                tracing::warn!(server = %server.name, "MCP server exited; restarting it");
+            }
+            Err(e) => {
+                tracing::error!(server = %server.name, error = %e, "MCP server could not be started");
+            }
+        }
+        if weak.strong_count() == 0 {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+type Running = rmcp::service::RunningService<RoleClient, ClientSide>;
+
+async fn launch(
+    cfg: &McpServerConfig,
+    base: &Path,
+) -> Result<(Running, mpsc::UnboundedReceiver<()>), String> {
+    let (program, args) = cfg.command.split_first().ok_or("no command configured")?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).current_dir(base).env_clear();
+    for keep in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.envs(&cfg.env);
+    let (transport, _stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let running = ClientSide { changed: tx }
+        .serve(transport)
+        .await
+        .map_err(|e| format!("initialize: {e}"))?;
+    Ok((running, rx))
+}
+
+async fn list_stdio(shared: &Shared, name: &str, peer: &Peer<RoleClient>) {
+    match peer.list_all_tools().await {
+        Ok(tools) => {
+            let tools: Vec<Value> = tools
+                .iter()
+                .filter_map(|t| serde_json::to_value(t).ok())
+                .collect();
+            record(shared, name, &tools);
+        }
+        Err(e) => {
+            tracing::warn!(server = %name, error = %e, "MCP server tools could not be listed")
+        }
+    }
+}
+
+/// A streamable HTTP MCP server, spoken to with Callgate's own HTTP client.
+struct HttpMcp {
+    client: HttpClient,
+    url: http::Uri,
+    session: tokio::sync::Mutex<Option<Session>>,
+    next_id: AtomicU64,
+    max_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Session {
+    id: Option<HeaderValue>,
+    version: HeaderValue,
+}
+
+/// A JSON-RPC error object from the server.
+type RpcError = Value;
+
+impl HttpMcp {
+    fn new(url: &str, cfg: &McpServerConfig, base: &Path) -> Result<HttpMcp, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!("{url} is not an http(s) URL"));
+        }
+        let ca = cfg.ca_file.as_ref().map(|c| base.join(c));
+        let client = crate::http_client::build_client(ca.as_deref(), Duration::from_secs(5))?;
+        Ok(HttpMcp {
+            client,
+            url: uri,
+            session: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            max_bytes: 16 << 20,
+        })
+    }
+
+    async fn list_tools(&self, server: &str) -> Result<Vec<Value>, String> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let page = self
+                .rpc(server, "tools/list", params, None)
+                .await
+                .map_err(|r| r.detail())?
+                .map_err(|e| format!("tools/list: {e}"))?;
+            if let Some(t) = page.get("tools").and_then(Value::as_array) {
+                tools.extend(t.iter().cloned());
+            }
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(tools)
+    }
+
+    /// One request: the result, or the server's JSON-RPC error. Establishes the session first
+    /// and once more if the server forgot it.
+    async fn rpc(
+        &self,
+        server: &str,
+        method: &str,
+        params: Value,
+        credential: Option<Obtained>,
+    ) -> Result<Result<Value, RpcError>, Refusal> {
+        let auth = credential.and_then(|c| c.header);
+        for attempt in 0..2 {
+            let session = self.session(server, auth.as_ref()).await?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            match self
+                .post(server, &msg, Some(&session), auth.as_ref())
+                .await?
+            {
+                Posted::SessionGone if attempt == 0 => {
+                    *self.session.lock().await = None;
+                }
+                Posted::SessionGone => return Err(unreachable(server, "the session was lost")),
+                Posted::Answer(body, ctype) => {
+                    return self
+                        .read_answer(server, id, body, &ctype, &session, auth.as_ref())
+                        .await;
+                }
+                Posted::Accepted => return Err(unreachable(server, "no answer to a request")),
+            }
+        }
+        Err(unreachable(server, "the session was lost"))
+    }
+
+    /// The current session, after the `initialize` handshake if there is none.
+    async fn session(
+        &self,
+        server: &str,
+        auth: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<Session, Refusal> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let init = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": UPSTREAM_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "callgate", "version": env!("CARGO_PKG_VERSION")}
+            }
+        });
+        let pre = Session {
+            id: None,
+            version: HeaderValue::from_static(UPSTREAM_VERSION),
+        };
+        let (body, ctype, sid) = match self.post_raw(server, &init, None, auth).await? {
+            (Posted::Answer(b, c), sid) => (b, c, sid),
+            _ => return Err(unreachable(server, "no answer to initialize")),
+        };
+        let result = self
+            .read_answer(server, 0, body, &ctype, &pre, auth)
+            .await?
+            .map_err(|e| unreachable(server, format!("initialize refused: {e}")))?;
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+            .ok_or_else(|| unreachable(server, "initialize named no protocol version"))?;
+        let session = Session { id: sid, version };
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.post(server, &note, Some(&session), auth).await?;
+        *guard = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn post(
+        &self,
+        server: &str,
+        msg: &Value,
+        session: Option<&Session>,
+        auth: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<Posted, Refusal> {
+        Ok(self.post_raw(server, msg, session, auth).await?.0)
+    }
+
+    async fn post_raw(
+        &self,
+        server: &str,
+        msg: &Value,
+        session: Option<&Session>,
+        auth: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<(Posted, Option<HeaderValue>), Refusal> {
+        let mut req = http::Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if let Some(s) = session {
+            req = req.header("mcp-protocol-version", s.version.clone());
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id.clone());
+            }
+        }
+        if let Some((name, value)) = auth {
+            req = req.header(name, value.clone());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(msg.to_string())))
+            .map_err(|e| unreachable(server, e))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| unreachable(server, e))?;
+        let status = resp.status();
+        let sid = resp.headers().get("mcp-session-id").cloned();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if status == http::StatusCode::NOT_FOUND && session.is_some_and(|s| s.id.is_some()) {
+            return Ok((Posted::SessionGone, sid));
+        }
+        if status == http::StatusCode::ACCEPTED {
+            return Ok((Posted::Accepted, sid));
+        }
+        if !status.is_success() {
+            return Err(unreachable(server, format!("HTTP {}", status.as_u16())));
+        }
+        Ok((Posted::Answer(resp.into_body(), ctype), sid))
+    }
+
+    /// Reads the answer to request `id` from a JSON body or an SSE stream. Requests the server
+    /// sends on the stream are answered with an error.
+    async fn read_answer(
+        &self,
+        server: &str,
+        id: u64,
+        mut body: hyper::body::Incoming,
+        ctype: &str,
+        session: &Session,
+        auth: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<Result<Value, RpcError>, Refusal> {
+        let mut buf: Vec<u8> = Vec::new();
+        let sse = ctype.starts_with("text/event-stream");
+        loop {
+            if sse {
+                while let Some(event) = take_event(&mut buf) {
+                    let Ok(msg) = serde_json::from_str::<Value>(&event) else {
+                        continue;
+                    };
+                    if let Some(answer) = self.handle(server, id, msg, session, auth).await? {
+                        return Ok(answer);
+                    }
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                        if buf.len() > self.max_bytes {
+                            return Err(unreachable(server, "the answer is too large"));
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(unreachable(server, e)),
+                None => break,
+            }
+        }
+        if sse {
+            buf.extend_from_slice(b"\n\n");
+            while let Some(event) = take_event(&mut buf) {
+                if let Ok(msg) = serde_json::from_str::<Value>(&event)
+                    && let Some(answer) = self.handle(server, id, msg, session, auth).await?
+                {
+                    return Ok(answer);
+                }
+            }
+            return Err(unreachable(server, "the stream ended without an answer"));
+        }
+        let msg = callgate_core::json::parse_strict(&buf)
+            .map_err(|e| unreachable(server, format!("the answer is not JSON: {e}")))?;
+        self.handle(server, id, msg, session, auth)
+            .await?
+            .ok_or_else(|| unreachable(server, "the answer does not answer the request"))
+    }
+
+    /// One message from the server: the answer to `id`, or a request it makes of Callgate
+    /// (refused), or a notification (ignored).
+    async fn handle(
+        &self,
+        server: &str,
+        id: u64,
+        msg: Value,
+        session: &Session,
+        auth: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<Option<Result<Value, RpcError>>, Refusal> {
+        if msg.get("method").is_some() {
+            if let Some(req_id) = msg.get("id") {
+                let method = msg["method"].as_str().unwrap_or("");
+                tracing::warn!(
+                    server,
+                    method,
+                    "an upstream MCP server's request to the client was refused"
+                );
+                let refusal = json!({"jsonrpc": "2.0", "id": req_id, "error": {
+                    "code": -32601,
+                    "message": format!("Callgate does not allow MCP servers to send {method}")
+                }});
+                let _ = self.post(server, &refusal, Some(session), auth).await;
+            }
+            return Ok(None);
+        }
+        if msg.get("id").and_then(Value::as_u64) != Some(id) {
+            return Ok(None);
+        }
+        if let Some(e) = msg.get("error") {
+            return Ok(Some(Err(e.clone())));
+        }
+        Ok(Some(Ok(msg.get("result").cloned().unwrap_or(Value::Null))))
+    }
+}
+
+enum Posted {
+    Answer(hyper::body::Incoming, String),
+    Accepted,
+    SessionGone,
+}
+
+/// Takes one complete SSE event's data (RFC: lines `data: …`, events end with a blank line).
+fn take_event(buf: &mut Vec<u8>) -> Option<String> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let normalized = text.replace("\r\n", "\n");
+    let end = normalized.find("\n\n")?;
+    let event = &normalized[..end];
+    let data: Vec<&str> = event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let rest = normalized[end + 2..].as_bytes().to_vec();
+    *buf = rest;
+    Some(data.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_event;
+
+    #[test]
+    fn sse_events_are_split_on_blank_lines() {
+        let mut buf =
+            b"event: message\ndata: {\"a\":1}\n\ndata: x\r\ndata: y\r\n\r\npartial".to_vec();
+        assert_eq!(take_event(&mut buf).as_deref(), Some("{\"a\":1}"));
+        assert_eq!(take_event(&mut buf).as_deref(), Some("x\ny"));
+        assert_eq!(take_event(&mut buf), None);
+        assert_eq!(buf, b"partial");
     }
 }

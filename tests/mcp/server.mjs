@@ -1,0 +1,49 @@
+// A real MCP server (the official TypeScript SDK) over streamable HTTP, for Callgate's tests.
+//
+// Usage: node server.mjs PORT LOG_FILE
+// Tools: lookup (returns a record with PII), echo. Every request's Authorization header and
+// every tool call are appended to LOG_FILE as JSON lines, so tests see what reached it.
+import http from "node:http";
+import fs from "node:fs";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { z } from "zod";
+
+const [port, logFile] = process.argv.slice(2);
+const log = (entry) => fs.appendFileSync(logFile, JSON.stringify(entry) + "\n");
+
+function build() {
+  const server = new McpServer({ name: "callgate-test-ts-upstream", version: "1.0.0" });
+  server.registerTool(
+    "lookup",
+    { description: "Look up an account by id.", inputSchema: { account: z.string() } },
+    async ({ account }) => {
+      log({ tool: "lookup", arguments: { account } });
+      const record = { account, owner: "grace@example.com", iban: "GB82 WEST 1234 5698 7654 32", note: "vip" };
+      return { content: [{ type: "text", text: JSON.stringify(record) }], structuredContent: record };
+    },
+  );
+  server.registerTool(
+    "echo",
+    { description: "Echo the text back.", inputSchema: { text: z.string() } },
+    async ({ text }) => {
+      log({ tool: "echo", arguments: { text } });
+      return { content: [{ type: "text", text }] };
+    },
+  );
+  return server;
+}
+
+http
+  .createServer(async (req, res) => {
+    log({ method: req.method, authorization: req.headers["authorization"] ?? null });
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    // Stateless: a fresh server and transport per request.
+    const server = build();
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
+    res.on("close", () => { transport.close(); server.close(); });
+    await server.connect(transport);
+    await transport.handleRequest(req, res, body ? JSON.parse(body) : undefined);
+  })
+  .listen(Number(port), "127.0.0.1", () => console.log(`listening on ${port}`));
