@@ -10,6 +10,7 @@ mod demo;
 mod gateway;
 mod jsontestsuite;
 mod masking;
+mod mcp;
 mod oidc;
 mod tls;
 mod wycheproof;
