@@ -265,6 +265,44 @@ impl Credentials {
         Ok((jti, self.sign(&claims)?))
     }
 
+    /// Callgate's own credential for listing an MCP server's tools (no caller involved): the
+    /// server's secret, or a token minted for Callgate itself (`sub` "callgate", scope
+    /// `mcp:tools/list`). An OAuth credential is obtained per call, so listing goes without.
+    pub fn for_listing(&self, rt: &Runtime, server: &str) -> Option<Obtained> {
+        let cfg = rt.config.mcp.servers.get(server)?.credential.as_ref()?;
+        match cfg {
+            CredentialConfig::Minted { audience, ttl_secs } => {
+                let now = now_secs();
+                let jti = uuid::Uuid::now_v7().to_string();
+                let claims = json!({
+                    "iss": self.issuer, "aud": audience, "sub": "callgate",
+                    "scope": "mcp:tools/list", "iat": now, "nbf": now,
+                    "exp": now + (*ttl_secs).clamp(1, 60), "jti": jti,
+                });
+                let token = self.sign(&claims).ok()?;
+                Some(Obtained {
+                    id: format!("minted:{jti}"),
+                    header: HeaderValue::from_str(&format!("Bearer {token}"))
+                        .ok()
+                        .map(|v| (http::header::AUTHORIZATION, v)),
+                    query: None,
+                })
+            }
+            CredentialConfig::Secret { header, prefix, .. } => {
+                let secret = rt.credential_secrets.get(&format!("mcp:{server}"))?;
+                let name = HeaderName::try_from(header.as_deref()?).ok()?;
+                let mut v = HeaderValue::from_bytes(&[prefix.as_bytes(), secret].concat()).ok()?;
+                v.set_sensitive(true);
+                Some(Obtained {
+                    id: format!("secret:mcp:{server}"),
+                    header: Some((name, v)),
+                    query: None,
+                })
+            }
+            CredentialConfig::Oauth { .. } => None,
+        }
+    }
+
     /// Obtains the credential `call`'s function is configured with (none: nothing attached).
     pub async fn obtain(&self, rt: &Runtime, call: &Call) -> Result<Option<Obtained>, Refusal> {
         let Some(cfg) = &call.function.credential else {

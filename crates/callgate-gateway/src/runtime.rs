@@ -267,7 +267,7 @@ pub fn load(
 }
 
 /// A secret named by an environment variable or a file; exactly one.
-fn read_secret(
+pub(crate) fn read_secret(
     env: &Option<String>,
     file: &Option<String>,
     at: &str,

@@ -25,8 +25,16 @@ fn init_logging(format: &str, level: &str) {
 
 pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<ExitCode> {
     let vars = runtime::env_vars(HashMap::new());
+    // Upstream MCP servers' tools are listed and pinned first, so policies can name them.
+    let mcp_problems =
+        callgate_gateway::mcp::upstream::discover(config, &vars, Duration::from_secs(10))
+            .await
+            .unwrap_or_default();
     let (rt, sources) = runtime::load(config, &vars, None).map_err(|e| anyhow!("{e}"))?;
     init_logging(&rt.config.logging.format, &rt.config.logging.level);
+    for p in mcp_problems {
+        tracing::warn!("{p}");
+    }
     let listen = listen.unwrap_or_else(|| rt.config.listen.clone());
     let grace = Duration::from_millis(rt.config.limits.shutdown_grace_ms);
     let base = config.parent().unwrap_or(Path::new("."));

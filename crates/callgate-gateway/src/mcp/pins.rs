@@ -242,26 +242,28 @@ impl Pins {
         &self.path
     }
 
-    /// The current pins, re-read if the file changed (the CLI approves into it).
-    pub fn current(&self) -> PinFile {
+    /// The current pins, re-read if the file changed (the CLI approves into it). An
+    /// unreadable file is an error, never an empty set of pins.
+    pub fn current(&self) -> Result<PinFile, String> {
         let stamp = std::fs::metadata(&self.path)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != stamp || stamp.is_none() {
-            match read(&self.path) {
-                Ok(f) => *cache = (stamp, f),
-                Err(e) => tracing::warn!(error = %e, "the MCP tool pins could not be read"),
-            }
+            let f = read(&self.path)?;
+            *cache = (stamp, f);
         }
-        cache.1.clone()
+        Ok(cache.1.clone())
     }
 
     /// Whether `server`'s `tool` is blocked. An unreadable pin file blocks everything.
     pub fn is_blocked(&self, server: &str, tool: &str) -> bool {
-        match read(&self.path) {
+        match self.current() {
             Ok(f) => f.is_blocked(server, tool),
-            Err(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the MCP tool pins could not be read; blocking");
+                true
+            }
         }
     }
 
@@ -339,10 +341,10 @@ mod tests {
         let seen = update(&path, |f| observe(f, "gh", &[tool("a", "x")])).unwrap();
         assert_eq!(seen.pinned, vec!["a"]);
         let pins = Pins::new(path.clone());
-        assert_eq!(pins.current().approved().len(), 1);
+        assert_eq!(pins.current().unwrap().approved().len(), 1);
         assert!(!pins.is_blocked("gh", "a"));
         pins.observe("gh", &[tool("a", "changed")]).unwrap();
         assert!(pins.is_blocked("gh", "a"));
-        assert!(pins.current().is_blocked("gh", "a"));
+        assert!(pins.current().unwrap().is_blocked("gh", "a"));
     }
 }

@@ -29,11 +29,15 @@ fn is_tool_result(up: &UpstreamResponse) -> bool {
 /// The tool result of a forwarded call.
 pub fn forwarded(up: &UpstreamResponse) -> CallToolResult {
     if is_tool_result(up) {
-        return serde_json::from_slice(&up.body).unwrap_or_else(|_| {
+        let mut r: CallToolResult = serde_json::from_slice(&up.body).unwrap_or_else(|_| {
             CallToolResult::error(vec![ContentBlock::text(
                 "the upstream tool's result could not be read",
             )])
         });
+        // The upstream may speak an older revision; Callgate answers in the agent's. (The
+        // SDK drops the field again for agents on revisions without it.)
+        r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+        return r;
     }
     let text = String::from_utf8_lossy(&up.body).into_owned();
     let structured = callgate_core::json::parse_strict(&up.body)

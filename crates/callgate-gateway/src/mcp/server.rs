@@ -98,8 +98,13 @@ impl ServerHandler for CallgateMcp {
         let mut holdable = false;
         let mut tools: Vec<Tool> = Vec::new();
         for f in rt.registry.iter() {
-            let exposed =
-                rt.config.mcp.expose_functions || f.backend != callgate_core::Backend::Http;
+            let exposed = match &f.backend {
+                callgate_core::Backend::Http => rt.config.mcp.expose_functions,
+                // A tool whose definition changed is not offered until it is approved.
+                callgate_core::Backend::McpTool { server, tool } => {
+                    !self.shared.mcp.is_blocked(server, tool)
+                }
+            };
             if !exposed || !rt.engine.could_allow(&caller.principal, f) {
                 continue;
             }

@@ -60,7 +60,7 @@ struct Server {
 enum Conn {
     Http(HttpMcp),
     /// The running process's client, while it runs.
-    Stdio(tokio::sync::RwLock<Option<Peer<RoleClient>>>),
+    Stdio(tokio::sync::watch::Sender<Option<Peer<RoleClient>>>),
 }
 
 fn unreachable(server: &str, detail: impl std::fmt::Display) -> Refusal {
@@ -102,7 +102,7 @@ impl Upstreams {
                         continue;
                     }
                 },
-                None => Conn::Stdio(tokio::sync::RwLock::new(None)),
+                None => Conn::Stdio(tokio::sync::watch::Sender::new(None)),
             };
             let server = Arc::new(Server {
                 name: name.clone(),
@@ -159,11 +159,14 @@ impl Upstreams {
                         detail: format!("MCP server {server} did not answer in time"),
                     })??
             }
-            Conn::Stdio(peer) => {
-                let peer = peer
-                    .read()
-                    .await
-                    .clone()
+            Conn::Stdio(slot) => {
+                // A process being (re)started is waited for, within the call's timeout.
+                let mut rx = slot.subscribe();
+                let peer =
+                    match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+                        Ok(Ok(p)) => p.clone(),
+                        _ => None,
+                    }
                     .ok_or_else(|| unreachable(server, "the process is not running"))?;
                 let params: CallToolRequestParams =
                     serde_json::from_value(params).map_err(|e| unreachable(server, e))?;
@@ -223,6 +226,96 @@ impl Upstreams {
     }
 }
 
+/// Lists the tools of every MCP server in the config at `config_path` and records them in the
+/// pins, before the runtime is loaded: policies may name the tools of a server Callgate has
+/// not met before. A server that cannot be reached within `timeout` is reported and skipped
+/// (its tools stay as pinned; it is retried once the gateway runs).
+pub async fn discover(
+    config_path: &Path,
+    vars: &crate::runtime::Vars,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let cfg = callgate_core::config::Config::parse(&text, &|n| vars(n))
+        .map_err(|e| format!("{}: {}", config_path.display(), e.message))?;
+    let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let pins_path = base.join(&cfg.mcp.pins);
+    let mut problems = Vec::new();
+    for (name, srv) in &cfg.mcp.servers {
+        let listed = tokio::time::timeout(timeout, async {
+            match &srv.url {
+                Some(url) => {
+                    // Listing needs no caller: a server-wide secret is sent (minted and OAuth
+                    // credentials are only obtained once the gateway runs).
+                    let credential = listing_secret(srv, &base, vars);
+                    HttpMcp::new(url, srv, &base)?
+                        .list_tools(name, credential)
+                        .await
+                }
+                None => {
+                    let (running, _changed) = launch(srv, &base).await?;
+                    let tools = running
+                        .peer()
+                        .list_all_tools()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = running.cancel().await;
+                    Ok(tools
+                        .iter()
+                        .filter_map(|t| serde_json::to_value(t).ok())
+                        .collect())
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match listed {
+            Ok(tools) => {
+                let seen = super::pins::update(&pins_path, |f| {
+                    super::pins::observe(f, name, &tool_defs(&tools))
+                })?;
+                for t in &seen.blocked {
+                    problems.push(format!(
+                        "mcp server {name:?}: tool {t:?} changed its definition and is blocked \
+                         until approved (callgate tools diff)"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("mcp server {name:?}: {e}")),
+        }
+    }
+    Ok(problems)
+}
+
+/// A server's configured secret as a header, for listing its tools before the runtime exists.
+fn listing_secret(
+    srv: &McpServerConfig,
+    base: &Path,
+    vars: &crate::runtime::Vars,
+) -> Option<Obtained> {
+    let callgate_core::config::CredentialConfig::Secret {
+        env,
+        file,
+        header: Some(h),
+        prefix,
+        ..
+    } = srv.credential.as_ref()?
+    else {
+        return None;
+    };
+    let mut errors = Vec::new();
+    let secret = crate::runtime::read_secret(env, file, "secret", base, vars, &mut errors)?;
+    let name = HeaderName::try_from(h.as_str()).ok()?;
+    let mut value = HeaderValue::from_bytes(&[prefix.as_bytes(), &secret].concat()).ok()?;
+    value.set_sensitive(true);
+    Some(Obtained {
+        id: "secret".into(),
+        header: Some((name, value)),
+        query: None,
+    })
+}
+
 /// A server's tools as pinning sees them.
 fn tool_defs(tools: &[Value]) -> Vec<ToolDef> {
     tools
@@ -271,7 +364,11 @@ async fn keep_listed(weak: Weak<Shared>, server: Arc<Server>) {
     loop {
         let Some(shared) = weak.upgrade() else { return };
         let Conn::Http(h) = &server.conn else { return };
-        let ok = match h.list_tools(&server.name).await {
+        let credential = {
+            let rt = shared.reloader.current();
+            shared.credentials.for_listing(&rt, &server.name)
+        };
+        let ok = match h.list_tools(&server.name, credential).await {
             Ok(tools) => {
                 record(&shared, &server.name, &tools);
                 true
@@ -333,7 +430,7 @@ async fn supervise(
                     list_stdio(&shared, &server.name, &peer).await;
                 }
                 if let Conn::Stdio(slot) = &server.conn {
-                    *slot.write().await = Some(peer.clone());
+                    slot.send_replace(Some(peer.clone()));
                 }
                 let mut waiting = Box::pin(running.waiting());
                 loop {
@@ -347,7 +444,7 @@ async fn supervise(
                     list_stdio(&shared, &server.name, &peer).await;
                 }
                 if let Conn::Stdio(slot) = &server.conn {
-                    *slot.write().await = None;
+                    slot.send_replace(None);
                 }
                 tracing::warn!(server = %server.name, "MCP server exited; restarting it");
             }
@@ -443,7 +540,12 @@ impl HttpMcp {
         })
     }
 
-    async fn list_tools(&self, server: &str) -> Result<Vec<Value>, String> {
+    async fn list_tools(
+        &self,
+        server: &str,
+        credential: Option<Obtained>,
+    ) -> Result<Vec<Value>, String> {
+        let auth = credential.and_then(|c| c.header);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..100 {
@@ -452,7 +554,7 @@ impl HttpMcp {
                 None => json!({}),
             };
             let page = self
-                .rpc(server, "tools/list", params, None)
+                .rpc_with(server, "tools/list", params, auth.clone())
                 .await
                 .map_err(|r| r.detail())?
                 .map_err(|e| format!("tools/list: {e}"))?;
@@ -479,7 +581,17 @@ impl HttpMcp {
         params: Value,
         credential: Option<Obtained>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
-        let auth = credential.and_then(|c| c.header);
+        self.rpc_with(server, method, params, credential.and_then(|c| c.header))
+            .await
+    }
+
+    async fn rpc_with(
+        &self,
+        server: &str,
+        method: &str,
+        params: Value,
+        auth: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<Result<Value, RpcError>, Refusal> {
         for attempt in 0..2 {
             let session = self.session(server, auth.as_ref()).await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

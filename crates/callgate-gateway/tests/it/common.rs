@@ -113,6 +113,14 @@ impl TestGateway {
             std::fs::write(dir.path().join("policies").join(name), text).unwrap();
         }
         let vars = runtime::env_vars(HashMap::new());
+        // As `callgate serve` does: upstream MCP servers' tools are pinned before loading.
+        callgate_gateway::mcp::upstream::discover(
+            &dir.path().join("callgate.yaml"),
+            &vars,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
         let (rt, sources) = runtime::load(&dir.path().join("callgate.yaml"), &vars, None)
             .unwrap_or_else(|e| panic!("config does not load:\n{e}"));
         let tls = rt.config.tls.as_ref().map(|t| {
