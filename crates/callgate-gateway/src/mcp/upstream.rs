@@ -58,7 +58,7 @@ struct Server {
 }
 
 enum Conn {
-    Http(HttpMcp),
+    Http(Box<HttpMcp>),
     /// The running process's client, while it runs.
     Stdio(tokio::sync::watch::Sender<Option<Peer<RoleClient>>>),
 }
@@ -96,7 +96,7 @@ impl Upstreams {
         for (name, cfg) in &rt.config.mcp.servers {
             let conn = match &cfg.url {
                 Some(url) => match HttpMcp::new(url, cfg, base) {
-                    Ok(h) => Conn::Http(h),
+                    Ok(h) => Conn::Http(Box::new(h)),
                     Err(e) => {
                         tracing::error!(server = %name, error = %e, "MCP server not started");
                         continue;
@@ -822,7 +822,7 @@ fn take_event(buf: &mut Vec<u8>) -> Option<String> {
         .filter_map(|l| l.strip_prefix("data:"))
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect();
-    let rest = normalized[end + 2..].as_bytes().to_vec();
+    let rest = normalized.as_bytes()[end + 2..].to_vec();
     *buf = rest;
     Some(data.join("\n"))
 }
