@@ -5,7 +5,7 @@
 //! ([`pipeline`]) and the ingresses that feed it ([`ingress`]), upstream forwarding
 //! ([`upstream`], [`http_client`]), rate limits ([`ratelimit`]), metrics ([`metrics`]), hot
 //! reload ([`runtime`]), approvals ([`approvals`]), credentials ([`credentials`]), masking
-//! ([`masking`]) and the
+//! ([`masking`]), the MCP ingress and upstream MCP servers ([`mcp`]) and the
 //! self-contained demo ([`demo`]). Decisions themselves are made by the pure crates
 //! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
