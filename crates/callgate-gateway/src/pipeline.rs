@@ -475,10 +475,7 @@ pub async fn run_tool_call(
         reason = Some(r);
     }
     args::validate(&function, &arguments)?;
-    let session = match tc.headers.get(SESSION_HEADER) {
-        Some(_) => session_from(tc.headers, &tc.principal)?,
-        None => tc.principal.session.clone(),
-    };
+    let session = session_from(tc.headers, &tc.principal)?;
     let (principal, granted) = shared.approvals.grants.apply(tc.principal, &function.name);
     let call = Call {
         request_id: tc.request_id,

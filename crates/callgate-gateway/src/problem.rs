@@ -7,6 +7,21 @@ use serde_json::json;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The RFC 6750 error parameters of a Bearer challenge for an authentication failure: none when
+/// no credential was sent, else `error="invalid_token"` with the reason (quote-safe).
+pub fn invalid_token_params(detail: &str) -> Option<String> {
+    if detail.starts_with("no credential") {
+        return None;
+    }
+    let d: String = detail
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    Some(format!(
+        "error=\"invalid_token\", error_description=\"{d}\""
+    ))
+}
+
 /// Renders a refusal as `application/problem+json`.
 pub fn response(refusal: &Refusal, request_id: &str) -> Response<Body> {
     let status =
@@ -31,16 +46,9 @@ pub fn response(refusal: &Refusal, request_id: &str) -> Response<Body> {
     let h = resp.headers_mut();
     match refusal {
         Refusal::Unauthenticated { detail } => {
-            let challenge = if detail.starts_with("no credential") {
-                "Bearer realm=\"callgate\"".to_string()
-            } else {
-                let d: String = detail
-                    .chars()
-                    .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-                    .collect();
-                format!(
-                    "Bearer realm=\"callgate\", error=\"invalid_token\", error_description=\"{d}\""
-                )
+            let challenge = match invalid_token_params(detail) {
+                None => "Bearer realm=\"callgate\"".to_string(),
+                Some(p) => format!("Bearer realm=\"callgate\", {p}"),
             };
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 h.insert(header::WWW_AUTHENTICATE, v);

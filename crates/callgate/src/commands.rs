@@ -118,9 +118,9 @@ pub async fn demo_token(
     }
 }
 
-/// `explain` and `test` decide offline: they need no live upstream or issuer, so unset
+/// `explain`, `test` and `tools` work offline: they need no live upstream or issuer, so unset
 /// `${VAR}` references get a placeholder instead of failing the load.
-fn offline_vars() -> runtime::Vars {
+pub(crate) fn offline_vars() -> runtime::Vars {
     std::sync::Arc::new(|n: &str| {
         Some(std::env::var(n).unwrap_or_else(|_| "http://127.0.0.1:9".into()))
     })

@@ -31,10 +31,9 @@ pub enum ToolsCommand {
 fn pins_path(config: &Path) -> anyhow::Result<(Config, PathBuf)> {
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("cannot read {}", config.display()))?;
-    let cfg = Config::parse(&text, &|n| {
-        Some(std::env::var(n).unwrap_or_else(|_| "http://127.0.0.1:9".into()))
-    })
-    .map_err(|e| anyhow!("{}: {}", config.display(), e.message))?;
+    let vars = crate::commands::offline_vars();
+    let cfg = Config::parse(&text, &|n| vars(n))
+        .map_err(|e| anyhow!("{}: {}", config.display(), e.message))?;
     let base = config.parent().unwrap_or(Path::new("."));
     let path = base.join(&cfg.mcp.pins);
     Ok((cfg, path))
@@ -118,7 +117,7 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                     };
                     println!(
                         "{server}/{name}  {state}  {}  approved by {} at {}",
-                        &pin.digest[..16],
+                        pin.digest.get(..16).unwrap_or(&pin.digest),
                         pin.approved_by,
                         pin.approved_at
                     );

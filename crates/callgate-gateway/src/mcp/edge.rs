@@ -329,15 +329,10 @@ impl Edge {
         if resp.status() == StatusCode::UNAUTHORIZED {
             let mut challenge = format!("Bearer resource_metadata=\"{base}{METADATA_PATH}\"");
             if let Refusal::Unauthenticated { detail } = r
-                && !detail.starts_with("no credential")
+                && let Some(p) = problem::invalid_token_params(detail)
             {
-                let d: String = detail
-                    .chars()
-                    .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-                    .collect();
-                challenge.push_str(&format!(
-                    ", error=\"invalid_token\", error_description=\"{d}\""
-                ));
+                challenge.push_str(", ");
+                challenge.push_str(&p);
             }
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);

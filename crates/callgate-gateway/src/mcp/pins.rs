@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// The pinned definition of one tool and, when the server now offers another, that one.
@@ -98,10 +98,13 @@ impl Observed {
     }
 }
 
+/// A file's modification time and length: when either changes, it is read again.
+type Stamp = Option<(SystemTime, u64)>;
+
 /// The pin file on disk, with a cached copy re-read when the file changes.
 pub struct Pins {
     path: PathBuf,
-    cache: Mutex<(Option<(SystemTime, u64)>, PinFile)>,
+    cache: Mutex<(Stamp, Arc<PinFile>)>,
 }
 
 fn now() -> String {
@@ -234,7 +237,7 @@ impl Pins {
     pub fn new(path: PathBuf) -> Pins {
         Pins {
             path,
-            cache: Mutex::new((None, PinFile::default())),
+            cache: Mutex::new((None, Arc::new(PinFile::default()))),
         }
     }
 
@@ -244,14 +247,14 @@ impl Pins {
 
     /// The current pins, re-read if the file changed (the CLI approves into it). An
     /// unreadable file is an error, never an empty set of pins.
-    pub fn current(&self) -> Result<PinFile, String> {
+    pub fn current(&self) -> Result<Arc<PinFile>, String> {
         let stamp = std::fs::metadata(&self.path)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != stamp || stamp.is_none() {
             let f = read(&self.path)?;
-            *cache = (stamp, f);
+            *cache = (stamp, Arc::new(f));
         }
         Ok(cache.1.clone())
     }

@@ -9,9 +9,8 @@
 
 use callgate_core::refusal::Refusal;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ServerCapabilities, Tool,
+    CallToolRequestParams, CallToolResponse, ErrorData, Implementation, InitializeResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler};
@@ -200,14 +199,4 @@ impl ServerHandler for CallgateMcp {
         crate::ingress::observe(&self.shared, &trace, status, started);
         answer.map(CallToolResponse::Complete)
     }
-}
-
-/// A text block.
-pub fn text(s: impl Into<String>) -> ContentBlock {
-    ContentBlock::text(s.into())
-}
-
-/// A tool result from its JSON form (what upstream MCP servers return).
-pub fn result_from_json(v: Value) -> Result<CallToolResult, serde_json::Error> {
-    serde_json::from_value(v)
 }

@@ -5,13 +5,14 @@ use crate::common::*;
 use callgate_gateway::demo;
 use serde_json::Value;
 
-struct Demo {
+/// `callgate demo` running on loopback in its own data dir (also used by the MCP tests).
+pub struct Demo {
     base: String,
     upstream: String,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
-async fn start() -> Demo {
+pub async fn start() -> Demo {
     let dir = tempfile::tempdir().unwrap();
     let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
     let base = format!("http://{}", d.addr);
@@ -20,15 +21,15 @@ async fn start() -> Demo {
     Demo {
         base,
         upstream,
-        _dir: dir,
+        dir,
     }
 }
 
 impl Demo {
-    fn url(&self, p: &str) -> String {
+    pub fn url(&self, p: &str) -> String {
         format!("{}{p}", self.base)
     }
-    async fn token(&self, user: &str) -> String {
+    pub async fn token(&self, user: &str) -> String {
         let r = post_json(
             &self.url("/demo/idp/token"),
             &[],

@@ -4,7 +4,7 @@
 //! (`tests/mcp/package.json`, `pip install mcp` into `target/mcp-venv`).
 
 use crate::common::*;
-use callgate_gateway::demo;
+use crate::demo::{Demo, start};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,45 +70,17 @@ fn tool_names(list: &Value) -> Vec<String> {
     names
 }
 
-struct Demo {
-    base: String,
-    dir: tempfile::TempDir,
-}
-
-async fn start_demo() -> Demo {
-    let dir = tempfile::tempdir().unwrap();
-    let d = demo::start("127.0.0.1:0", dir.path()).await.unwrap();
-    let base = format!("http://{}", d.addr);
-    tokio::spawn(d.serve(std::future::pending()));
-    Demo { base, dir }
-}
-
-impl Demo {
-    fn url(&self, p: &str) -> String {
-        format!("{}{p}", self.base)
-    }
-    fn mcp(&self) -> String {
-        self.url("/mcp")
-    }
-    async fn token(&self, user: &str) -> String {
-        let r = post_json(
-            &self.url("/demo/idp/token"),
-            &[],
-            &format!(r#"{{"user":"{user}"}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 200);
-        r.json()["access_token"].as_str().unwrap().to_string()
-    }
+fn mcp_url(d: &Demo) -> String {
+    d.url("/mcp")
 }
 
 /// The issue's acceptance, with the TypeScript SDK as the agent's client.
 #[tokio::test]
 async fn demo_acceptance_with_the_typescript_sdk() {
-    let d = start_demo().await;
+    let d = start().await;
     let alice = d.token("alice").await;
     let out = ts_client(
-        &d.mcp(),
+        &mcp_url(&d),
         &alice,
         json!([
             {"op": "list"},
@@ -155,7 +127,7 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     // bob: the reset comes back pending; carol approves; it runs; bob sees the result.
     let bob = d.token("bob").await;
     let out = ts_client(
-        &d.mcp(),
+        &mcp_url(&d),
         &bob,
         json!([
             {"op": "list"},
@@ -186,7 +158,7 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     .await;
     assert!(own.status == 403 || own.status == 404, "{}", own.status);
     let status = ts_client(
-        &d.mcp(),
+        &mcp_url(&d),
         &bob,
         json!([{"op": "call", "name": "callgate.call_status", "arguments": {"call_id": id}}]),
     )
@@ -203,7 +175,7 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     let mut done = Value::Null;
     for _ in 0..50 {
         let status = ts_client(
-            &d.mcp(),
+            &mcp_url(&d),
             &bob,
             json!([{"op": "call", "name": "callgate.call_status", "arguments": {"call_id": id}}]),
         )
@@ -217,7 +189,7 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     assert_eq!(done["structuredContent"]["account_id"], "acct_9", "{done}");
     // Someone else's call is not theirs to follow.
     let out = ts_client(
-        &d.mcp(),
+        &mcp_url(&d),
         &alice,
         json!([{"op": "call", "name": "callgate.call_status", "arguments": {"call_id": id}}]),
     )
@@ -229,7 +201,7 @@ async fn demo_acceptance_with_the_typescript_sdk() {
 /// standard headers) and, in legacy mode, the initialize handshake.
 #[tokio::test]
 async fn demo_with_the_python_sdk_modern_and_legacy() {
-    let d = start_demo().await;
+    let d = start().await;
     let alice = d.token("alice").await;
     let steps = json!([
         {"op": "list"},
@@ -238,7 +210,7 @@ async fn demo_with_the_python_sdk_modern_and_legacy() {
         {"op": "call", "name": "users.get", "arguments": {"id": "not-a-user-id"}},
     ]);
     for (mode, version) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
-        let out = py_client(&d.mcp(), &alice, mode, steps.clone()).await;
+        let out = py_client(&mcp_url(&d), &alice, mode, steps.clone()).await;
         assert_eq!(out.last().unwrap()["protocol"], version, "{out:?}");
         assert_eq!(tool_names(&out[0]), ["files.read", "users.get"], "{mode}");
         let profile = &out[1]["result"]["structuredContent"];
@@ -267,12 +239,12 @@ fn mcp_headers<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 /// and body agreement, strict JSON.
 #[tokio::test]
 async fn the_mcp_edge_refuses_what_it_must() {
-    let d = start_demo().await;
+    let d = start().await;
     let (alice, bob) = (d.token("alice").await, d.token("bob").await);
     let (a, b) = (format!("Bearer {alice}"), format!("Bearer {bob}"));
 
     // Unauthenticated: 401 pointing at the protected-resource metadata.
-    let r = post_json(&d.mcp(), &mcp_headers(&[]), INIT).await;
+    let r = post_json(&mcp_url(&d), &mcp_headers(&[]), INIT).await;
     assert_eq!(r.status, 401);
     let challenge = r.header("www-authenticate").unwrap().to_string();
     let meta_url = d.url("/.well-known/oauth-protected-resource/mcp");
@@ -281,11 +253,11 @@ async fn the_mcp_edge_refuses_what_it_must() {
         format!("Bearer resource_metadata=\"{meta_url}\"")
     );
     let meta = get(&meta_url, &[]).await.json();
-    assert_eq!(meta["resource"], d.mcp());
+    assert_eq!(meta["resource"], mcp_url(&d));
     assert_eq!(meta["authorization_servers"][0], d.url("/demo/idp"));
     // A bad token: the same challenge plus invalid_token.
     let r = post_json(
-        &d.mcp(),
+        &mcp_url(&d),
         &mcp_headers(&[("authorization", "Bearer x.y.z")]),
         INIT,
     )
@@ -299,7 +271,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
 
     // A browser page from another origin is refused.
     let r = post_json(
-        &d.mcp(),
+        &mcp_url(&d),
         &mcp_headers(&[("authorization", &a), ("origin", "http://evil.example")]),
         INIT,
     )
@@ -308,7 +280,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
 
     // Strict JSON: duplicate keys are a parse error, before any MCP code reads them.
     let r = post_json(
-        &d.mcp(),
+        &mcp_url(&d),
         &mcp_headers(&[("authorization", &a)]),
         r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
     )
@@ -317,7 +289,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
     assert_eq!(r.json()["error"]["code"], -32700);
 
     // Session binding: alice's session is refused to bob, and still alice's.
-    let r = post_json(&d.mcp(), &mcp_headers(&[("authorization", &a)]), INIT).await;
+    let r = post_json(&mcp_url(&d), &mcp_headers(&[("authorization", &a)]), INIT).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let sid = r.header("mcp-session-id").unwrap().to_string();
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
@@ -334,12 +306,12 @@ async fn the_mcp_edge_refuses_what_it_must() {
     };
     let hb = with(&b);
     let hb: Vec<(&str, &str)> = hb.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = post_json(&d.mcp(), &hb, list).await;
+    let r = post_json(&mcp_url(&d), &hb, list).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("another principal"));
     let ha = with(&a);
     let ha: Vec<(&str, &str)> = ha.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = post_json(&d.mcp(), &ha, list).await;
+    let r = post_json(&mcp_url(&d), &ha, list).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("users.get") && !r.text().contains("billing.reset_account"));
 
@@ -347,7 +319,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
     let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"users.get","arguments":{"id":"u_1"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
     for (method, name) in [("tools/list", "users.get"), ("tools/call", "files.read")] {
         let r = post_json(
-            &d.mcp(),
+            &mcp_url(&d),
             &mcp_headers(&[
                 ("authorization", &a),
                 ("mcp-protocol-version", "2026-07-28"),
@@ -361,7 +333,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
         assert_eq!(r.json()["error"]["code"], -32020, "{}", r.text());
     }
     let r = post_json(
-        &d.mcp(),
+        &mcp_url(&d),
         &mcp_headers(&[
             ("authorization", &a),
             ("mcp-protocol-version", "2026-07-28"),
@@ -386,7 +358,7 @@ async fn the_mcp_edge_refuses_what_it_must() {
     let tmp = cfg_path.with_extension("tmp");
     std::fs::write(&tmp, edited).unwrap();
     std::fs::rename(&tmp, &cfg_path).unwrap();
-    let r = post_json(&d.mcp(), &mcp_headers(&[("authorization", &a)]), INIT).await;
+    let r = post_json(&mcp_url(&d), &mcp_headers(&[("authorization", &a)]), INIT).await;
     assert_eq!(r.status, 401, "{}", r.text());
     let challenge = r.header("www-authenticate").unwrap();
     assert!(challenge.contains("audience"), "{challenge}");
