@@ -10,6 +10,8 @@
 //!    audience; a token minted for another service is refused even from a trusted issuer.
 //! 4. **Session binding** — an `Mcp-Session-Id` is bound to the principal that created it; the
 //!    same id presented by anyone else is refused (403), so a leaked session id is useless.
+//!    A session idle for [`SESSION_IDLE`] is closed and its binding forgotten; at most
+//!    [`MAX_SESSIONS`] are open at once (a new one beyond that is refused with 503).
 //! 5. **Strict JSON** — a POST body is parsed once with Callgate's strict parser (duplicate
 //!    keys, lone surrogates, excessive depth refused: JSON-RPC −32700); the SDK then reads the
 //!    same bytes, so policy and upstream see the value this check saw.
@@ -22,11 +24,13 @@ use callgate_core::refusal::Refusal;
 use callgate_core::{AuthMethod, Principal};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::server::CallgateMcp;
 use super::{McpCaller, PATH};
@@ -34,6 +38,14 @@ use crate::audit::RefusedRequest;
 use crate::{Peer, RequestId, Shared, problem};
 
 const SESSION_ID: &str = "mcp-session-id";
+/// A session with no request for this long is closed (the SDK's own idle limit, made explicit
+/// so Callgate forgets the binding at the same time).
+pub const SESSION_IDLE: Duration = SessionConfig::DEFAULT_KEEP_ALIVE;
+/// Open sessions at most; a client that needs a new one beyond this gets 503 and retries.
+pub const MAX_SESSIONS: usize = 10_000;
+/// How often bindings are swept for idle sessions.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Where the protected-resource metadata of `/mcp` is served (RFC 9728 §3.1).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
 
@@ -43,8 +55,37 @@ type Service = StreamableHttpService<CallgateMcp, LocalSessionManager>;
 pub struct Edge {
     shared: Arc<Shared>,
     service: Service,
-    /// `Mcp-Session-Id` → the principal that created the session.
-    sessions: Mutex<HashMap<String, String>>,
+    /// The SDK's sessions, closed here when idle.
+    manager: Arc<LocalSessionManager>,
+    /// `Mcp-Session-Id` → the principal that created the session, and when it was last used.
+    sessions: Mutex<Bindings>,
+}
+
+struct Bindings {
+    by_id: HashMap<String, Binding>,
+    last_sweep: Instant,
+}
+
+struct Binding {
+    owner: String,
+    last_seen: Instant,
+}
+
+impl Bindings {
+    /// Forgets sessions idle for [`SESSION_IDLE`] and returns their ids, to be closed.
+    fn sweep(&mut self, now: Instant) -> Vec<String> {
+        self.last_sweep = now;
+        let idle: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.last_seen) >= SESSION_IDLE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &idle {
+            self.by_id.remove(id);
+        }
+        idle
+    }
 }
 
 /// `/mcp` and its protected-resource metadata.
@@ -56,15 +97,22 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .disable_allowed_hosts()
         .disable_allowed_origins()
         .with_json_response(true);
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(SESSION_IDLE);
+    let manager = Arc::new(manager);
     let service = StreamableHttpService::new(
         move || Ok(CallgateMcp::new(factory_shared.clone())),
-        Arc::new(LocalSessionManager::default()),
+        manager.clone(),
         config,
     );
     let edge = Arc::new(Edge {
         shared,
         service,
-        sessions: Mutex::new(HashMap::new()),
+        manager,
+        sessions: Mutex::new(Bindings {
+            by_id: HashMap::new(),
+            last_sweep: Instant::now(),
+        }),
     });
     Router::new()
         .route(
@@ -242,27 +290,45 @@ impl Edge {
             .get(SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if let Some(sid) = &session {
-            let owner = self
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(sid)
-                .cloned();
-            if owner.as_ref().is_some_and(|o| *o != key) {
-                let r = Refusal::Forbidden {
-                    detail: "an MCP session id presented by a principal other than its owner"
-                        .into(),
-                };
-                refused(Some(principal.subject.clone()), &r);
-                tracing::warn!(request_id = %request_id, subject = %principal.subject, "MCP session presented by another principal");
-                return jsonrpc_error(
-                    StatusCode::FORBIDDEN,
-                    Value::Null,
-                    -32600,
-                    "Forbidden: this MCP session belongs to another principal",
-                );
+        let (owned_by_other, full) = {
+            let now = Instant::now();
+            let mut bindings = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if now.duration_since(bindings.last_sweep) >= SWEEP_EVERY {
+                for id in bindings.sweep(now) {
+                    self.close(id);
+                }
             }
+            let owned_by_other = match session.as_ref().and_then(|sid| bindings.by_id.get_mut(sid))
+            {
+                Some(b) if b.owner != key => true,
+                Some(b) => {
+                    b.last_seen = now;
+                    false
+                }
+                None => false,
+            };
+            (owned_by_other, bindings.by_id.len() >= MAX_SESSIONS)
+        };
+        if owned_by_other {
+            let r = Refusal::Forbidden {
+                detail: "an MCP session id presented by a principal other than its owner".into(),
+            };
+            refused(Some(principal.subject.clone()), &r);
+            tracing::warn!(request_id = %request_id, subject = %principal.subject, "MCP session presented by another principal");
+            return jsonrpc_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                -32600,
+                "Forbidden: this MCP session belongs to another principal",
+            );
+        } else if session.is_none() && full && req.method() == Method::POST {
+            tracing::warn!(request_id = %request_id, "MCP session limit reached");
+            return jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                -32603,
+                "Callgate has too many open MCP sessions; retry later",
+            );
         }
 
         // 5. strict JSON
@@ -309,18 +375,32 @@ impl Edge {
         let (parts, body) = resp.into_parts();
         let resp = Response::from_parts(parts, Body::new(body));
         // A new session belongs to whoever created it; a deleted one is forgotten.
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bindings = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if session.is_none()
             && let Some(sid) = resp.headers().get(SESSION_ID).and_then(|v| v.to_str().ok())
         {
-            sessions.insert(sid.to_string(), key);
+            bindings.by_id.insert(
+                sid.to_string(),
+                Binding {
+                    owner: key,
+                    last_seen: Instant::now(),
+                },
+            );
         } else if method == Method::DELETE
             && resp.status().is_success()
             && let Some(sid) = &session
         {
-            sessions.remove(sid);
+            bindings.by_id.remove(sid);
         }
         resp
+    }
+
+    /// Closes an idle session in the SDK (its worker may have stopped already).
+    fn close(&self, id: String) {
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let _ = manager.close_session(&id.into()).await;
+        });
     }
 
     /// 401 with the RFC 9728 challenge (or the identity failure's own status, e.g. 503).
@@ -339,5 +419,34 @@ impl Edge {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_sessions_are_swept_and_used_ones_kept() {
+        let start = Instant::now();
+        let mut b = Bindings {
+            by_id: HashMap::new(),
+            last_sweep: start,
+        };
+        for id in ["old", "fresh"] {
+            b.by_id.insert(
+                id.into(),
+                Binding {
+                    owner: "key k alice".into(),
+                    last_seen: start,
+                },
+            );
+        }
+        b.by_id.get_mut("fresh").unwrap().last_seen = start + SESSION_IDLE - Duration::from_secs(1);
+        let now = start + SESSION_IDLE;
+        assert_eq!(b.sweep(now), vec!["old".to_string()]);
+        assert!(b.by_id.contains_key("fresh"));
+        assert_eq!(b.last_sweep, now);
+        assert!(b.sweep(now).is_empty());
     }
 }
