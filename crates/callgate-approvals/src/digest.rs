@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 /// Hex SHA-256 of the canonical (RFC 8785) form of `payload`.
 pub fn digest(payload: &Value) -> Result<String, String> {
-    let canonical = serde_json_canonicalizer::to_vec(payload).map_err(|e| e.to_string())?;
+    let canonical = callgate_audit::canonical::value_to_vec(payload).map_err(|e| e.to_string())?;
     Ok(Sha256::digest(&canonical)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -1,5 +1,6 @@
 //! Callgate's tamper-evident audit log, without IO.
 //!
+//! - [`canonical`]: RFC 8785 canonical JSON, shared by records, approval digests and tool pins.
 //! - [`record`]: the canonical, versioned encoding of audit records (what an independent
 //!   verifier hashes).
 //! - [`merkle`]: the RFC 6962 Merkle tree: leaf and node hashes, roots, inclusion and
@@ -12,6 +13,7 @@
 //! this crate only computes, so every rule here is testable without a disk.
 #![forbid(unsafe_code)]
 
+pub mod canonical;
 pub mod merkle;
 pub mod note;
 pub mod record;

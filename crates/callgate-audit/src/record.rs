@@ -397,8 +397,8 @@ impl Event {
 
     /// The event's canonical (RFC 8785) encoding.
     pub fn encode(&self) -> Result<EncodedEvent, RecordError> {
-        let json = serde_json_canonicalizer::to_vec(self)
-            .map_err(|e| RecordError::Encode(e.to_string()))?;
+        let json =
+            crate::canonical::to_vec(self).map_err(|e| RecordError::Encode(e.to_string()))?;
         Ok(EncodedEvent {
             columns: self.columns(),
             json,
@@ -456,7 +456,7 @@ pub fn parse_record(position: u64, bytes: &[u8]) -> Result<Record, RecordError> 
     let json: Value =
         serde_json::from_slice(bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
     let canonical =
-        serde_json_canonicalizer::to_vec(&json).map_err(|e| RecordError::NotJson(e.to_string()))?;
+        crate::canonical::value_to_vec(&json).map_err(|e| RecordError::NotJson(e.to_string()))?;
     if canonical != bytes {
         return Err(RecordError::NotCanonical);
     }

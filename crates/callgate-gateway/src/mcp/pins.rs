@@ -74,7 +74,7 @@ impl PinFile {
 pub fn digest(def: &ToolDef) -> String {
     let v =
         json!({"name": def.name, "description": def.description, "inputSchema": def.input_schema});
-    let canonical = serde_json_canonicalizer::to_vec(&v).unwrap_or_default();
+    let canonical = callgate_audit::canonical::value_to_vec(&v).unwrap_or_default();
     Sha256::digest(&canonical)
         .iter()
         .map(|b| format!("{b:02x}"))
