@@ -1,7 +1,9 @@
 // A real MCP client (the official TypeScript SDK) that Callgate's tests drive through /mcp.
 //
 // Usage: node client.mjs URL TOKEN STEPS_JSON
-// STEPS_JSON is an array of steps: {"op": "list"} or {"op": "call", "name": ..., "arguments": {...}}.
+// STEPS_JSON is an array of steps: {"op": "list"}, {"op": "call", "name": ..., "arguments": {...}},
+// {"op": "resources"}, {"op": "templates"}, {"op": "read", "uri": ...}, {"op": "prompts"},
+// {"op": "prompt", "name": ..., "arguments": {...}}.
 // Prints one JSON line per step: {"ok": true, "result": ...} or {"ok": false, "error": ..., "code": ...},
 // then {"session": ..., "protocol": ...}.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -23,6 +25,11 @@ for (const step of steps) {
     let result;
     if (step.op === "list") result = await client.listTools();
     else if (step.op === "call") result = await client.callTool({ name: step.name, arguments: step.arguments || {} });
+    else if (step.op === "resources") result = await client.listResources();
+    else if (step.op === "templates") result = await client.listResourceTemplates();
+    else if (step.op === "read") result = await client.readResource({ uri: step.uri });
+    else if (step.op === "prompts") result = await client.listPrompts();
+    else if (step.op === "prompt") result = await client.getPrompt({ name: step.name, arguments: step.arguments || {} });
     else throw new Error(`unknown step ${step.op}`);
     console.log(JSON.stringify({ ok: true, result }));
   } catch (e) {

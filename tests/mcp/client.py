@@ -36,6 +36,16 @@ async def main() -> None:
                             result = await client.list_tools()
                         elif step["op"] == "call":
                             result = await client.call_tool(step["name"], step.get("arguments", {}))
+                        elif step["op"] == "resources":
+                            result = await client.list_resources()
+                        elif step["op"] == "templates":
+                            result = await client.list_resource_templates()
+                        elif step["op"] == "read":
+                            result = await client.read_resource(step["uri"])
+                        elif step["op"] == "prompts":
+                            result = await client.list_prompts()
+                        elif step["op"] == "prompt":
+                            result = await client.get_prompt(step["name"], step.get("arguments", {}))
                         else:
                             raise ValueError(f"unknown step {step['op']}")
                         print(json.dumps({"ok": True, "result": dump(result)}), flush=True)

@@ -1,16 +1,18 @@
 // A real MCP server (the official TypeScript SDK) over streamable HTTP, for Callgate's tests.
 //
-// Usage: node server.mjs PORT LOG_FILE
-// Tools: lookup (returns a record with PII), echo. Every request's Authorization header and
-// every tool call are appended to LOG_FILE as JSON lines, so tests see what reached it.
+// Usage: node server.mjs PORT LOG_FILE [stateful]
+// Tools: lookup (returns a record with PII), echo; resource ledger://statements/2026-10. Every request's Authorization header and
+// every tool call are appended to LOG_FILE as JSON lines, so tests see what reached it
+// (LOG_FILE "-" logs nothing: the benchmark's upstream, benches/mcp-load.sh).
 import http from "node:http";
 import fs from "node:fs";
+import { randomUUID } from "node:crypto";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { z } from "zod";
 
 const [port, logFile] = process.argv.slice(2);
-const log = (entry) => fs.appendFileSync(logFile, JSON.stringify(entry) + "\n");
+const log = logFile === "-" ? () => {} : (entry) => fs.appendFileSync(logFile, JSON.stringify(entry) + "\n");
 
 function build() {
   const server = new McpServer({ name: "callgate-test-ts-upstream", version: "1.0.0" });
@@ -31,19 +33,49 @@ function build() {
       return { content: [{ type: "text", text }] };
     },
   );
+  server.registerResource(
+    "statement",
+    "ledger://statements/2026-10",
+    { description: "October's statement.", mimeType: "text/plain" },
+    async (uri) => {
+      log({ resource: uri.href });
+      return { contents: [{ uri: uri.href, mimeType: "text/plain", text: "Statement for grace@example.com: 3 payments." }] };
+    },
+  );
   return server;
 }
+
+// MODE "stateful" (the third argument): one SDK server per MCP session, kept across requests,
+// as a long-running server is usually deployed; otherwise stateless (a fresh one per request).
+const stateful = process.argv[4] === "stateful";
+const sessions = new Map();
 
 http
   .createServer(async (req, res) => {
     log({ method: req.method, authorization: req.headers["authorization"] ?? null });
     let body = "";
     for await (const chunk of req) body += chunk;
+    const parsed = body ? JSON.parse(body) : undefined;
+    if (stateful) {
+      const sid = req.headers["mcp-session-id"];
+      let transport = sid && sessions.get(sid);
+      if (!transport) {
+        if (sid) { res.writeHead(404).end(); return; }
+        transport = new StreamableHTTPServerTransport({
+          sessionIdGenerator: () => randomUUID(),
+          enableJsonResponse: true,
+          onsessioninitialized: (id) => sessions.set(id, transport),
+        });
+        await build().connect(transport);
+      }
+      await transport.handleRequest(req, res, parsed);
+      return;
+    }
     // Stateless: a fresh server and transport per request.
     const server = build();
     const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
     res.on("close", () => { transport.close(); server.close(); });
     await server.connect(transport);
-    await transport.handleRequest(req, res, body ? JSON.parse(body) : undefined);
+    await transport.handleRequest(req, res, parsed);
   })
   .listen(Number(port), "127.0.0.1", () => console.log(`listening on ${port}`));

@@ -4,7 +4,9 @@ Usage: python server.py stdio
        python server.py http PORT
 
 Tools: crm_lookup (a customer record with PII, for masking), echo, delete_repo (high risk,
-for approvals), crash (exits the process: the supervisor must restart it). The description of
+for approvals), crash (exits the process: the supervisor must restart it). Resources: the
+template crm://customers/{customer_id} (a record with PII) and crm://internal/keys; prompt:
+summarize(customer_id). The description of
 `echo` is read from the file named by $ECHO_DESCRIPTION_FILE when set, so a test can change a
 tool's definition (a "rug pull"). Every call is appended to $CALLS_LOG as one JSON line,
 with the Authorization header it came with (HTTP), so tests can see what reached the server.
@@ -57,6 +59,24 @@ def echo(text: str) -> str:
 def delete_repo(repo: str) -> str:
     log_call("delete_repo", {"repo": repo})
     return f"deleted {repo}"
+
+
+@server.resource("crm://customers/{customer_id}", description="A customer's record.", mime_type="application/json")
+def customer(customer_id: str) -> str:
+    log_call("resource", {"uri": f"crm://customers/{customer_id}"})
+    return json.dumps({"id": customer_id, "email": "ada@example.com", "ssn": "078-05-1120"})
+
+
+@server.resource("crm://internal/keys", description="Signing keys (never for agents).")
+def keys() -> str:
+    log_call("resource", {"uri": "crm://internal/keys"})
+    return "sk_live_51Habcdefghijklmnopqrstuvwx"
+
+
+@server.prompt(description="Summarize a customer's account.")
+def summarize(customer_id: str) -> str:
+    log_call("prompt", {"name": "summarize", "customer_id": customer_id})
+    return f"Summarize customer {customer_id}; their SSN is 078-05-1120."
 
 
 @server.tool(description="Exit the server process (for supervision tests).")

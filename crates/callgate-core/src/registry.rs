@@ -80,6 +80,41 @@ pub enum Backend {
     Http,
     /// A tool of an upstream MCP server (`mcp.servers.<server>`), by the server's own name.
     McpTool { server: String, tool: String },
+    /// An MCP request other than `tools/call` on an upstream server ([`MCP_METHODS`]):
+    /// reading a resource, getting a prompt. Named `<prefix>:<method>`, so policies allow
+    /// them per server (`Callgate::Action::"crm:resources/read"`); never in the HTTP catalog.
+    McpMethod { server: String, method: String },
+}
+
+/// The MCP requests, besides `tools/call`, that Callgate relays to an upstream server when
+/// policy allows them, with the arguments policy sees.
+pub const MCP_METHODS: &[&str] = &["resources/read", "prompts/get"];
+
+/// The registry name of MCP request `method` on the server with tool prefix `prefix`
+/// (`crm:resources/read`). The colon and slash keep it apart from every function name.
+pub fn mcp_method_function_name(prefix: &str, method: &str) -> String {
+    format!("{prefix}:{method}")
+}
+
+/// The argument schema of an MCP method's normalized call.
+fn mcp_method_schema(method: &str) -> Value {
+    match method {
+        "resources/read" => serde_json::json!({
+            "type": "object",
+            "properties": {"uri": {"type": "string", "description": "the resource's URI"}},
+            "required": ["uri"],
+            "additionalProperties": false
+        }),
+        _ => serde_json::json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "the prompt's name on its server"},
+                "arguments": {"type": "object", "additionalProperties": {"type": "string"}}
+            },
+            "required": ["name"],
+            "additionalProperties": false
+        }),
+    }
 }
 
 /// An upstream MCP tool definition as pinned (the approved version): the server's tool name,
@@ -371,6 +406,51 @@ impl Registry {
     pub fn add_mcp_tools(&mut self, cfg: &Config, pinned: &[(String, ToolDef)]) -> Vec<String> {
         let mut problems = Vec::new();
         let default_timeout = Duration::from_millis(cfg.limits.upstream_timeout_ms);
+        for (server, srv) in &cfg.mcp.servers {
+            let prefix = srv.prefix.as_deref().unwrap_or(server);
+            for method in MCP_METHODS {
+                let name = mcp_method_function_name(prefix, method);
+                if self.by_name.contains_key(&name) {
+                    problems.push(format!("mcp server {server:?}: {name:?} is already taken"));
+                    continue;
+                }
+                let schema = mcp_method_schema(method);
+                let validator =
+                    jsonschema::validator_for(&schema).expect("static schemas are valid");
+                let def = Arc::new(FunctionDef {
+                    name: name.clone(),
+                    description: format!("MCP {method} on server {server}"),
+                    upstream: format!("mcp:{server}"),
+                    upstream_url: srv
+                        .url
+                        .clone()
+                        .unwrap_or_else(|| format!("stdio:{}", srv.command.join(" "))),
+                    route: Route::parse("POST /").expect("static route"),
+                    fields: object_fields(&schema),
+                    schema: Some(schema),
+                    validator: Some(validator),
+                    bind: BTreeMap::new(),
+                    risk: srv.risk.clone(),
+                    timeout: srv
+                        .timeout_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(default_timeout),
+                    // Held only when a policy's @approval says so: a server's `approval`
+                    // is about its tools.
+                    approval: None,
+                    idempotent: true,
+                    break_glass: Vec::new(),
+                    credential: srv.credential.clone(),
+                    mask: srv.mask.clone(),
+                    backend: Backend::McpMethod {
+                        server: server.clone(),
+                        method: method.to_string(),
+                    },
+                });
+                self.by_name.insert(name, def.clone());
+                self.functions.push(def);
+            }
+        }
         for (server, tool) in pinned {
             let Some(srv) = cfg.mcp.servers.get(server) else {
                 continue;

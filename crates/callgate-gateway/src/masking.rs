@@ -177,8 +177,10 @@ impl Masking {
         if response.body.is_empty() {
             return Ok(());
         }
-        if let callgate_core::Backend::McpTool { .. } = call.function.backend {
-            // An MCP tool result: mask its structured content and each content block.
+        if let callgate_core::Backend::McpTool { .. } | callgate_core::Backend::McpMethod { .. } =
+            call.function.backend
+        {
+            // An MCP result: mask its structured content and each content block.
             let Ok(mut doc) = callgate_core::json::parse_strict(&response.body) else {
                 return Err(Refusal::UpstreamUnreachable {
                     detail: format!(
@@ -248,9 +250,11 @@ impl Masking {
     }
 }
 
-/// Masks an MCP `CallToolResult`: `structuredContent` as JSON; each text block as JSON when
-/// it is JSON, else as plain text; embedded text resources as plain text. Blocks that cannot
-/// be inspected (images, audio, binary resources) are replaced: masking never skips data.
+/// Masks an MCP result. A `CallToolResult`: `structuredContent` as JSON; each text block as
+/// JSON when it is JSON, else as plain text; embedded text resources as plain text. A
+/// `ReadResourceResult`'s `contents` the same way, and a `GetPromptResult`'s message blocks.
+/// Blocks that cannot be inspected (images, audio, binary resources) are replaced: masking
+/// never skips data. An upstream error (`{"error": ...}`) is masked as JSON.
 fn mask_tool_result(
     p: &callgate_masking::Profile,
     doc: &mut serde_json::Value,
@@ -261,23 +265,45 @@ fn mask_tool_result(
     if let Some(sc) = doc.get_mut("structuredContent") {
         p.mask_json(sc, groups, key);
     }
-    let Some(blocks) = doc.get_mut("content").and_then(Value::as_array_mut) else {
-        return;
-    };
+    if let Some(e) = doc.get_mut("error") {
+        p.mask_json(e, groups, key);
+    }
+    if let Some(contents) = doc.get_mut("contents").and_then(Value::as_array_mut) {
+        for c in contents {
+            if let Some(text) = c.get("text").and_then(Value::as_str) {
+                c["text"] = Value::String(mask_text(p, text, groups, key));
+            } else if let Some(o) = c.as_object_mut()
+                && o.remove("blob").is_some()
+            {
+                // Binary contents cannot be inspected: replaced by a text placeholder.
+                o.insert("text".into(), Value::String("[REDACTED]".into()));
+                o.insert("mimeType".into(), Value::String("text/plain".into()));
+            }
+        }
+    }
+    let mut blocks: Vec<&mut Value> = Vec::new();
+    for (k, v) in doc.as_object_mut().into_iter().flatten() {
+        match (k.as_str(), v) {
+            ("content", Value::Array(content)) => blocks.extend(content.iter_mut()),
+            ("messages", Value::Array(messages)) => {
+                for m in messages {
+                    match m.get_mut("content") {
+                        Some(Value::Array(parts)) => blocks.extend(parts.iter_mut()),
+                        Some(c @ Value::Object(_)) => blocks.push(c),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => {
                 let Some(text) = block.get("text").and_then(Value::as_str) else {
                     continue;
                 };
-                let masked = match callgate_core::json::parse_strict(text.as_bytes()) {
-                    Ok(mut v) if v.is_object() || v.is_array() => {
-                        p.mask_json(&mut v, groups, key);
-                        v.to_string()
-                    }
-                    _ => p.mask_plain(text, groups, key),
-                };
-                block["text"] = Value::String(masked);
+                block["text"] = Value::String(mask_text(p, text, groups, key));
             }
             Some("resource") => {
                 if let Some(text) = block["resource"].get("text").and_then(Value::as_str) {
@@ -290,6 +316,22 @@ fn mask_tool_result(
             Some("resource_link") => {}
             _ => *block = serde_json::json!({"type": "text", "text": "[REDACTED]"}),
         }
+    }
+}
+
+/// A text block: as JSON when it is a JSON object or array, else as plain text.
+fn mask_text(
+    p: &callgate_masking::Profile,
+    text: &str,
+    groups: &[String],
+    key: &ring::hmac::Key,
+) -> String {
+    match callgate_core::json::parse_strict(text.as_bytes()) {
+        Ok(mut v) if v.is_object() || v.is_array() => {
+            p.mask_json(&mut v, groups, key);
+            v.to_string()
+        }
+        _ => p.mask_plain(text, groups, key),
     }
 }
 

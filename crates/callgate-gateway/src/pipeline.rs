@@ -108,9 +108,11 @@ type FunctionMatch = (Arc<FunctionDef>, Vec<(String, String)>);
 fn resolve(rt: &Runtime, target: &Target, parts: &Parts) -> Result<FunctionMatch, Refusal> {
     match target {
         Target::Name(name) => {
+            // MCP resource and prompt requests exist only at /mcp.
             let f = rt
                 .registry
                 .get_or_alias(name)
+                .filter(|f| !matches!(f.backend, Backend::McpMethod { .. }))
                 .ok_or_else(|| Refusal::UnknownFunction {
                     detail: format!("no function named {name:?}"),
                 })?;
@@ -323,7 +325,7 @@ pub(crate) async fn execute(
         Backend::Http => {
             Some(args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?)
         }
-        Backend::McpTool { .. } => None,
+        Backend::McpTool { .. } | Backend::McpMethod { .. } => None,
     };
     // 8. audit: durable before the upstream sees anything; if it cannot be written the call is
     // refused (503).
@@ -355,6 +357,11 @@ pub(crate) async fn execute(
         (Backend::McpTool { server, tool }, _) => shared
             .mcp
             .call_tool(rt, server, tool, call, credential)
+            .await
+            .map_err(Upstream)?,
+        (Backend::McpMethod { server, method }, _) => shared
+            .mcp
+            .call_method(rt, server, method, call, credential)
             .await
             .map_err(Upstream)?,
         (Backend::Http, shape) => forward_http(rt, call, shape, credential)
@@ -439,10 +446,12 @@ pub struct ToolCall<'a> {
     /// A reason from the request's `_meta`, if the agent gave one there.
     pub reason: Option<String>,
     pub source: Option<IpAddr>,
+    /// `name` is an MCP request's function (`crm:resources/read`), not a tool.
+    pub method: bool,
 }
 
-/// Phases 2–3 for an MCP `tools/call`: the tool by name, its arguments validated. Then the
-/// same phases 4–11 as every other ingress.
+/// Phases 2–3 for an MCP `tools/call` (or `resources/read`, `prompts/get`): the function by
+/// name, its arguments validated. Then the same phases 4–11 as every other ingress.
 pub async fn run_tool_call(
     shared: &Shared,
     rt: &Runtime,
@@ -453,7 +462,11 @@ pub async fn run_tool_call(
     let function = rt
         .registry
         .get(tc.name)
-        .filter(|f| rt.config.mcp.expose_functions || f.backend != callgate_core::Backend::Http)
+        .filter(|f| match f.backend {
+            Backend::Http => rt.config.mcp.expose_functions && !tc.method,
+            Backend::McpTool { .. } => !tc.method,
+            Backend::McpMethod { .. } => tc.method,
+        })
         .ok_or_else(|| Refusal::UnknownFunction {
             detail: format!("no tool named {:?}", tc.name),
         })?

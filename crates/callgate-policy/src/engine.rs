@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::context;
-use crate::schema::{self, CALL_ACTION, NAMESPACE};
+use crate::schema::{self, CALL_ACTION, MCP_ACTION, NAMESPACE};
 use crate::source::{self, PolicyError, PolicyFile, SourcedPolicy};
 
 /// Annotations a policy may carry. Anything else is a load error, so a typo cannot silently
@@ -245,9 +245,15 @@ impl PolicyEngine {
         }
 
         let action_type = type_name("Action");
+        let mcp_uid = uid(&action_type, MCP_ACTION);
         let mut slices = HashMap::new();
         for f in reg.iter() {
             let action = uid(&action_type, &f.name);
+            let group = if schema::action_group(f) == MCP_ACTION {
+                &mcp_uid
+            } else {
+                &call_uid
+            };
             let resource = uid(&function_type, &f.name);
             let mut set = PolicySet::new();
             let mut members = Vec::new();
@@ -255,9 +261,7 @@ impl PolicyEngine {
                 let applies = match p.policy.action_constraint() {
                     ActionConstraint::Any => true,
                     ActionConstraint::Eq(a) => a == action,
-                    ActionConstraint::In(list) => {
-                        list.iter().any(|a| *a == action || *a == call_uid)
-                    }
+                    ActionConstraint::In(list) => list.iter().any(|a| *a == action || a == group),
                 };
                 if applies {
                     set.add(p.policy.clone()).expect("ids are unique");
@@ -276,7 +280,7 @@ impl PolicyEngine {
             ]);
             let fixed_entities = vec![
                 Entity::new(resource.clone(), attrs, HashSet::new()).expect("string attributes"),
-                Entity::new_no_attrs(action.clone(), HashSet::from([call_uid.clone()])),
+                Entity::new_no_attrs(action.clone(), HashSet::from([group.clone()])),
             ];
             slices.insert(
                 f.name.clone(),

@@ -8,6 +8,17 @@ use std::collections::BTreeMap;
 pub const NAMESPACE: &str = "Callgate";
 /// The action group every function's action belongs to.
 pub const CALL_ACTION: &str = "call";
+/// The action group of the MCP requests other than `tools/call` (`crm:resources/read`, ...).
+/// Apart from `call`, so a policy granting every function grants no resource or prompt.
+pub const MCP_ACTION: &str = "mcp";
+
+/// The action group `f`'s action belongs to.
+pub fn action_group(f: &callgate_core::FunctionDef) -> &'static str {
+    match f.backend {
+        callgate_core::Backend::McpMethod { .. } => MCP_ACTION,
+        _ => CALL_ACTION,
+    }
+}
 
 /// The Cedar type of an argument, or `None` when policy cannot see it (untyped values, or
 /// arrays of untyped values).
@@ -41,11 +52,12 @@ pub fn record_type(fields: &BTreeMap<String, (ArgType, bool)>) -> Value {
 pub fn schema_json(reg: &Registry) -> Value {
     let mut actions = Map::new();
     actions.insert(CALL_ACTION.into(), json!({}));
+    actions.insert(MCP_ACTION.into(), json!({}));
     for f in reg.iter() {
         actions.insert(
             f.name.clone(),
             json!({
-                "memberOf": [{"id": CALL_ACTION}],
+                "memberOf": [{"id": action_group(f)}],
                 "appliesTo": {
                     "principalTypes": ["User"],
                     "resourceTypes": ["Function"],

@@ -11,11 +11,14 @@
 //!   the agent can read, or a pending approval.
 //! - [`upstream`] keeps Callgate's connections to upstream MCP servers (streamable HTTP, and
 //!   stdio processes it supervises) and performs phase 9 for their tools.
+//! - [`resources`] relays upstream resources and prompts, each read or get one more
+//!   normalized call that policy must allow.
 //! - [`pins`] records every upstream tool definition's digest; a changed definition is
 //!   blocked until an administrator approves it.
 
 pub mod edge;
 pub mod pins;
+pub mod resources;
 pub mod result;
 pub mod server;
 pub mod upstream;

@@ -5,12 +5,16 @@
 //!   can be held for approval.
 //! - `tools/call` becomes the one normalized call ([`pipeline::run_tool_call`]); policy,
 //!   approvals, credentials, audit and masking never see MCP types.
-//! - `resources/*` and `prompts/*`: Callgate offers none, so there is nothing to allow.
+//! - `resources/*` and `prompts/*` relay upstream servers' resources and prompts when policy
+//!   allows them ([`super::resources`]); Callgate offers none of its own.
 
 use callgate_core::refusal::Refusal;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorData, Implementation, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities, Tool,
+    CallToolRequestParams, CallToolResponse, ErrorData, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, Implementation, InitializeResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ServerCapabilities, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler};
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::McpCaller;
-use super::result;
+use super::{resources, result};
 use crate::Shared;
 use crate::pipeline::{self, Outcome, ToolCall, Trace};
 
@@ -69,7 +73,18 @@ fn status_tool() -> Tool {
 
 impl ServerHandler for CallgateMcp {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        // Resources and prompts are upstream servers' to offer.
+        let relays = !self.shared.reloader.peek().config.mcp.servers.is_empty();
+        let caps = if relays {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        InitializeResult::new(caps)
             .with_server_info(Implementation::new("callgate", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Callgate governs every tool call: who you are, what policy allows with these \
@@ -103,6 +118,7 @@ impl ServerHandler for CallgateMcp {
                 callgate_core::Backend::McpTool { server, tool } => {
                     !self.shared.mcp.is_blocked(server, tool)
                 }
+                callgate_core::Backend::McpMethod { .. } => false,
             };
             if !exposed || !rt.engine.could_allow(&caller.principal, f) {
                 continue;
@@ -161,6 +177,7 @@ impl ServerHandler for CallgateMcp {
             headers: &caller.headers,
             reason,
             source: caller.source,
+            method: false,
         };
         let outcome = pipeline::run_tool_call(&self.shared, &rt, tc, &mut trace).await;
         let (status, answer) = match outcome {
@@ -199,4 +216,76 @@ impl ServerHandler for CallgateMcp {
         crate::ingress::observe(&self.shared, &trace, status, started);
         answer.map(CallToolResponse::Complete)
     }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let caller = caller(&ctx)?;
+        let items = resources::list_resources(&self.shared, &caller, "resources/list").await;
+        Ok(ListResourcesResult::with_all_items(typed(items)))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let caller = caller(&ctx)?;
+        let items =
+            resources::list_resources(&self.shared, &caller, "resources/templates/list").await;
+        Ok(ListResourceTemplatesResult::with_all_items(typed(items)))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = caller(&ctx)?;
+        let v = resources::read(&self.shared, &caller, &request.uri).await?;
+        let r: ReadResourceResult = serde_json::from_value(v).map_err(|e| {
+            ErrorData::internal_error(format!("the upstream's result is not readable: {e}"), None)
+        })?;
+        Ok(ReadResourceResponse::Complete(r))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let caller = caller(&ctx)?;
+        let items = resources::list_prompts(&self.shared, &caller).await;
+        Ok(ListPromptsResult::with_all_items(typed(items)))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let caller = caller(&ctx)?;
+        let v =
+            resources::get_prompt(&self.shared, &caller, &request.name, request.arguments).await?;
+        let r: GetPromptResult = serde_json::from_value(v).map_err(|e| {
+            ErrorData::internal_error(format!("the upstream's prompt is not readable: {e}"), None)
+        })?;
+        Ok(GetPromptResponse::Complete(r))
+    }
+}
+
+/// Upstream items as the SDK's types; an item the SDK cannot read is left out (and logged).
+fn typed<T: serde::de::DeserializeOwned>(items: Vec<Value>) -> Vec<T> {
+    items
+        .into_iter()
+        .filter_map(|v| match serde_json::from_value(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "an upstream MCP list item was left out");
+                None
+            }
+        })
+        .collect()
 }

@@ -20,7 +20,9 @@ use callgate_core::refusal::Refusal;
 use callgate_core::{Call, ToolDef};
 use http::{HeaderName, HeaderValue, header};
 use http_body_util::{BodyExt, Full};
-use rmcp::model::{CallToolRequestParams, CallToolResponse, ClientConfig, Implementation};
+use rmcp::model::{
+    CallToolResponse, ClientConfig, GetPromptResponse, Implementation, ReadResourceResponse,
+};
 use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -48,6 +50,8 @@ const REFRESH: Duration = Duration::from_secs(60);
 pub struct Upstreams {
     pins: Option<Arc<Pins>>,
     servers: RwLock<HashMap<String, Arc<Server>>>,
+    /// Which server each listed resource belongs to.
+    pub owners: super::resources::Owners,
 }
 
 struct Server {
@@ -75,6 +79,7 @@ impl Upstreams {
         Upstreams {
             pins: Some(Arc::new(Pins::new(pins.to_path_buf()))),
             servers: RwLock::new(HashMap::new()),
+            owners: Default::default(),
         }
     }
 
@@ -146,49 +151,16 @@ impl Upstreams {
         call: &Call,
         credential: Option<Obtained>,
     ) -> Result<UpstreamResponse, Refusal> {
-        let srv = self
-            .server(server)
-            .ok_or_else(|| unreachable(server, "not connected"))?;
         let params = json!({"name": tool, "arguments": call.arguments});
-        let timeout = call.function.timeout;
-        let result = match &srv.conn {
-            Conn::Http(h) => {
-                tokio::time::timeout(timeout, h.rpc(server, "tools/call", params, credential))
-                    .await
-                    .map_err(|_| Refusal::UpstreamTimeout {
-                        detail: format!("MCP server {server} did not answer in time"),
-                    })??
-            }
-            Conn::Stdio(slot) => {
-                // A process being (re)started is waited for, within the call's timeout.
-                let mut rx = slot.subscribe();
-                let peer =
-                    match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
-                        Ok(Ok(p)) => p.clone(),
-                        _ => None,
-                    }
-                    .ok_or_else(|| unreachable(server, "the process is not running"))?;
-                let params: CallToolRequestParams =
-                    serde_json::from_value(params).map_err(|e| unreachable(server, e))?;
-                match tokio::time::timeout(timeout, peer.call_tool_once(params)).await {
-                    Err(_) => {
-                        return Err(Refusal::UpstreamTimeout {
-                            detail: format!("MCP server {server} did not answer in time"),
-                        });
-                    }
-                    Ok(Ok(CallToolResponse::Complete(r))) => {
-                        Ok(serde_json::to_value(r).map_err(|e| unreachable(server, e))?)
-                    }
-                    Ok(Ok(_)) => Err(
-                        json!({"code": -32603, "message": "the server asked for input or a task, which Callgate does not relay"}),
-                    ),
-                    Ok(Err(rmcp::ServiceError::McpError(e))) => {
-                        Err(json!({"code": e.code.0, "message": e.message}))
-                    }
-                    Ok(Err(e)) => return Err(unreachable(server, e)),
-                }
-            }
-        };
+        let result = self
+            .request(
+                server,
+                "tools/call",
+                params,
+                call.function.timeout,
+                credential,
+            )
+            .await?;
         let (status, body) = match result {
             Ok(r) => (http::StatusCode::OK, r),
             // The server refused the request itself (unknown tool, bad arguments): an error
@@ -204,26 +176,214 @@ impl Upstreams {
                 }),
             ),
         };
-        let body = serde_json::to_vec(&body).map_err(|e| unreachable(server, e))?;
-        if body.len() > rt.config.limits.max_response_bytes {
-            return Err(Refusal::UpstreamUnreachable {
-                detail: format!(
-                    "the result of {} is larger than {} bytes",
-                    call.function.name, rt.config.limits.max_response_bytes
-                ),
-            });
-        }
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(TOOL_RESULT_TYPE),
-        );
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body: body.into(),
-        })
+        answer(rt, call, status, &body)
     }
+
+    /// Phase 9 for another MCP request (`resources/read`, `prompts/get`): the server's result,
+    /// or (502) its JSON-RPC error as `{"error": {...}}`.
+    pub async fn call_method(
+        &self,
+        rt: &Runtime,
+        server: &str,
+        method: &str,
+        call: &Call,
+        credential: Option<Obtained>,
+    ) -> Result<UpstreamResponse, Refusal> {
+        let params = Value::Object(call.arguments.clone());
+        let result = self
+            .request(server, method, params, call.function.timeout, credential)
+            .await?;
+        let (status, body) = match result {
+            Ok(r) => (http::StatusCode::OK, r),
+            Err(e) => (
+                http::StatusCode::BAD_GATEWAY,
+                json!({"error": {"code": e["code"], "message": e["message"]}}),
+            ),
+        };
+        answer(rt, call, status, &body)
+    }
+
+    /// Every item a list request returns (`resources/list` → `resources`,
+    /// `resources/templates/list` → `resourceTemplates`, `prompts/list` → `prompts`), with
+    /// the server's listing credential. A server without that capability lists nothing.
+    pub async fn list(
+        &self,
+        shared: &Shared,
+        server: &str,
+        method: &str,
+    ) -> Result<Vec<Value>, String> {
+        let srv = self
+            .server(server)
+            .ok_or_else(|| format!("MCP server {server} is not connected"))?;
+        let key = match method {
+            "resources/list" => "resources",
+            "resources/templates/list" => "resourceTemplates",
+            _ => "prompts",
+        };
+        match &srv.conn {
+            Conn::Http(h) => {
+                let credential = {
+                    let rt = shared.reloader.current();
+                    shared.credentials.for_listing(&rt, server)
+                };
+                h.list_all(server, method, key, credential).await
+            }
+            Conn::Stdio(slot) => {
+                let peer = slot
+                    .borrow()
+                    .clone()
+                    .ok_or_else(|| format!("MCP server {server} is not running"))?;
+                if !supports(&peer, method) {
+                    return Ok(vec![]);
+                }
+                let items = match method {
+                    "resources/list" => to_values(peer.list_all_resources().await),
+                    "resources/templates/list" => {
+                        to_values(peer.list_all_resource_templates().await)
+                    }
+                    _ => to_values(peer.list_all_prompts().await),
+                };
+                items.map_err(|e| format!("{method}: {e}"))
+            }
+        }
+    }
+
+    /// One request to `server`: its result or its JSON-RPC error. A stdio process being
+    /// (re)started is waited for, within `timeout`.
+    async fn request(
+        &self,
+        server: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        credential: Option<Obtained>,
+    ) -> Result<Result<Value, RpcError>, Refusal> {
+        let srv = self
+            .server(server)
+            .ok_or_else(|| unreachable(server, "not connected"))?;
+        let late = || Refusal::UpstreamTimeout {
+            detail: format!("MCP server {server} did not answer in time"),
+        };
+        let peer = match &srv.conn {
+            Conn::Http(h) => {
+                return tokio::time::timeout(timeout, h.rpc(server, method, params, credential))
+                    .await
+                    .map_err(|_| late())?;
+            }
+            Conn::Stdio(slot) => {
+                let mut rx = slot.subscribe();
+                match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+                    Ok(Ok(p)) => p.clone(),
+                    _ => None,
+                }
+                .ok_or_else(|| unreachable(server, "the process is not running"))?
+            }
+        };
+        enum Failed {
+            Service(rmcp::ServiceError),
+            Refused(Refusal),
+        }
+        let bad = |e: serde_json::Error| Failed::Refused(unreachable(server, e));
+        let input_required = || {
+            Err(
+                json!({"code": -32603, "message": "the server asked for input or a task, which Callgate does not relay"}),
+            )
+        };
+        let sent = async {
+            Ok::<_, Failed>(match method {
+                "tools/call" => match peer
+                    .call_tool_once(serde_json::from_value(params).map_err(bad)?)
+                    .await
+                    .map_err(Failed::Service)?
+                {
+                    CallToolResponse::Complete(r) => Ok(serde_json::to_value(r).map_err(bad)?),
+                    _ => input_required(),
+                },
+                "resources/read" => match peer
+                    .read_resource_once(serde_json::from_value(params).map_err(bad)?)
+                    .await
+                    .map_err(Failed::Service)?
+                {
+                    ReadResourceResponse::Complete(r) => Ok(serde_json::to_value(r).map_err(bad)?),
+                    _ => input_required(),
+                },
+                "prompts/get" => match peer
+                    .get_prompt_once(serde_json::from_value(params).map_err(bad)?)
+                    .await
+                    .map_err(Failed::Service)?
+                {
+                    GetPromptResponse::Complete(r) => Ok(serde_json::to_value(r).map_err(bad)?),
+                    _ => input_required(),
+                },
+                other => {
+                    return Err(Failed::Refused(unreachable(
+                        server,
+                        format!("{other} is not relayed"),
+                    )));
+                }
+            })
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Err(_) => Err(late()),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(Failed::Refused(r))) => Err(r),
+            Ok(Err(Failed::Service(rmcp::ServiceError::McpError(e)))) => {
+                Ok(Err(json!({"code": e.code.0, "message": e.message})))
+            }
+            Ok(Err(Failed::Service(e))) => Err(unreachable(server, e)),
+        }
+    }
+}
+
+/// Whether a stdio server declared the capability a list request needs.
+fn supports(peer: &Peer<RoleClient>, method: &str) -> bool {
+    let Some(info) = peer.peer_info() else {
+        return false;
+    };
+    if method.starts_with("resources/") {
+        info.capabilities.resources.is_some()
+    } else {
+        info.capabilities.prompts.is_some()
+    }
+}
+
+fn to_values<T: serde::Serialize>(
+    items: Result<Vec<T>, rmcp::ServiceError>,
+) -> Result<Vec<Value>, rmcp::ServiceError> {
+    Ok(items?
+        .iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect())
+}
+
+/// An upstream MCP result as the pipeline's upstream response (size-capped).
+fn answer(
+    rt: &Runtime,
+    call: &Call,
+    status: http::StatusCode,
+    body: &Value,
+) -> Result<UpstreamResponse, Refusal> {
+    let body = serde_json::to_vec(body).map_err(|e| Refusal::Internal {
+        detail: e.to_string(),
+    })?;
+    if body.len() > rt.config.limits.max_response_bytes {
+        return Err(Refusal::UpstreamUnreachable {
+            detail: format!(
+                "the result of {} is larger than {} bytes",
+                call.function.name, rt.config.limits.max_response_bytes
+            ),
+        });
+    }
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(TOOL_RESULT_TYPE),
+    );
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body: body.into(),
+    })
 }
 
 /// Lists the tools of every MCP server in the config at `config_path` and records them in the
@@ -545,6 +705,19 @@ impl HttpMcp {
         server: &str,
         credential: Option<Obtained>,
     ) -> Result<Vec<Value>, String> {
+        self.list_all(server, "tools/list", "tools", credential)
+            .await
+    }
+
+    /// Every page of a list request: the items under `key`. A server that does not know the
+    /// method (JSON-RPC −32601) lists nothing.
+    async fn list_all(
+        &self,
+        server: &str,
+        method: &str,
+        key: &str,
+        credential: Option<Obtained>,
+    ) -> Result<Vec<Value>, String> {
         let auth = credential.and_then(|c| c.header);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
@@ -553,12 +726,16 @@ impl HttpMcp {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            let page = self
-                .rpc_with(server, "tools/list", params, auth.clone())
+            let page = match self
+                .rpc_with(server, method, params, auth.clone())
                 .await
                 .map_err(|r| r.detail())?
-                .map_err(|e| format!("tools/list: {e}"))?;
-            if let Some(t) = page.get("tools").and_then(Value::as_array) {
+            {
+                Ok(page) => page,
+                Err(e) if e["code"] == -32601 && method != "tools/list" => break,
+                Err(e) => return Err(format!("{method}: {e}")),
+            };
+            if let Some(t) = page.get(key).and_then(Value::as_array) {
                 tools.extend(t.iter().cloned());
             }
             cursor = page

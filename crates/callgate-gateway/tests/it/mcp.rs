@@ -393,6 +393,13 @@ when { context.arguments.text like "hello*" };
 
 @id("eng-delete")
 permit (principal in Callgate::Group::"eng", action == Callgate::Action::"crm.delete_repo", resource);
+
+@id("support-customer-records")
+permit (principal in Callgate::Group::"support", action == Callgate::Action::"crm:resources/read", resource)
+when { context.arguments.uri like "crm://customers/*" };
+
+@id("eng-resources-and-prompts")
+permit (principal in Callgate::Group::"eng", action in Callgate::Action::"mcp", resource);
 "#;
 
 async fn wait_listening(port: u16) {
@@ -636,6 +643,117 @@ async fn upstream_mcp_tools_are_governed_like_functions() {
         .collect();
     assert_eq!(deletes.len(), 1);
     assert_eq!(deletes[0]["arguments"]["repo"], "prod-db");
+}
+
+fn names(step: &Value, key: &str, field: &str) -> Vec<String> {
+    assert_eq!(step["ok"], true, "{step}");
+    let mut names: Vec<String> = step["result"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{step}"))
+        .iter()
+        .map(|t| t[field].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn upstream_resources_and_prompts_are_denied_unless_policy_allows_them() {
+    let u = start_upstreams().await;
+    u.wait_echo().await;
+    let alice = u.key("alice");
+    let out = ts_client(
+        &u.mcp(),
+        &alice,
+        json!([
+            {"op": "resources"},
+            {"op": "templates"},
+            {"op": "read", "uri": "crm://customers/c7"},
+            {"op": "read", "uri": "crm://internal/keys"},
+            {"op": "read", "uri": "ledger://statements/2026-10"},
+            {"op": "prompts"},
+            {"op": "prompt", "name": "crm.summarize", "arguments": {"customer_id": "c7"}},
+        ]),
+    )
+    .await;
+    // alice may read from crm (customer records only): its resources are listed, ledger's not.
+    assert_eq!(names(&out[0], "resources", "uri"), ["crm://internal/keys"]);
+    assert_eq!(
+        names(&out[1], "resourceTemplates", "uriTemplate"),
+        ["crm://customers/{customer_id}"]
+    );
+    // An allowed read, masked like a tool result.
+    assert_eq!(out[2]["ok"], true, "{}", out[2]);
+    let r = out[2]["result"].to_string();
+    assert!(r.contains("c7") && r.contains("1120"), "{r}");
+    assert!(
+        !r.contains("078-05-1120") && !r.contains("ada@example.com"),
+        "{r}"
+    );
+    // The URI condition of the policy: refused, with a reason and no policy internals.
+    assert_eq!(out[3]["ok"], false, "{}", out[3]);
+    assert_eq!(out[3]["code"], -32003, "{}", out[3]);
+    assert!(
+        out[3]["error"].as_str().unwrap().contains("refused"),
+        "{}",
+        out[3]
+    );
+    assert!(
+        !out[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("support-customer-records")
+    );
+    // A server alice may not read from does not even say whether the resource exists.
+    assert_eq!(out[4]["ok"], false, "{}", out[4]);
+    assert_eq!(out[4]["code"], -32002, "{}", out[4]);
+    // No prompt policy for alice: none listed, and getting one is refused.
+    assert_eq!(names(&out[5], "prompts", "name"), Vec::<String>::new());
+    assert_eq!(out[6]["code"], -32003, "{}", out[6]);
+
+    // bob's group may read and get everything from both servers (the Python SDK this time).
+    let bob = u.key("bob");
+    let out = py_client(
+        &u.mcp(),
+        &bob,
+        "legacy",
+        json!([
+            {"op": "resources"},
+            {"op": "prompts"},
+            {"op": "prompt", "name": "crm.summarize", "arguments": {"customer_id": "c9"}},
+            {"op": "read", "uri": "ledger://statements/2026-10"},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        names(&out[0], "resources", "uri"),
+        ["crm://internal/keys", "ledger://statements/2026-10"]
+    );
+    assert_eq!(names(&out[1], "prompts", "name"), ["crm.summarize"]);
+    let r = out[2]["result"].to_string();
+    assert_eq!(out[2]["ok"], true, "{r}");
+    assert!(
+        r.contains("c9") && r.contains("1120") && !r.contains("078-05-1120"),
+        "{r}"
+    );
+    let r = out[3]["result"].to_string();
+    assert_eq!(out[3]["ok"], true, "{r}");
+    assert!(
+        r.contains("3 payments") && !r.contains("grace@example.com"),
+        "{r}"
+    );
+
+    // What reached the servers: the allowed reads and prompt only.
+    let calls = u.calls();
+    let reads: Vec<&Value> = calls.iter().filter(|c| c["tool"] == "resource").collect();
+    assert_eq!(reads.len(), 1, "{calls:?}");
+    assert_eq!(reads[0]["arguments"]["uri"], "crm://customers/c7");
+    let prompts: Vec<&Value> = calls.iter().filter(|c| c["tool"] == "prompt").collect();
+    assert_eq!(prompts.len(), 1, "{calls:?}");
+    assert_eq!(prompts[0]["arguments"]["customer_id"], "c9");
+    let ts = std::fs::read_to_string(&u.ts_log).unwrap();
+    assert_eq!(ts.matches("\"resource\"").count(), 1, "{ts}");
+    assert!(!ts.contains(&bob) && !ts.contains(&alice));
 }
 
 #[tokio::test]
