@@ -5,15 +5,26 @@
 // {"op": "resources"}, {"op": "templates"}, {"op": "read", "uri": ...}, {"op": "prompts"},
 // {"op": "prompt", "name": ..., "arguments": {...}}.
 // Prints one JSON line per step: {"ok": true, "result": ...} or {"ok": false, "error": ..., "code": ...},
-// then {"session": ..., "protocol": ...}.
+// then {"session": ..., "protocol": ..., "elicitations": [URL-mode elicitation requests received]}.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [url, token, stepsJson] = process.argv.slice(2);
 const steps = JSON.parse(stepsJson || "[]");
 const headers = token ? { Authorization: `Bearer ${token}` } : {};
 const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
-const client = new Client({ name: "callgate-test-client", version: "1.0.0" });
+// The client supports URL-mode elicitation: each request is recorded (and accepted), and listed
+// in the last line, so tests see what Callgate offered the user.
+const client = new Client(
+  { name: "callgate-test-client", version: "1.0.0" },
+  { capabilities: { elicitation: { url: {} } } },
+);
+const elicitations = [];
+client.setRequestHandler(ElicitRequestSchema, async (request) => {
+  elicitations.push(request.params);
+  return { action: "accept" };
+});
 try {
   await client.connect(transport);
 } catch (e) {
@@ -36,5 +47,5 @@ for (const step of steps) {
     console.log(JSON.stringify({ ok: false, error: String(e && e.message || e), code: e && e.code }));
   }
 }
-console.log(JSON.stringify({ session: transport.sessionId ?? null, protocol: transport.protocolVersion ?? null }));
+console.log(JSON.stringify({ session: transport.sessionId ?? null, protocol: transport.protocolVersion ?? null, elicitations }));
 await client.close();

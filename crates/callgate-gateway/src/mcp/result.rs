@@ -74,7 +74,8 @@ pub fn refused(r: &Refusal, request_id: &str) -> CallToolResult {
     result
 }
 
-fn links(caller: &McpCaller, id: &str) -> (String, String) {
+/// A held call's status and approval URLs.
+pub fn links(caller: &McpCaller, id: &str) -> (String, String) {
     (
         format!("{}/v1/calls/{id}", caller.base_url),
         format!("{}/v1/approvals/{id}", caller.base_url),

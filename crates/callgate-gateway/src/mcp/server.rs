@@ -182,7 +182,10 @@ impl ServerHandler for CallgateMcp {
         let outcome = pipeline::run_tool_call(&self.shared, &rt, tc, &mut trace).await;
         let (status, answer) = match outcome {
             Ok(Outcome::Forwarded(up)) => (up.status.as_u16(), Ok(result::forwarded(&up))),
-            Ok(Outcome::Held(held)) => (202, Ok(result::pending(&caller, &held))),
+            Ok(Outcome::Held(held)) => {
+                offer_approval_link(&ctx, &caller, &held).await;
+                (202, Ok(result::pending(&caller, &held)))
+            }
             // An unknown tool is a protocol error (MCP: invalid params); it names nothing.
             Err(r @ Refusal::UnknownFunction { .. }) => {
                 crate::ingress::refused(
@@ -273,6 +276,55 @@ impl ServerHandler for CallgateMcp {
             ErrorData::internal_error(format!("the upstream's prompt is not readable: {e}"), None)
         })?;
         Ok(GetPromptResponse::Complete(r))
+    }
+}
+
+/// How long a held call's answer waits for the client to take up the approval link.
+const ELICIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A held call, for a client that supports URL-mode elicitation in a session (2025-11-25):
+/// Callgate asks it to show the approval link to its user, who can pass it to an approver.
+/// The pending result carries the same link for every other client. The answer (accept,
+/// decline, cancel) is logged; the held call does not depend on it.
+async fn offer_approval_link(
+    ctx: &RequestContext<RoleServer>,
+    caller: &McpCaller,
+    held: &callgate_store::approvals::Held,
+) {
+    let Some(info) = ctx.peer.peer_info() else {
+        return;
+    };
+    let url_mode = info
+        .capabilities
+        .elicitation
+        .as_ref()
+        .is_some_and(|e| e.url.is_some());
+    // 2026-07-28 has no server-to-client requests outside a multi-round-trip result.
+    if !url_mode || info.protocol_version >= ProtocolVersion::V_2026_07_28 {
+        return;
+    }
+    let (_, approval_url) = result::links(caller, &held.id);
+    let function = held.summary["function"].as_str().unwrap_or("this function");
+    let params = rmcp::model::ElicitRequestParams::UrlElicitationParams {
+        meta: None,
+        message: format!(
+            "The call to {function} is held until a different person approves it ({}). \
+             Share this link with an approver.",
+            held.approval.requirement
+        ),
+        url: approval_url,
+        elicitation_id: held.id.clone(),
+    };
+    match tokio::time::timeout(ELICIT_WAIT, ctx.peer.create_elicitation(params)).await {
+        Ok(Ok(r)) => {
+            tracing::info!(request_id = %caller.request_id, call_id = %held.id, action = ?r.action, "approval link offered")
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(request_id = %caller.request_id, error = %e, "approval link not offered")
+        }
+        Err(_) => {
+            tracing::debug!(request_id = %caller.request_id, "no answer to the approval link offer")
+        }
     }
 }
 

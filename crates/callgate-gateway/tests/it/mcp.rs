@@ -137,6 +137,18 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     .await;
     assert!(tool_names(&out[0]).contains(&"callgate.call_status".to_string()));
     let pending = &out[1]["result"];
+    // The client supports URL-mode elicitation: it was offered the approval link.
+    let offered = &out.last().unwrap()["elicitations"];
+    assert_eq!(offered.as_array().map(Vec::len), Some(1), "{offered}");
+    assert_eq!(offered[0]["mode"], "url", "{offered}");
+    assert_eq!(
+        offered[0]["url"], pending["structuredContent"]["approval_url"],
+        "{offered}"
+    );
+    assert_eq!(
+        offered[0]["elicitationId"],
+        pending["structuredContent"]["call_id"]
+    );
     assert_eq!(pending["isError"], false, "{pending}");
     assert_eq!(pending["structuredContent"]["status"], "pending_approval");
     let id = pending["structuredContent"]["call_id"]
