@@ -67,7 +67,7 @@ impl Owners {
                 }
             }
         }
-        t.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 }
 
@@ -160,6 +160,33 @@ pub async fn read(shared: &Shared, caller: &McpCaller, uri: &str) -> Result<Valu
         ));
     };
     let prefix = srv.prefix.clone().unwrap_or_else(|| server.clone());
+    // A server this caller may never read from: as if the URI did not exist (recorded all
+    // the same), so a refused caller does not learn what other servers offer.
+    let may_read = rt
+        .registry
+        .get(&mcp_method_function_name(&prefix, "resources/read"))
+        .is_some_and(|f| rt.engine.could_allow(&caller.principal, f));
+    if !may_read {
+        let r = Refusal::UnknownFunction {
+            detail: format!("{uri} is not offered to this caller"),
+        };
+        let trace = Trace {
+            subject: Some(caller.principal.subject.clone()),
+            ..Trace::default()
+        };
+        crate::ingress::refused(
+            shared,
+            &caller.request_id,
+            callgate_core::Ingress::Mcp,
+            caller.source,
+            &trace,
+            &r,
+        );
+        return Err(ErrorData::resource_not_found(
+            format!("no upstream MCP server offers {uri}"),
+            None,
+        ));
+    }
     let mut args = Map::new();
     args.insert("uri".into(), Value::String(uri.to_string()));
     relay(shared, &rt, caller, &prefix, "resources/read", args).await

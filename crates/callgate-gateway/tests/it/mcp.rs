@@ -755,6 +755,15 @@ async fn upstream_resources_and_prompts_are_denied_unless_policy_allows_them() {
         "{r}"
     );
 
+    // Now that ledger's statement is known, alice still cannot tell it exists.
+    let out = ts_client(
+        &u.mcp(),
+        &alice,
+        json!([{"op": "read", "uri": "ledger://statements/2026-10"}]),
+    )
+    .await;
+    assert_eq!(out[0]["code"], -32002, "{}", out[0]);
+
     // What reached the servers: the allowed reads and prompt only.
     let calls = u.calls();
     let reads: Vec<&Value> = calls.iter().filter(|c| c["tool"] == "resource").collect();
