@@ -11,7 +11,7 @@
 //! 4. **Session binding** — an `Mcp-Session-Id` is bound to the principal that created it; the
 //!    same id presented by anyone else is refused (403), so a leaked session id is useless.
 //!    A session idle for [`SESSION_IDLE`] is closed and its binding forgotten; at most
-//!    [`MAX_SESSIONS`] are open at once (a new one beyond that is refused with 503).
+//!    [`MAX_SESSIONS`] are open at once (an `initialize` beyond that is refused with 503).
 //! 5. **Strict JSON** — a POST body is parsed once with Callgate's strict parser (duplicate
 //!    keys, lone surrogates, excessive depth refused: JSON-RPC −32700); the SDK then reads the
 //!    same bytes, so policy and upstream see the value this check saw.
@@ -321,14 +321,6 @@ impl Edge {
                 -32600,
                 "Forbidden: this MCP session belongs to another principal",
             );
-        } else if session.is_none() && full && req.method() == Method::POST {
-            tracing::warn!(request_id = %request_id, "MCP session limit reached");
-            return jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Value::Null,
-                -32603,
-                "Callgate has too many open MCP sessions; retry later",
-            );
         }
 
         // 5. strict JSON
@@ -347,12 +339,25 @@ impl Edge {
                     );
                 }
             };
-            if let Err(e) = callgate_core::json::parse_strict(&bytes) {
+            let parsed = match callgate_core::json::parse_strict(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    return jsonrpc_error(
+                        StatusCode::BAD_REQUEST,
+                        Value::Null,
+                        -32700,
+                        &format!("Parse error: {e}"),
+                    );
+                }
+            };
+            // Only `initialize` opens a session; stateless (2026-07-28) requests open none.
+            if session.is_none() && full && parsed.get("method") == Some(&json!("initialize")) {
+                tracing::warn!(request_id = %request_id, "MCP session limit reached");
                 return jsonrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
-                    -32700,
-                    &format!("Parse error: {e}"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    parsed.get("id").cloned().unwrap_or(Value::Null),
+                    -32603,
+                    "Callgate has too many open MCP sessions; retry later",
                 );
             }
             Body::from(bytes)
