@@ -871,6 +871,13 @@ pub struct McpServerConfig {
     pub ca_file: Option<String>,
 }
 
+impl McpServerConfig {
+    /// The prefix of this server's tools and functions: `prefix`, or the server's name.
+    pub fn tool_prefix<'a>(&'a self, name: &'a str) -> &'a str {
+        self.prefix.as_deref().unwrap_or(name)
+    }
+}
+
 /// Settings for one upstream tool.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -155,6 +155,44 @@ pub fn tool_function_name(prefix: &str, tool: &str) -> String {
     format!("{prefix}.{name}")
 }
 
+/// A function served by upstream MCP server `server`, with the server's defaults: its risk,
+/// credential, masking profile and timeout; no approval of its own; not idempotent.
+fn mcp_function(
+    server: &str,
+    srv: &crate::config::McpServerConfig,
+    name: String,
+    schema: Value,
+    validator: jsonschema::Validator,
+    default_timeout: Duration,
+    backend: Backend,
+) -> FunctionDef {
+    FunctionDef {
+        name,
+        description: String::new(),
+        upstream: format!("mcp:{server}"),
+        upstream_url: srv
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("stdio:{}", srv.command.join(" "))),
+        route: Route::parse("POST /").expect("static route"),
+        fields: object_fields(&schema),
+        schema: Some(schema),
+        validator: Some(validator),
+        bind: BTreeMap::new(),
+        risk: srv.risk.clone(),
+        timeout: srv
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default_timeout),
+        approval: None,
+        idempotent: false,
+        break_glass: Vec::new(),
+        credential: srv.credential.clone(),
+        mask: srv.mask.clone(),
+        backend,
+    }
+}
+
 /// One declared function, ready for the data path.
 pub struct FunctionDef {
     pub name: String,
@@ -407,7 +445,7 @@ impl Registry {
         let mut problems = Vec::new();
         let default_timeout = Duration::from_millis(cfg.limits.upstream_timeout_ms);
         for (server, srv) in &cfg.mcp.servers {
-            let prefix = srv.prefix.as_deref().unwrap_or(server);
+            let prefix = srv.tool_prefix(server);
             for method in MCP_METHODS {
                 let name = mcp_method_function_name(prefix, method);
                 if self.by_name.contains_key(&name) {
@@ -418,34 +456,22 @@ impl Registry {
                 let validator =
                     jsonschema::validator_for(&schema).expect("static schemas are valid");
                 let def = Arc::new(FunctionDef {
-                    name: name.clone(),
                     description: format!("MCP {method} on server {server}"),
-                    upstream: format!("mcp:{server}"),
-                    upstream_url: srv
-                        .url
-                        .clone()
-                        .unwrap_or_else(|| format!("stdio:{}", srv.command.join(" "))),
-                    route: Route::parse("POST /").expect("static route"),
-                    fields: object_fields(&schema),
-                    schema: Some(schema),
-                    validator: Some(validator),
-                    bind: BTreeMap::new(),
-                    risk: srv.risk.clone(),
-                    timeout: srv
-                        .timeout_ms
-                        .map(Duration::from_millis)
-                        .unwrap_or(default_timeout),
-                    // Held only when a policy's @approval says so: a server's `approval`
-                    // is about its tools.
-                    approval: None,
+                    // Reads. No approval of their own (a server's `approval` is about its
+                    // tools): held only when a policy's @approval says so.
                     idempotent: true,
-                    break_glass: Vec::new(),
-                    credential: srv.credential.clone(),
-                    mask: srv.mask.clone(),
-                    backend: Backend::McpMethod {
-                        server: server.clone(),
-                        method: method.to_string(),
-                    },
+                    ..mcp_function(
+                        server,
+                        srv,
+                        name.clone(),
+                        schema,
+                        validator,
+                        default_timeout,
+                        Backend::McpMethod {
+                            server: server.clone(),
+                            method: method.to_string(),
+                        },
+                    )
                 });
                 self.by_name.insert(name, def.clone());
                 self.functions.push(def);
@@ -455,7 +481,7 @@ impl Registry {
             let Some(srv) = cfg.mcp.servers.get(server) else {
                 continue;
             };
-            let prefix = srv.prefix.as_deref().unwrap_or(server);
+            let prefix = srv.tool_prefix(server);
             let name = tool_function_name(prefix, &tool.name);
             let at = format!("mcp server {server:?} tool {:?}", tool.name);
             if !valid_function_name(&name) {
@@ -493,32 +519,23 @@ impl Registry {
                 }
             };
             let def = Arc::new(FunctionDef {
-                name: name.clone(),
                 description: tool.description.clone(),
-                upstream: format!("mcp:{server}"),
-                upstream_url: srv
-                    .url
-                    .clone()
-                    .unwrap_or_else(|| format!("stdio:{}", srv.command.join(" "))),
-                route: Route::parse("POST /").expect("static route"),
-                fields: object_fields(&schema),
-                schema: Some(schema),
-                validator: Some(validator),
-                bind: BTreeMap::new(),
                 risk: per_tool.risk.unwrap_or_else(|| srv.risk.clone()),
-                timeout: srv
-                    .timeout_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(default_timeout),
                 approval,
                 idempotent: per_tool.idempotent,
-                break_glass: Vec::new(),
-                credential: srv.credential.clone(),
                 mask: per_tool.mask.or_else(|| srv.mask.clone()),
-                backend: Backend::McpTool {
-                    server: server.clone(),
-                    tool: tool.name.clone(),
-                },
+                ..mcp_function(
+                    server,
+                    srv,
+                    name.clone(),
+                    schema,
+                    validator,
+                    default_timeout,
+                    Backend::McpTool {
+                        server: server.clone(),
+                        tool: tool.name.clone(),
+                    },
+                )
             });
             if self.by_alias.contains_key(&openai_name(&name)) {
                 problems.push(format!("{at}: its tool name is taken"));

@@ -45,3 +45,22 @@ pub struct McpCaller {
     /// Where reviewers and callers reach this gateway (`https://host`), for links.
     pub base_url: String,
 }
+
+impl McpCaller {
+    /// Logs and audits a refusal of this caller's request (as every ingress does).
+    pub fn refused(
+        &self,
+        shared: &crate::Shared,
+        trace: &crate::pipeline::Trace,
+        r: &callgate_core::Refusal,
+    ) {
+        crate::ingress::refused(
+            shared,
+            &self.request_id,
+            callgate_core::Ingress::Mcp,
+            self.source,
+            trace,
+            r,
+        );
+    }
+}

@@ -78,7 +78,7 @@ fn servers_for(rt: &Runtime, caller: &McpCaller, method: &str) -> Vec<(String, S
         .servers
         .iter()
         .filter_map(|(name, srv)| {
-            let prefix = srv.prefix.clone().unwrap_or_else(|| name.clone());
+            let prefix = srv.tool_prefix(name).to_string();
             let f = rt
                 .registry
                 .get(&mcp_method_function_name(&prefix, method))?;
@@ -159,7 +159,7 @@ pub async fn read(shared: &Shared, caller: &McpCaller, uri: &str) -> Result<Valu
             None,
         ));
     };
-    let prefix = srv.prefix.clone().unwrap_or_else(|| server.clone());
+    let prefix = srv.tool_prefix(&server).to_string();
     // A server this caller may never read from: as if the URI did not exist (recorded all
     // the same), so a refused caller does not learn what other servers offer.
     let may_read = rt
@@ -174,14 +174,7 @@ pub async fn read(shared: &Shared, caller: &McpCaller, uri: &str) -> Result<Valu
             subject: Some(caller.principal.subject.clone()),
             ..Trace::default()
         };
-        crate::ingress::refused(
-            shared,
-            &caller.request_id,
-            callgate_core::Ingress::Mcp,
-            caller.source,
-            &trace,
-            &r,
-        );
+        caller.refused(shared, &trace, &r);
         return Err(ErrorData::resource_not_found(
             format!("no upstream MCP server offers {uri}"),
             None,
@@ -205,7 +198,7 @@ pub async fn get_prompt(
         .mcp
         .servers
         .iter()
-        .map(|(n, s)| s.prefix.clone().unwrap_or_else(|| n.clone()))
+        .map(|(n, s)| s.tool_prefix(n).to_string())
         .filter_map(|prefix| {
             let rest = name.strip_prefix(&prefix)?.strip_prefix('.')?;
             Some((prefix.clone(), rest.to_string()))
@@ -280,14 +273,7 @@ async fn relay(
             )
         }
         Err(r) => {
-            crate::ingress::refused(
-                shared,
-                &caller.request_id,
-                callgate_core::Ingress::Mcp,
-                caller.source,
-                &trace,
-                &r,
-            );
+            caller.refused(shared, &trace, &r);
             (r.status(), Err(refusal(&r, &caller.request_id)))
         }
     };

@@ -11,10 +11,9 @@
 use callgate_core::refusal::Refusal;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ErrorData, GetPromptRequestParams, GetPromptResponse,
-    GetPromptResult, Implementation, InitializeResult, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ServerCapabilities, Tool,
+    Implementation, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler};
@@ -188,14 +187,7 @@ impl ServerHandler for CallgateMcp {
             }
             // An unknown tool is a protocol error (MCP: invalid params); it names nothing.
             Err(r @ Refusal::UnknownFunction { .. }) => {
-                crate::ingress::refused(
-                    &self.shared,
-                    &caller.request_id,
-                    callgate_core::Ingress::Mcp,
-                    caller.source,
-                    &trace,
-                    &r,
-                );
+                caller.refused(&self.shared, &trace, &r);
                 (
                     404,
                     Err(ErrorData::invalid_params(
@@ -205,14 +197,7 @@ impl ServerHandler for CallgateMcp {
                 )
             }
             Err(r) => {
-                crate::ingress::refused(
-                    &self.shared,
-                    &caller.request_id,
-                    callgate_core::Ingress::Mcp,
-                    caller.source,
-                    &trace,
-                    &r,
-                );
+                caller.refused(&self.shared, &trace, &r);
                 (r.status(), Ok(result::refused(&r, &caller.request_id)))
             }
         };
@@ -248,10 +233,7 @@ impl ServerHandler for CallgateMcp {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = caller(&ctx)?;
         let v = resources::read(&self.shared, &caller, &request.uri).await?;
-        let r: ReadResourceResult = serde_json::from_value(v).map_err(|e| {
-            ErrorData::internal_error(format!("the upstream's result is not readable: {e}"), None)
-        })?;
-        Ok(ReadResourceResponse::Complete(r))
+        Ok(ReadResourceResponse::Complete(readable(v)?))
     }
 
     async fn list_prompts(
@@ -272,10 +254,7 @@ impl ServerHandler for CallgateMcp {
         let caller = caller(&ctx)?;
         let v =
             resources::get_prompt(&self.shared, &caller, &request.name, request.arguments).await?;
-        let r: GetPromptResult = serde_json::from_value(v).map_err(|e| {
-            ErrorData::internal_error(format!("the upstream's prompt is not readable: {e}"), None)
-        })?;
-        Ok(GetPromptResponse::Complete(r))
+        Ok(GetPromptResponse::Complete(readable(v)?))
     }
 }
 
@@ -326,6 +305,13 @@ async fn offer_approval_link(
             tracing::debug!(request_id = %caller.request_id, "no answer to the approval link offer")
         }
     }
+}
+
+/// An upstream's (masked) result as the SDK's type.
+fn readable<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ErrorData> {
+    serde_json::from_value(v).map_err(|e| {
+        ErrorData::internal_error(format!("the upstream's result is not readable: {e}"), None)
+    })
 }
 
 /// Upstream items as the SDK's types; an item the SDK cannot read is left out (and logged).

@@ -763,6 +763,19 @@ async fn upstream_resources_and_prompts_are_denied_unless_policy_allows_them() {
     )
     .await;
     assert_eq!(out[0]["code"], -32002, "{}", out[0]);
+    // Prompt arguments are strings: anything else is refused before the server sees it.
+    let out = ts_client(
+        &u.mcp(),
+        &bob,
+        json!([{"op": "prompt", "name": "crm.summarize", "arguments": {"customer_id": 5}}]),
+    )
+    .await;
+    assert_eq!(out[0]["code"], -32003, "{}", out[0]);
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("customer_id"),
+        "{}",
+        out[0]
+    );
 
     // What reached the servers: the allowed reads and prompt only.
     let calls = u.calls();
