@@ -1,7 +1,8 @@
 // A real MCP server (the official TypeScript SDK) over streamable HTTP, for Callgate's tests.
 //
-// Usage: node server.mjs PORT LOG_FILE [stateful]
-// Tools: lookup (returns a record with PII), echo; resource ledger://statements/2026-10. Every request's Authorization header and
+// Usage: node server.mjs PORT LOG_FILE [stateless|stateful|sse]
+// Tools: lookup (returns a record with PII), echo, draft (asks the agent's model: sampling);
+// resource ledger://statements/2026-10. Every request's Authorization header and
 // every tool call are appended to LOG_FILE as JSON lines, so tests see what reached it
 // (LOG_FILE "-" logs nothing: the benchmark's upstream, benches/mcp-load.sh).
 import http from "node:http";
@@ -9,6 +10,7 @@ import fs from "node:fs";
 import { randomUUID } from "node:crypto";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { CreateMessageResultSchema } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
 
 const [port, logFile] = process.argv.slice(2);
@@ -33,6 +35,26 @@ function build() {
       return { content: [{ type: "text", text }] };
     },
   );
+  server.registerTool(
+    "draft",
+    { description: "Draft a note on an account with the agent's model.", inputSchema: { account: z.string() } },
+    async ({ account }, extra) => {
+      try {
+        const r = await extra.sendRequest(
+          {
+            method: "sampling/createMessage",
+            params: { messages: [{ role: "user", content: { type: "text", text: `Note on account ${account}.` } }], maxTokens: 50 },
+          },
+          CreateMessageResultSchema,
+        );
+        log({ sampled: r.content.text });
+        return { content: [{ type: "text", text: `draft: ${r.content.text}` }] };
+      } catch (e) {
+        log({ sampled_error: String(e && e.message || e) });
+        return { content: [{ type: "text", text: `sampling failed: ${e && e.message || e}` }], isError: true };
+      }
+    },
+  );
   server.registerResource(
     "statement",
     "ledger://statements/2026-10",
@@ -45,9 +67,12 @@ function build() {
   return server;
 }
 
-// MODE "stateful" (the third argument): one SDK server per MCP session, kept across requests,
-// as a long-running server is usually deployed; otherwise stateless (a fresh one per request).
-const stateful = process.argv[4] === "stateful";
+// MODE (the third argument) "stateful": one SDK server per MCP session, kept across requests,
+// as a long-running server is usually deployed, answering with JSON; "sse": the same, answering
+// on an SSE stream (so a tool can ask the client something before its result); otherwise
+// stateless (a fresh server per request).
+const mode = process.argv[4] || "stateless";
+const stateful = mode === "stateful" || mode === "sse";
 const sessions = new Map();
 
 http
@@ -63,7 +88,7 @@ http
         if (sid) { res.writeHead(404).end(); return; }
         transport = new StreamableHTTPServerTransport({
           sessionIdGenerator: () => randomUUID(),
-          enableJsonResponse: true,
+          enableJsonResponse: mode !== "sse",
           onsessioninitialized: (id) => sessions.set(id, transport),
         });
         await build().connect(transport);

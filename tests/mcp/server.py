@@ -4,7 +4,9 @@ Usage: python server.py stdio
        python server.py http PORT
 
 Tools: crm_lookup (a customer record with PII, for masking), echo, delete_repo (high risk,
-for approvals), crash (exits the process: the supervisor must restart it). Resources: the
+for approvals), crash (exits the process: the supervisor must restart it), and three that ask
+the agent for something while they run: draft_reply (sampling), confirm_action (form
+elicitation), project_roots (roots). What the agent answered (or the error) is logged. Resources: the
 template crm://customers/{customer_id} (a record with PII) and crm://internal/keys; prompt:
 summarize(customer_id). The description of
 `echo` is read from the file named by $ECHO_DESCRIPTION_FILE when set, so a test can change a
@@ -15,8 +17,14 @@ with the Authorization header it came with (HTTP), so tests can see what reached
 import json
 import os
 import sys
+import warnings
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import SamplingMessage, TextContent
+from pydantic import BaseModel
+
+# Sampling and roots are deprecated by 2026-07-28, yet servers on earlier versions use them.
+warnings.filterwarnings("ignore", message=".*deprecated as of 2026-07-28.*")
 
 server = MCPServer("callgate-test-upstream")
 
@@ -77,6 +85,51 @@ def keys() -> str:
 def summarize(customer_id: str) -> str:
     log_call("prompt", {"name": "summarize", "customer_id": customer_id})
     return f"Summarize customer {customer_id}; their SSN is 078-05-1120."
+
+
+@server.tool(description="Draft a reply to a customer with the agent's model.")
+async def draft_reply(customer_id: str, max_tokens: int, ctx: Context) -> str:
+    log_call("draft_reply", {"customer_id": customer_id, "max_tokens": max_tokens})
+    try:
+        result = await ctx.session.create_message(
+            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=f"Draft a reply to customer {customer_id}."))],
+            max_tokens=max_tokens,
+            related_request_id=ctx.request_id,
+        )
+    except Exception as e:  # noqa: BLE001 - the test reads the refusal
+        log_call("sampled", {"error": str(e)})
+        return f"sampling failed: {e}"
+    log_call("sampled", {"text": result.content.text})
+    return f"draft: {result.content.text}"
+
+
+class Confirmation(BaseModel):
+    confirm: bool
+    note: str = ""
+
+
+@server.tool(description="Ask the user to confirm an action.")
+async def confirm_action(action: str, ctx: Context) -> str:
+    log_call("confirm_action", {"action": action})
+    try:
+        answer = await ctx.elicit(f"Confirm {action}?", schema=Confirmation)
+    except Exception as e:  # noqa: BLE001
+        log_call("elicited", {"error": str(e)})
+        return f"elicitation failed: {e}"
+    data = answer.data.model_dump() if getattr(answer, "data", None) is not None else None
+    log_call("elicited", {"action": answer.action, "data": data})
+    return f"{answer.action}: {json.dumps(data)}"
+
+
+@server.tool(description="List the agent's project roots.")
+async def project_roots(ctx: Context) -> str:
+    log_call("project_roots", {})
+    try:
+        result = await ctx.session.list_roots()
+    except Exception as e:  # noqa: BLE001
+        log_call("roots", {"error": str(e)})
+        return f"roots failed: {e}"
+    return json.dumps([str(r.uri) for r in result.roots])
 
 
 @server.tool(description="Exit the server process (for supervision tests).")

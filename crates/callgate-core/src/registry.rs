@@ -84,11 +84,30 @@ pub enum Backend {
     /// reading a resource, getting a prompt. Named `<prefix>:<method>`, so policies allow
     /// them per server (`Callgate::Action::"crm:resources/read"`); never in the HTTP catalog.
     McpMethod { server: String, method: String },
+    /// A request upstream MCP server `server` makes of the agent's MCP client while one of
+    /// the agent's calls runs ([`MCP_SERVER_REQUESTS`]): sampling, elicitation, roots. Named
+    /// `<prefix>:<method>`; decided for the agent's principal and relayed to the agent's
+    /// client, never to a server.
+    McpServerRequest { server: String, method: String },
+}
+
+impl Backend {
+    /// Whether callers name this function themselves (an HTTP function, an MCP tool), as
+    /// opposed to an MCP request Callgate relays (resources, prompts, a server's requests),
+    /// which never appears in the catalog, the invoke API or `tools/list`.
+    pub fn is_callable(&self) -> bool {
+        matches!(self, Backend::Http | Backend::McpTool { .. })
+    }
 }
 
 /// The MCP requests, besides `tools/call`, that Callgate relays to an upstream server when
 /// policy allows them, with the arguments policy sees.
 pub const MCP_METHODS: &[&str] = &["resources/read", "prompts/get"];
+
+/// The requests an upstream MCP server may make of the agent's client during a call, which
+/// Callgate relays when policy allows them, with the request's params as the arguments.
+pub const MCP_SERVER_REQUESTS: &[&str] =
+    &["sampling/createMessage", "elicitation/create", "roots/list"];
 
 /// The registry name of MCP request `method` on the server with tool prefix `prefix`
 /// (`crm:resources/read`). The colon and slash keep it apart from every function name.
@@ -96,9 +115,32 @@ pub fn mcp_method_function_name(prefix: &str, method: &str) -> String {
     format!("{prefix}:{method}")
 }
 
-/// The argument schema of an MCP method's normalized call.
+/// The argument schema of an MCP method's normalized call. A server's request keeps every
+/// param it sent (the protocol adds fields); the typed ones are what policy can test.
 fn mcp_method_schema(method: &str) -> Value {
     match method {
+        "sampling/createMessage" => serde_json::json!({
+            "type": "object",
+            "properties": {
+                "messages": {"type": "array", "items": {"type": "object"}},
+                "maxTokens": {"type": "integer", "minimum": 1},
+                "systemPrompt": {"type": "string"},
+                "includeContext": {"type": "string"}
+            },
+            "required": ["messages", "maxTokens"]
+        }),
+        "elicitation/create" => serde_json::json!({
+            "type": "object",
+            "properties": {
+                "mode": {"type": "string", "enum": ["form", "url"]},
+                "message": {"type": "string"},
+                "url": {"type": "string"},
+                "elicitationId": {"type": "string"},
+                "requestedSchema": {"type": "object"}
+            },
+            "required": ["message"]
+        }),
+        "roots/list" => serde_json::json!({"type": "object"}),
         "resources/read" => serde_json::json!({
             "type": "object",
             "properties": {"uri": {"type": "string", "description": "the resource's URI"}},
@@ -468,6 +510,38 @@ impl Registry {
                         validator,
                         default_timeout,
                         Backend::McpMethod {
+                            server: server.clone(),
+                            method: method.to_string(),
+                        },
+                    )
+                });
+                self.by_name.insert(name, def.clone());
+                self.functions.push(def);
+            }
+            for method in MCP_SERVER_REQUESTS {
+                let name = mcp_method_function_name(prefix, method);
+                if self.by_name.contains_key(&name) {
+                    problems.push(format!("mcp server {server:?}: {name:?} is already taken"));
+                    continue;
+                }
+                let schema = mcp_method_schema(method);
+                let validator =
+                    jsonschema::validator_for(&schema).expect("static schemas are valid");
+                let def = Arc::new(FunctionDef {
+                    description: format!("MCP {method} asked of the agent by server {server}"),
+                    upstream: "mcp-client".into(),
+                    upstream_url: "mcp-client:".into(),
+                    // Answered by the agent's own client: no upstream credential, and no
+                    // approval (the server waits; a held request could never be answered).
+                    credential: None,
+                    ..mcp_function(
+                        server,
+                        srv,
+                        name.clone(),
+                        schema,
+                        validator,
+                        default_timeout,
+                        Backend::McpServerRequest {
                             server: server.clone(),
                             method: method.to_string(),
                         },

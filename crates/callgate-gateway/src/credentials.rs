@@ -57,9 +57,9 @@ struct MintKey {
 fn secret_key(f: &callgate_core::FunctionDef) -> &str {
     match f.backend {
         callgate_core::Backend::Http => &f.name,
-        callgate_core::Backend::McpTool { .. } | callgate_core::Backend::McpMethod { .. } => {
-            &f.upstream
-        }
+        callgate_core::Backend::McpTool { .. }
+        | callgate_core::Backend::McpMethod { .. }
+        | callgate_core::Backend::McpServerRequest { .. } => &f.upstream,
     }
 }
 

@@ -177,8 +177,9 @@ impl Masking {
         if response.body.is_empty() {
             return Ok(());
         }
-        if let callgate_core::Backend::McpTool { .. } | callgate_core::Backend::McpMethod { .. } =
-            call.function.backend
+        if let callgate_core::Backend::McpTool { .. }
+        | callgate_core::Backend::McpMethod { .. }
+        | callgate_core::Backend::McpServerRequest { .. } = call.function.backend
         {
             // An MCP result: mask its structured content and each content block.
             let Ok(mut doc) = callgate_core::json::parse_strict(&response.body) else {
@@ -189,8 +190,19 @@ impl Masking {
                     ),
                 });
             };
+            // What the agent answered a server's form or roots request is plain JSON (field
+            // values, root URIs); everything else carries content blocks.
+            let plain = matches!(
+                &call.function.backend,
+                callgate_core::Backend::McpServerRequest { method, .. }
+                    if method != "sampling/createMessage"
+            );
             for p in &profiles {
-                mask_tool_result(p, &mut doc, groups, &self.key);
+                if plain {
+                    p.mask_json(&mut doc, groups, &self.key);
+                } else {
+                    mask_tool_result(p, &mut doc, groups, &self.key);
+                }
             }
             response.body = serde_json::to_vec(&doc).unwrap_or_default().into();
             return Ok(());
@@ -252,7 +264,8 @@ impl Masking {
 
 /// Masks an MCP result. A `CallToolResult`: `structuredContent` as JSON; each text block as
 /// JSON when it is JSON, else as plain text; embedded text resources as plain text. A
-/// `ReadResourceResult`'s `contents` the same way, and a `GetPromptResult`'s message blocks.
+/// `ReadResourceResult`'s `contents` the same way, a `GetPromptResult`'s message blocks, and
+/// a `CreateMessageResult`'s content.
 /// Blocks that cannot be inspected (images, audio, binary resources) are replaced: masking
 /// never skips data. An upstream error (`{"error": ...}`) is masked as JSON.
 fn mask_tool_result(
@@ -285,6 +298,8 @@ fn mask_tool_result(
     for (k, v) in doc.as_object_mut().into_iter().flatten() {
         match (k.as_str(), v) {
             ("content", Value::Array(content)) => blocks.extend(content.iter_mut()),
+            // A sampling result's single block.
+            ("content", c @ Value::Object(_)) => blocks.push(c),
             ("messages", Value::Array(messages)) => {
                 for m in messages {
                     match m.get_mut("content") {

@@ -38,6 +38,7 @@ use std::time::Instant;
 
 use crate::Shared;
 use crate::identity::oidc::now_secs;
+use crate::mcp::relay::Agent;
 use crate::runtime::Runtime;
 use crate::upstream;
 use crate::upstream::UpstreamResponse;
@@ -108,11 +109,11 @@ type FunctionMatch = (Arc<FunctionDef>, Vec<(String, String)>);
 fn resolve(rt: &Runtime, target: &Target, parts: &Parts) -> Result<FunctionMatch, Refusal> {
     match target {
         Target::Name(name) => {
-            // MCP resource and prompt requests exist only at /mcp.
+            // MCP resource, prompt and server requests exist only at /mcp.
             let f = rt
                 .registry
                 .get_or_alias(name)
-                .filter(|f| !matches!(f.backend, Backend::McpMethod { .. }))
+                .filter(|f| f.backend.is_callable())
                 .ok_or_else(|| Refusal::UnknownFunction {
                     detail: format!("no function named {name:?}"),
                 })?;
@@ -299,6 +300,7 @@ pub(crate) async fn execute(
     call: &Call,
     decision: &Decision,
     record: Record,
+    agent: Option<&Agent>,
 ) -> Result<UpstreamResponse, Failure> {
     use Failure::{NotForwarded, Upstream};
     // A tool whose server changed its definition is blocked until an administrator approves
@@ -325,7 +327,9 @@ pub(crate) async fn execute(
         Backend::Http => {
             Some(args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?)
         }
-        Backend::McpTool { .. } | Backend::McpMethod { .. } => None,
+        Backend::McpTool { .. } | Backend::McpMethod { .. } | Backend::McpServerRequest { .. } => {
+            None
+        }
     };
     // 8. audit: durable before the upstream sees anything; if it cannot be written the call is
     // refused (503).
@@ -351,19 +355,24 @@ pub(crate) async fn execute(
             .await
             .map_err(NotForwarded)?,
     }
-    // 9. forward, with the credential attached: an HTTP request, or a `tools/call` on an
-    // upstream MCP server.
+    // 9. forward, with the credential attached: an HTTP request, or a request to an upstream
+    // MCP server; a server's own request goes to the agent's client instead.
     let mut response = match (&call.function.backend, shape) {
         (Backend::McpTool { server, tool }, _) => shared
             .mcp
-            .call_tool(rt, server, tool, call, credential)
+            .call_tool(shared, rt, server, tool, call, credential, agent)
             .await
             .map_err(Upstream)?,
         (Backend::McpMethod { server, method }, _) => shared
             .mcp
-            .call_method(rt, server, method, call, credential)
+            .call_method(shared, rt, server, method, call, credential, agent)
             .await
             .map_err(Upstream)?,
+        (Backend::McpServerRequest { method, .. }, _) => {
+            crate::mcp::relay::to_agent(rt, call, method, agent)
+                .await
+                .map_err(Upstream)?
+        }
         (Backend::Http, shape) => forward_http(rt, call, shape, credential)
             .await
             .map_err(Upstream)?,
@@ -448,6 +457,8 @@ pub struct ToolCall<'a> {
     pub source: Option<IpAddr>,
     /// `name` is an MCP request's function (`crm:resources/read`), not a tool.
     pub method: bool,
+    /// The agent's MCP client, which answers what an upstream server asks during the call.
+    pub agent: Option<&'a Agent>,
 }
 
 /// Phases 2–3 for an MCP `tools/call` (or `resources/read`, `prompts/get`): the function by
@@ -466,6 +477,7 @@ pub async fn run_tool_call(
             Backend::Http => rt.config.mcp.expose_functions && !tc.method,
             Backend::McpTool { .. } => !tc.method,
             Backend::McpMethod { .. } => tc.method,
+            Backend::McpServerRequest { .. } => false,
         })
         .ok_or_else(|| Refusal::UnknownFunction {
             detail: format!("no tool named {:?}", tc.name),
@@ -507,7 +519,7 @@ pub async fn run_tool_call(
             forward_headers: Default::default(),
         },
     };
-    run_call(shared, rt, call, trace).await
+    run_call_via(shared, rt, call, trace, tc.agent).await
 }
 
 /// Phases 4–11 for a normalized call, whichever ingress built it.
@@ -516,6 +528,29 @@ pub async fn run_call(
     rt: &Runtime,
     call: Call,
     trace: &mut Trace,
+) -> Result<Outcome, Refusal> {
+    run_call_via(shared, rt, call, trace, None).await
+}
+
+/// [`run_call`] for a call an agent's MCP client waits on: what an upstream MCP server asks
+/// during the call is relayed to `agent` (when policy allows it).
+pub fn run_call_via<'a>(
+    shared: &'a Shared,
+    rt: &'a Runtime,
+    call: Call,
+    trace: &'a mut Trace,
+    agent: Option<&'a Agent>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Outcome, Refusal>> + Send + 'a>> {
+    // Boxed: a server's request during a call runs the pipeline again from inside phase 9.
+    Box::pin(run_call_inner(shared, rt, call, trace, agent))
+}
+
+async fn run_call_inner(
+    shared: &Shared,
+    rt: &Runtime,
+    call: Call,
+    trace: &mut Trace,
+    agent: Option<&Agent>,
 ) -> Result<Outcome, Refusal> {
     trace.session = call.meta.session.clone();
     // 4. authorize
@@ -560,6 +595,15 @@ pub async fn run_call(
             .chain(decision.obligations.approval.iter()),
     );
     if let Some(requirement) = requirement {
+        if let Backend::McpServerRequest { .. } = call.function.backend {
+            return Err(Refusal::Forbidden {
+                detail: format!(
+                    "{} requires approval ({requirement}), and a server's request during a \
+                     call cannot wait for one",
+                    call.function.name
+                ),
+            });
+        }
         match &call.meta.break_glass {
             None => {
                 let held = crate::approvals::hold(shared, rt, &call, decision, requirement).await?;
@@ -575,7 +619,7 @@ pub async fn run_call(
     }
     // 7–10. Once the forward record is durable, the call's record says how it ended.
     let started = Instant::now();
-    let response = match execute(shared, rt, &call, decision, Record::Direct).await {
+    let response = match execute(shared, rt, &call, decision, Record::Direct, agent).await {
         Ok(r) => r,
         Err(Failure::NotForwarded(refusal)) => return Err(refusal),
         Err(Failure::Upstream(refusal)) => {

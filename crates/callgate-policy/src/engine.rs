@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::context;
-use crate::schema::{self, CALL_ACTION, MCP_ACTION, NAMESPACE};
+use crate::schema::{self, NAMESPACE};
 use crate::source::{self, PolicyError, PolicyFile, SourcedPolicy};
 
 /// Annotations a policy may carry. Anything else is a load error, so a typo cannot silently
@@ -183,19 +183,25 @@ impl PolicyEngine {
         let mut errors = Vec::new();
         let mut pset = PolicySet::new();
         let function_type = type_name("Function");
-        let call_uid = uid(&type_name("Action"), CALL_ACTION);
+        let group_uids: Vec<_> = schema::ACTION_GROUPS
+            .iter()
+            .map(|g| (*g, uid(&type_name("Action"), g)))
+            .collect();
         for p in &policies {
             check_annotations(p, &mut errors);
             // `action == Action::"call"` never matches: requests name the function's own action.
             // Left alone, a forbid written that way would silently forbid nothing.
-            if p.policy.action_constraint() == ActionConstraint::Eq(call_uid.clone()) {
-                errors.push(PolicyError {
-                    file: p.file.clone(),
-                    line: p.line,
-                    message: "`action == Callgate::Action::\"call\"` matches no call — use \
-                              `action in Callgate::Action::\"call\"` for every function"
-                        .into(),
-                });
+            for (g, group) in &group_uids {
+                if p.policy.action_constraint() == ActionConstraint::Eq(group.clone()) {
+                    errors.push(PolicyError {
+                        file: p.file.clone(),
+                        line: p.line,
+                        message: format!(
+                            "`action == Callgate::Action::\"{g}\"` matches no call — use \
+                             `action in Callgate::Action::\"{g}\"` for every function of the group"
+                        ),
+                    });
+                }
             }
             check_scope_functions(p, reg, &function_type, &mut errors);
             if let Err(e) = pset.add(p.policy.clone()) {
@@ -245,15 +251,10 @@ impl PolicyEngine {
         }
 
         let action_type = type_name("Action");
-        let mcp_uid = uid(&action_type, MCP_ACTION);
         let mut slices = HashMap::new();
         for f in reg.iter() {
             let action = uid(&action_type, &f.name);
-            let group = if schema::action_group(f) == MCP_ACTION {
-                &mcp_uid
-            } else {
-                &call_uid
-            };
+            let group = &uid(&action_type, schema::action_group(f));
             let resource = uid(&function_type, &f.name);
             let mut set = PolicySet::new();
             let mut members = Vec::new();

@@ -11,11 +11,19 @@ pub const CALL_ACTION: &str = "call";
 /// The action group of the MCP requests other than `tools/call` (`crm:resources/read`, ...).
 /// Apart from `call`, so a policy granting every function grants no resource or prompt.
 pub const MCP_ACTION: &str = "mcp";
+/// The action group of what upstream MCP servers ask of the agent during a call
+/// (`crm:sampling/createMessage`, `crm:elicitation/create`, `crm:roots/list`): the agent's
+/// model, user and files. Apart from both others, so granting resources grants none of it.
+pub const SERVER_REQUEST_ACTION: &str = "mcp-server-request";
+
+/// Every action group, each a parent of the actions of one kind of function.
+pub const ACTION_GROUPS: [&str; 3] = [CALL_ACTION, MCP_ACTION, SERVER_REQUEST_ACTION];
 
 /// The action group `f`'s action belongs to.
 pub fn action_group(f: &callgate_core::FunctionDef) -> &'static str {
     match f.backend {
         callgate_core::Backend::McpMethod { .. } => MCP_ACTION,
+        callgate_core::Backend::McpServerRequest { .. } => SERVER_REQUEST_ACTION,
         _ => CALL_ACTION,
     }
 }
@@ -51,8 +59,9 @@ pub fn record_type(fields: &BTreeMap<String, (ArgType, bool)>) -> Value {
 /// The Cedar JSON schema for a registry.
 pub fn schema_json(reg: &Registry) -> Value {
     let mut actions = Map::new();
-    actions.insert(CALL_ACTION.into(), json!({}));
-    actions.insert(MCP_ACTION.into(), json!({}));
+    for group in ACTION_GROUPS {
+        actions.insert(group.into(), json!({}));
+    }
     for f in reg.iter() {
         actions.insert(
             f.name.clone(),

@@ -251,6 +251,11 @@ fn load_errors_have_file_and_line() {
             1,
             "action in",
         ),
+        (
+            "forbid(principal, action == Callgate::Action::\"mcp-server-request\", resource);",
+            1,
+            "action in Callgate::Action::\"mcp-server-request\"",
+        ),
         // duplicate id
         (
             "@id(\"users-read-support\")\npermit(principal, action, resource);",

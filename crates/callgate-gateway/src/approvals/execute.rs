@@ -234,7 +234,7 @@ async fn run_stored(
         digest: held.digest.clone(),
         approved_by,
     };
-    let result = crate::pipeline::execute(shared, rt, &call, &decision, record).await;
+    let result = crate::pipeline::execute(shared, rt, &call, &decision, record, None).await;
     (result, Some(call))
 }
 

@@ -134,7 +134,7 @@ async fn catalog(
     let visible = rt
         .registry
         .iter()
-        .filter(|f| !matches!(f.backend, callgate_core::Backend::McpMethod { .. }))
+        .filter(|f| f.backend.is_callable())
         .filter(|f| rt.engine.could_allow(&principal, f));
     let body = match format.as_deref() {
         None | Some("callgate") => json!({

@@ -13,11 +13,14 @@
 //!   stdio processes it supervises) and performs phase 9 for their tools.
 //! - [`resources`] relays upstream resources and prompts, each read or get one more
 //!   normalized call that policy must allow.
+//! - [`relay`] governs what an upstream server asks of the agent during a call (sampling,
+//!   elicitation, roots): one more normalized call, answered by the agent's own client.
 //! - [`pins`] records every upstream tool definition's digest; a changed definition is
 //!   blocked until an administrator approves it.
 
 pub mod edge;
 pub mod pins;
+pub mod relay;
 pub mod resources;
 pub mod result;
 pub mod server;

@@ -9,25 +9,24 @@
 //!   the servers whose function the caller could be allowed, like `tools/list`.
 //! - A resource is routed to the server that listed its URI (or a template it matches); a
 //!   prompt by its name's prefix (`crm.summarize` → server `crm`'s `summarize`).
-//! - A refusal is JSON-RPC error [`REFUSED`] with the problem as `data`; a held read is
-//!   [`REFUSED`] too, with the pending call in `data` (an agent follows it with
+//! - A refusal is JSON-RPC error [`REFUSED`](result::REFUSED) with the problem as `data`; a held read is
+//!   [`REFUSED`](result::REFUSED) too, with the pending call in `data` (an agent follows it with
 //!   `callgate.call_status`).
 
 use callgate_core::refusal::Refusal;
 use callgate_core::registry::mcp_method_function_name;
 use rmcp::model::{ErrorCode, ErrorData};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Instant;
 
-use super::{McpCaller, result};
+use super::McpCaller;
+use super::relay::Agent;
+use super::result::{self, REFUSED, rpc_refusal};
 use crate::Shared;
 use crate::pipeline::{self, Outcome, ToolCall, Trace};
 use crate::runtime::Runtime;
-
-/// The JSON-RPC error code of a resource or prompt request Callgate refused or held.
-pub const REFUSED: i32 = -32003;
 
 /// Which server a resource URI belongs to, as the servers last listed them.
 #[derive(Default)]
@@ -138,7 +137,12 @@ pub async fn list_prompts(shared: &Shared, caller: &McpCaller) -> Vec<Value> {
 }
 
 /// `resources/read`: the server's (masked) result, once policy allowed it.
-pub async fn read(shared: &Shared, caller: &McpCaller, uri: &str) -> Result<Value, ErrorData> {
+pub async fn read(
+    shared: &Shared,
+    caller: &McpCaller,
+    agent: &Agent,
+    uri: &str,
+) -> Result<Value, ErrorData> {
     let rt = shared.reloader.current();
     let mut owner = shared.mcp.owners.owner(uri);
     if owner.is_none() {
@@ -182,13 +186,14 @@ pub async fn read(shared: &Shared, caller: &McpCaller, uri: &str) -> Result<Valu
     }
     let mut args = Map::new();
     args.insert("uri".into(), Value::String(uri.to_string()));
-    relay(shared, &rt, caller, &prefix, "resources/read", args).await
+    relay(shared, &rt, caller, agent, &prefix, "resources/read", args).await
 }
 
 /// `prompts/get` for `<prefix>.<name>`: the server's (masked) prompt, once policy allowed it.
 pub async fn get_prompt(
     shared: &Shared,
     caller: &McpCaller,
+    agent: &Agent,
     name: &str,
     arguments: Option<Map<String, Value>>,
 ) -> Result<Value, ErrorData> {
@@ -215,7 +220,7 @@ pub async fn get_prompt(
     if let Some(a) = arguments {
         args.insert("arguments".into(), Value::Object(a));
     }
-    relay(shared, &rt, caller, &prefix, "prompts/get", args).await
+    relay(shared, &rt, caller, agent, &prefix, "prompts/get", args).await
 }
 
 /// One resource or prompt request through the pipeline, as a JSON-RPC result or error.
@@ -223,6 +228,7 @@ async fn relay(
     shared: &Shared,
     rt: &Runtime,
     caller: &McpCaller,
+    agent: &Agent,
     prefix: &str,
     method: &str,
     arguments: Map<String, Value>,
@@ -239,6 +245,7 @@ async fn relay(
         reason: None,
         source: caller.source,
         method: true,
+        agent: Some(agent),
     };
     let outcome = pipeline::run_tool_call(shared, rt, tc, &mut trace).await;
     let (status, answer) = match outcome {
@@ -274,28 +281,9 @@ async fn relay(
         }
         Err(r) => {
             caller.refused(shared, &trace, &r);
-            (r.status(), Err(refusal(&r, &caller.request_id)))
+            (r.status(), Err(rpc_refusal(&r, &caller.request_id)))
         }
     };
     crate::ingress::observe(shared, &trace, status, started);
     answer
-}
-
-/// A refusal as a JSON-RPC error: the problem's title and detail, never policy internals.
-fn refusal(r: &Refusal, request_id: &str) -> ErrorData {
-    ErrorData::new(
-        ErrorCode(REFUSED),
-        format!(
-            "Callgate refused this request: {}: {}",
-            r.title(),
-            r.detail()
-        ),
-        Some(json!({
-            "type": format!("urn:callgate:problem:{}", r.code()),
-            "title": r.title(),
-            "status": r.status(),
-            "detail": r.detail(),
-            "request_id": request_id,
-        })),
-    )
 }

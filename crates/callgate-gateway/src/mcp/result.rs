@@ -9,7 +9,7 @@
 use callgate_approvals::State;
 use callgate_core::refusal::Refusal;
 use callgate_store::approvals::Held;
-use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::model::{CallToolResult, ContentBlock, ErrorCode, ErrorData};
 use serde_json::{Value, json};
 
 use super::McpCaller;
@@ -159,4 +159,27 @@ pub async fn status(shared: &Shared, caller: &McpCaller, id: &str) -> CallToolRe
     };
     r.structured_content = Some(view);
     r
+}
+
+/// The JSON-RPC error code of an MCP request Callgate refused or held (a resource read, a
+/// prompt, or an upstream server's request of the agent).
+pub const REFUSED: i32 = -32003;
+
+/// A refusal as a JSON-RPC error: the problem's title and detail, never policy internals.
+pub fn rpc_refusal(r: &Refusal, request_id: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode(REFUSED),
+        format!(
+            "Callgate refused this request: {}: {}",
+            r.title(),
+            r.detail()
+        ),
+        Some(json!({
+            "type": format!("urn:callgate:problem:{}", r.code()),
+            "title": r.title(),
+            "status": r.status(),
+            "detail": r.detail(),
+            "request_id": request_id,
+        })),
+    )
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::McpCaller;
+use super::relay::Agent;
 use super::{resources, result};
 use crate::Shared;
 use crate::pipeline::{self, Outcome, ToolCall, Trace};
@@ -117,7 +118,8 @@ impl ServerHandler for CallgateMcp {
                 callgate_core::Backend::McpTool { server, tool } => {
                     !self.shared.mcp.is_blocked(server, tool)
                 }
-                callgate_core::Backend::McpMethod { .. } => false,
+                callgate_core::Backend::McpMethod { .. }
+                | callgate_core::Backend::McpServerRequest { .. } => false,
             };
             if !exposed || !rt.engine.could_allow(&caller.principal, f) {
                 continue;
@@ -168,6 +170,7 @@ impl ServerHandler for CallgateMcp {
             .and_then(Value::as_str)
             .map(str::to_string);
         let mut trace = Trace::default();
+        let agent = Agent::new(ctx.peer.clone());
         let tc = ToolCall {
             request_id: caller.request_id.clone(),
             principal: caller.principal.clone(),
@@ -177,6 +180,7 @@ impl ServerHandler for CallgateMcp {
             reason,
             source: caller.source,
             method: false,
+            agent: Some(&agent),
         };
         let outcome = pipeline::run_tool_call(&self.shared, &rt, tc, &mut trace).await;
         let (status, answer) = match outcome {
@@ -232,7 +236,8 @@ impl ServerHandler for CallgateMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = caller(&ctx)?;
-        let v = resources::read(&self.shared, &caller, &request.uri).await?;
+        let agent = Agent::new(ctx.peer.clone());
+        let v = resources::read(&self.shared, &caller, &agent, &request.uri).await?;
         Ok(ReadResourceResponse::Complete(readable(v)?))
     }
 
@@ -252,8 +257,15 @@ impl ServerHandler for CallgateMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let caller = caller(&ctx)?;
-        let v =
-            resources::get_prompt(&self.shared, &caller, &request.name, request.arguments).await?;
+        let agent = Agent::new(ctx.peer.clone());
+        let v = resources::get_prompt(
+            &self.shared,
+            &caller,
+            &agent,
+            &request.name,
+            request.arguments,
+        )
+        .await?;
         Ok(GetPromptResponse::Complete(readable(v)?))
     }
 }

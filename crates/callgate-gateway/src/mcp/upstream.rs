@@ -11,8 +11,8 @@
 //!
 //! On every (re)connection, on `notifications/tools/list_changed` and once a minute, the
 //! server's tools are listed and recorded in [`super::pins`]: new tools are pinned, changed
-//! ones blocked. Requests a server makes of Callgate (sampling, elicitation, roots) are
-//! refused: no policy grants an upstream server access to the agent's model or user.
+//! ones blocked. Requests a server makes of the agent during a call (sampling, elicitation,
+//! roots) are decided and relayed by [`super::relay`]; outside a call they are refused.
 
 use bytes::Bytes;
 use callgate_core::config::McpServerConfig;
@@ -20,10 +20,15 @@ use callgate_core::refusal::Refusal;
 use callgate_core::{Call, ToolDef};
 use http::{HeaderName, HeaderValue, header};
 use http_body_util::{BodyExt, Full};
+// Sampling and roots are deprecated by MCP 2026-07-28 (SEP-2577); servers on earlier versions
+// still ask for them, and Callgate relays them when policy allows.
 use rmcp::model::{
-    CallToolResponse, ClientConfig, GetPromptResponse, Implementation, ReadResourceResponse,
+    CallToolResponse, ClientConfig, ElicitRequestParams, ElicitResult, ErrorData,
+    GetPromptResponse, Implementation, ReadResourceResponse,
 };
-use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceExt};
+#[allow(deprecated)]
+use rmcp::model::{CreateMessageRequestParams, CreateMessageResult, ListRootsResult};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 use super::pins::Pins;
+use super::relay::{Agent, Origin};
 use super::result::TOOL_RESULT_TYPE;
 use crate::Shared;
 use crate::credentials::Obtained;
@@ -59,6 +65,52 @@ struct Server {
     conn: Conn,
     /// Woken when the server says its tools changed.
     refresh: Notify,
+    /// The calls in progress on a stdio server, which its requests of the agent belong to.
+    in_flight: std::sync::Mutex<Vec<(u64, Origin)>>,
+    next_flight: AtomicU64,
+}
+
+/// What a server's request during a call is decided with: the call's origin and the gateway.
+struct Relay<'a> {
+    shared: &'a Shared,
+    origin: Origin,
+}
+
+/// Registers a call in progress on a stdio server, for as long as it lives.
+struct InFlight<'a> {
+    server: &'a Server,
+    id: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(server: &'a Server, origin: Origin) -> InFlight<'a> {
+        let id = server.next_flight.fetch_add(1, Ordering::Relaxed);
+        lock(&server.in_flight).push((id, origin));
+        InFlight { server, id }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.server.in_flight).retain(|(id, _)| *id != self.id);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Server {
+    /// The call a stdio server's request belongs to: its only call in progress. `Err` with
+    /// the number of calls when there are several (stdio does not say which one asks).
+    fn sole_in_flight(&self) -> Result<Option<Origin>, usize> {
+        let calls = lock(&self.in_flight);
+        match calls.as_slice() {
+            [] => Ok(None),
+            [(_, origin)] => Ok(Some(origin.clone())),
+            many => Err(many.len()),
+        }
+    }
 }
 
 enum Conn {
@@ -113,6 +165,8 @@ impl Upstreams {
                 name: name.clone(),
                 conn,
                 refresh: Notify::new(),
+                in_flight: Default::default(),
+                next_flight: AtomicU64::new(0),
             });
             shared
                 .mcp
@@ -142,16 +196,24 @@ impl Upstreams {
             .cloned()
     }
 
-    /// Phase 9 for an MCP tool: `tools/call` on its server, with Callgate's credential.
+    /// Phase 9 for an MCP tool: `tools/call` on its server, with Callgate's credential. What
+    /// the server asks of the agent meanwhile is relayed to `agent` when policy allows it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_tool(
         &self,
+        shared: &Shared,
         rt: &Runtime,
         server: &str,
         tool: &str,
         call: &Call,
         credential: Option<Obtained>,
+        agent: Option<&Agent>,
     ) -> Result<UpstreamResponse, Refusal> {
         let params = json!({"name": tool, "arguments": call.arguments});
+        let relay = Relay {
+            shared,
+            origin: Origin::of(call, agent),
+        };
         let result = self
             .request(
                 server,
@@ -159,6 +221,7 @@ impl Upstreams {
                 params,
                 call.function.timeout,
                 credential,
+                relay,
             )
             .await?;
         let (status, body) = match result {
@@ -181,17 +244,31 @@ impl Upstreams {
 
     /// Phase 9 for another MCP request (`resources/read`, `prompts/get`): the server's result,
     /// or (502) its JSON-RPC error as `{"error": {...}}`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_method(
         &self,
+        shared: &Shared,
         rt: &Runtime,
         server: &str,
         method: &str,
         call: &Call,
         credential: Option<Obtained>,
+        agent: Option<&Agent>,
     ) -> Result<UpstreamResponse, Refusal> {
         let params = Value::Object(call.arguments.clone());
+        let relay = Relay {
+            shared,
+            origin: Origin::of(call, agent),
+        };
         let result = self
-            .request(server, method, params, call.function.timeout, credential)
+            .request(
+                server,
+                method,
+                params,
+                call.function.timeout,
+                credential,
+                relay,
+            )
             .await?;
         let (status, body) = match result {
             Ok(r) => (http::StatusCode::OK, r),
@@ -257,6 +334,7 @@ impl Upstreams {
         params: Value,
         timeout: Duration,
         credential: Option<Obtained>,
+        relay: Relay<'_>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
         let srv = self
             .server(server)
@@ -266,7 +344,8 @@ impl Upstreams {
         };
         let peer = match &srv.conn {
             Conn::Http(h) => {
-                return tokio::time::timeout(timeout, h.rpc(server, method, params, credential))
+                let sent = h.rpc(server, method, params, credential, Some(&relay));
+                return tokio::time::timeout(timeout, sent)
                     .await
                     .map_err(|_| late())?;
             }
@@ -279,6 +358,7 @@ impl Upstreams {
                 .ok_or_else(|| unreachable(server, "the process is not running"))?
             }
         };
+        let _in_flight = InFlight::enter(&srv, relay.origin);
         enum Failed {
             Service(rmcp::ServiceError),
             Refused(Refusal),
@@ -357,7 +437,7 @@ fn to_values<T: serde::Serialize>(
 }
 
 /// An upstream MCP result as the pipeline's upstream response (size-capped).
-fn answer(
+pub(crate) fn answer(
     rt: &Runtime,
     call: &Call,
     status: http::StatusCode,
@@ -414,7 +494,7 @@ pub async fn discover(
                         .await
                 }
                 None => {
-                    let (running, _changed) = launch(srv, &base).await?;
+                    let (running, _changed) = launch(name, srv, &base, Weak::new()).await?;
                     let tools = running
                         .peer()
                         .list_all_tools()
@@ -553,22 +633,97 @@ async fn keep_listed(weak: Weak<Shared>, server: Arc<Server>) {
     }
 }
 
-/// Callgate as an MCP client of a stdio server: refuses every request the server makes and
-/// notices when its tools change.
+/// Callgate as an MCP client of a stdio server: relays the server's requests of the agent
+/// (when policy allows them) and notices when its tools change.
 struct ClientSide {
     changed: mpsc::UnboundedSender<()>,
+    server: String,
+    /// The gateway (none while discovering tools before it runs: every request is refused).
+    shared: Weak<Shared>,
 }
 
+impl ClientSide {
+    /// One request of the server, for the call in progress on it.
+    async fn relay<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<T, ErrorData> {
+        let answer = match self.shared.upgrade() {
+            None => super::relay::outside_call(&self.server, method),
+            Some(shared) => {
+                let origin = shared
+                    .mcp
+                    .server(&self.server)
+                    .map(|s| s.sole_in_flight())
+                    .unwrap_or(Ok(None));
+                match origin {
+                    Ok(origin) => {
+                        super::relay::server_request(
+                            &shared,
+                            &self.server,
+                            origin.as_ref(),
+                            method,
+                            params,
+                        )
+                        .await
+                    }
+                    Err(calls) => {
+                        tracing::warn!(server = %self.server, method, calls, "an upstream MCP server's request was refused: several calls are in progress");
+                        Err(json!({"code": -32603, "message": format!(
+                            "Callgate cannot tell which of the {calls} calls in progress {method} belongs to (stdio does not say)"
+                        )}))
+                    }
+                }
+            }
+        };
+        match answer {
+            Ok(v) => serde_json::from_value(v).map_err(|e| {
+                ErrorData::internal_error(format!("the agent's answer is not readable: {e}"), None)
+            }),
+            Err(e) => Err(serde_json::from_value(e)
+                .unwrap_or_else(|_| ErrorData::internal_error("refused", None))),
+        }
+    }
+}
+
+#[allow(deprecated)]
 impl rmcp::ClientHandler for ClientSide {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
-            Default::default(),
+            serde_json::from_value(super::relay::upstream_capabilities())
+                .expect("static capabilities"),
             Implementation::new("callgate", env!("CARGO_PKG_VERSION")),
         )
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.changed.send(());
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.relay("sampling/createMessage", serde_json::to_value(params).ok())
+            .await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.relay("elicitation/create", serde_json::to_value(params).ok())
+            .await
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        self.relay("roots/list", None).await
     }
 }
 
@@ -582,7 +737,7 @@ async fn supervise(
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        match launch(&cfg, &base).await {
+        match launch(&server.name, &cfg, &base, weak.clone()).await {
             Ok((running, mut changed)) => {
                 tracing::info!(server = %server.name, "MCP server started");
                 let peer = running.peer().clone();
@@ -626,8 +781,10 @@ async fn supervise(
 type Running = rmcp::service::RunningService<RoleClient, ClientSide>;
 
 async fn launch(
+    name: &str,
     cfg: &McpServerConfig,
     base: &Path,
+    shared: Weak<Shared>,
 ) -> Result<(Running, mpsc::UnboundedReceiver<()>), String> {
     let (program, args) = cfg.command.split_first().ok_or("no command configured")?;
     let mut cmd = tokio::process::Command::new(program);
@@ -643,10 +800,14 @@ async fn launch(
         .spawn()
         .map_err(|e| format!("{program}: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let running = ClientSide { changed: tx }
-        .serve(transport)
-        .await
-        .map_err(|e| format!("initialize: {e}"))?;
+    let running = ClientSide {
+        changed: tx,
+        server: name.to_string(),
+        shared,
+    }
+    .serve(transport)
+    .await
+    .map_err(|e| format!("initialize: {e}"))?;
     Ok((running, rx))
 }
 
@@ -727,7 +888,7 @@ impl HttpMcp {
                 None => json!({}),
             };
             let page = match self
-                .rpc_with(server, method, params, auth.clone())
+                .rpc_with(server, method, params, auth.clone(), None)
                 .await
                 .map_err(|r| r.detail())?
             {
@@ -757,9 +918,16 @@ impl HttpMcp {
         method: &str,
         params: Value,
         credential: Option<Obtained>,
+        relay: Option<&Relay<'_>>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
-        self.rpc_with(server, method, params, credential.and_then(|c| c.header))
-            .await
+        self.rpc_with(
+            server,
+            method,
+            params,
+            credential.and_then(|c| c.header),
+            relay,
+        )
+        .await
     }
 
     async fn rpc_with(
@@ -768,6 +936,7 @@ impl HttpMcp {
         method: &str,
         params: Value,
         auth: Option<(HeaderName, HeaderValue)>,
+        relay: Option<&Relay<'_>>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
         for attempt in 0..2 {
             let session = self.session(server, auth.as_ref()).await?;
@@ -783,7 +952,7 @@ impl HttpMcp {
                 Posted::SessionGone => return Err(unreachable(server, "the session was lost")),
                 Posted::Answer(body, ctype) => {
                     return self
-                        .read_answer(server, id, body, &ctype, &session, auth.as_ref())
+                        .read_answer(server, id, body, &ctype, &session, auth.as_ref(), relay)
                         .await;
                 }
                 Posted::Accepted => return Err(unreachable(server, "no answer to a request")),
@@ -806,7 +975,7 @@ impl HttpMcp {
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {
                 "protocolVersion": UPSTREAM_VERSION,
-                "capabilities": {},
+                "capabilities": super::relay::upstream_capabilities(),
                 "clientInfo": {"name": "callgate", "version": env!("CARGO_PKG_VERSION")}
             }
         });
@@ -819,7 +988,7 @@ impl HttpMcp {
             _ => return Err(unreachable(server, "no answer to initialize")),
         };
         let result = self
-            .read_answer(server, 0, body, &ctype, &pre, auth)
+            .read_answer(server, 0, body, &ctype, &pre, auth, None)
             .await?
             .map_err(|e| unreachable(server, format!("initialize refused: {e}")))?;
         let version = result
@@ -892,7 +1061,8 @@ impl HttpMcp {
     }
 
     /// Reads the answer to request `id` from a JSON body or an SSE stream. Requests the server
-    /// sends on the stream are answered with an error.
+    /// sends on the stream are decided and relayed with `relay` (refused without one).
+    #[allow(clippy::too_many_arguments)]
     async fn read_answer(
         &self,
         server: &str,
@@ -901,16 +1071,18 @@ impl HttpMcp {
         ctype: &str,
         session: &Session,
         auth: Option<&(HeaderName, HeaderValue)>,
+        relay: Option<&Relay<'_>>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
         let mut buf: Vec<u8> = Vec::new();
         let sse = ctype.starts_with("text/event-stream");
         loop {
             if sse {
                 while let Some(event) = take_event(&mut buf) {
-                    let Ok(msg) = serde_json::from_str::<Value>(&event) else {
+                    let Ok(msg) = callgate_core::json::parse_strict(event.as_bytes()) else {
                         continue;
                     };
-                    if let Some(answer) = self.handle(server, id, msg, session, auth).await? {
+                    if let Some(answer) = self.handle(server, id, msg, session, auth, relay).await?
+                    {
                         return Ok(answer);
                     }
                 }
@@ -931,8 +1103,8 @@ impl HttpMcp {
         if sse {
             buf.extend_from_slice(b"\n\n");
             while let Some(event) = take_event(&mut buf) {
-                if let Ok(msg) = serde_json::from_str::<Value>(&event)
-                    && let Some(answer) = self.handle(server, id, msg, session, auth).await?
+                if let Ok(msg) = callgate_core::json::parse_strict(event.as_bytes())
+                    && let Some(answer) = self.handle(server, id, msg, session, auth, relay).await?
                 {
                     return Ok(answer);
                 }
@@ -941,13 +1113,13 @@ impl HttpMcp {
         }
         let msg = callgate_core::json::parse_strict(&buf)
             .map_err(|e| unreachable(server, format!("the answer is not JSON: {e}")))?;
-        self.handle(server, id, msg, session, auth)
+        self.handle(server, id, msg, session, auth, relay)
             .await?
             .ok_or_else(|| unreachable(server, "the answer does not answer the request"))
     }
 
-    /// One message from the server: the answer to `id`, or a request it makes of Callgate
-    /// (refused), or a notification (ignored).
+    /// One message from the server: the answer to `id`, or a request it makes of the agent
+    /// (decided and relayed, then answered), or a notification (ignored).
     async fn handle(
         &self,
         server: &str,
@@ -955,20 +1127,31 @@ impl HttpMcp {
         msg: Value,
         session: &Session,
         auth: Option<&(HeaderName, HeaderValue)>,
+        relay: Option<&Relay<'_>>,
     ) -> Result<Option<Result<Value, RpcError>>, Refusal> {
-        if msg.get("method").is_some() {
+        if let Some(method) = msg.get("method").and_then(Value::as_str) {
             if let Some(req_id) = msg.get("id") {
-                let method = msg["method"].as_str().unwrap_or("");
-                tracing::warn!(
-                    server,
-                    method,
-                    "an upstream MCP server's request to the client was refused"
-                );
-                let refusal = json!({"jsonrpc": "2.0", "id": req_id, "error": {
-                    "code": -32601,
-                    "message": format!("Callgate does not allow MCP servers to send {method}")
-                }});
-                let _ = self.post(server, &refusal, Some(session), auth).await;
+                let params = msg.get("params").cloned();
+                let answer = match relay {
+                    Some(r) => {
+                        super::relay::server_request(
+                            r.shared,
+                            server,
+                            Some(&r.origin),
+                            method,
+                            params,
+                        )
+                        .await
+                    }
+                    None => super::relay::outside_call(server, method),
+                };
+                let reply = match answer {
+                    Ok(result) => json!({"jsonrpc": "2.0", "id": req_id, "result": result}),
+                    Err(error) => json!({"jsonrpc": "2.0", "id": req_id, "error": error}),
+                };
+                if let Err(e) = self.post(server, &reply, Some(session), auth).await {
+                    tracing::warn!(server, method, error = %e.detail(), "the answer to an MCP server's request was not delivered");
+                }
             }
             return Ok(None);
         }

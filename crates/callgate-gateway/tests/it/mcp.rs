@@ -412,6 +412,29 @@ when { context.arguments.uri like "crm://customers/*" };
 
 @id("eng-resources-and-prompts")
 permit (principal in Callgate::Group::"eng", action in Callgate::Action::"mcp", resource);
+
+@id("agent-tools")
+permit (
+  principal in Callgate::Group::"eng",
+  action in [Callgate::Action::"crm.draft_reply", Callgate::Action::"crm.confirm_action",
+             Callgate::Action::"crm.project_roots", Callgate::Action::"ledger.draft"],
+  resource
+);
+
+@id("support-drafts")
+permit (principal in Callgate::Group::"support", action == Callgate::Action::"crm.draft_reply", resource);
+
+@id("eng-sampling")
+permit (
+  principal in Callgate::Group::"eng",
+  action in [Callgate::Action::"crm:sampling/createMessage",
+             Callgate::Action::"ledger:sampling/createMessage"],
+  resource
+)
+when { context.arguments.maxTokens <= 200 };
+
+@id("eng-confirmations")
+permit (principal in Callgate::Group::"eng", action == Callgate::Action::"crm:elicitation/create", resource);
 "#;
 
 async fn wait_listening(port: u16) {
@@ -442,6 +465,7 @@ async fn start_upstreams() -> Upstreams {
         .arg(mcp_dir().join("server.mjs"))
         .arg(port.to_string())
         .arg(&ts_log)
+        .arg("sse")
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -449,7 +473,12 @@ async fn start_upstreams() -> Upstreams {
     wait_listening(port).await;
     let mut keys = std::collections::HashMap::new();
     let mut key_config = String::new();
-    for (who, group) in [("alice", "support"), ("bob", "eng"), ("carol", "approvers")] {
+    for (who, group) in [
+        ("alice", "support"),
+        ("bob", "eng"),
+        ("carol", "approvers"),
+        ("dora", "auditors"),
+    ] {
         let (k, h) = api_key();
         keys.insert(who, k);
         key_config.push_str(&format!(
@@ -556,6 +585,7 @@ async fn upstream_mcp_tools_are_governed_like_functions() {
         [
             "crm.crash",
             "crm.crm_lookup",
+            "crm.draft_reply",
             "crm.echo",
             "ledger.echo",
             "ledger.lookup"
@@ -788,6 +818,153 @@ async fn upstream_resources_and_prompts_are_denied_unless_policy_allows_them() {
     let ts = std::fs::read_to_string(&u.ts_log).unwrap();
     assert_eq!(ts.matches("\"resource\"").count(), 1, "{ts}");
     assert!(!ts.contains(&bob) && !ts.contains(&alice));
+}
+
+/// The text of a tool result's first block.
+fn text(step: &Value) -> String {
+    step["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{step}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn what_upstream_servers_ask_of_the_agent_is_governed_by_policy() {
+    let u = start_upstreams().await;
+    u.wait_echo().await;
+    let bob = u.key("bob");
+    let out = ts_client(
+        &u.mcp(),
+        &bob,
+        json!([
+            {"op": "call", "name": "crm.draft_reply", "arguments": {"customer_id": "c1", "max_tokens": 100}},
+            {"op": "call", "name": "crm.draft_reply", "arguments": {"customer_id": "c2", "max_tokens": 1000}},
+            {"op": "call", "name": "crm.confirm_action", "arguments": {"action": "refund"}},
+            {"op": "call", "name": "crm.project_roots"},
+            {"op": "call", "name": "ledger.draft", "arguments": {"account": "a1"}},
+        ]),
+    )
+    .await;
+    // Sampling within the policy's maxTokens: the agent's model answered, and its answer was
+    // masked before the server (and so the tool result) saw it.
+    let draft = text(&out[0]);
+    assert!(draft.starts_with("draft: Dear Ada"), "{draft}");
+    assert!(
+        draft.contains("1120")
+            && !draft.contains("078-05-1120")
+            && !draft.contains("ada@example.com"),
+        "{draft}"
+    );
+    let calls = u.calls();
+    let sampled: Vec<&Value> = calls.iter().filter(|c| c["tool"] == "sampled").collect();
+    assert_eq!(sampled.len(), 2, "{calls:?}");
+    let seen = sampled[0]["arguments"]["text"].as_str().unwrap();
+    assert!(
+        seen.contains("your refund") && !seen.contains("078-05-1120"),
+        "{seen}"
+    );
+    // Over the limit: refused, with a reason the server passes on; the agent was never asked.
+    let refused = text(&out[1]);
+    assert!(
+        refused.starts_with("sampling failed") && refused.contains("Callgate refused"),
+        "{refused}"
+    );
+    assert!(!refused.contains("eng-sampling"), "{refused}");
+    // Form elicitation: relayed, and the user's answer masked on its way to the server.
+    let confirmed = text(&out[2]);
+    assert!(confirmed.starts_with("accept"), "{confirmed}");
+    assert!(
+        confirmed.contains("\"confirm\": true") && !confirmed.contains("ada@example.com"),
+        "{confirmed}"
+    );
+    // No policy grants roots: refused, and the agent's client never asked.
+    let roots = text(&out[3]);
+    assert!(
+        roots.starts_with("roots failed") && roots.contains("Callgate refused"),
+        "{roots}"
+    );
+    // The HTTP upstream asks on the stream of the call it belongs to.
+    let ledger = text(&out[4]);
+    assert!(
+        ledger.starts_with("draft: Dear Ada") && !ledger.contains("ada@example.com"),
+        "{ledger}"
+    );
+    let last = out.last().unwrap();
+    assert_eq!(last["sampled"].as_array().map(Vec::len), Some(2), "{last}");
+    assert_eq!(last["sampled"][0]["maxTokens"], 100, "{last}");
+    assert_eq!(
+        last["elicitations"][0]["message"], "Confirm refund?",
+        "{last}"
+    );
+    assert_eq!(last["roots"], 0, "{last}");
+
+    // alice may call the tool, but no policy lets a server use her model.
+    let alice = u.key("alice");
+    let out = ts_client(
+        &u.mcp(),
+        &alice,
+        json!([{"op": "call", "name": "crm.draft_reply", "arguments": {"customer_id": "c3", "max_tokens": 10}}]),
+    )
+    .await;
+    let refused = text(&out[0]);
+    assert!(
+        refused.contains("Callgate refused") && refused.contains("may not call"),
+        "{refused}"
+    );
+    assert_eq!(out.last().unwrap()["sampled"], json!([]));
+    // A client that cannot sample (the Python SDK without a sampling callback) is not asked.
+    let out = py_client(
+        &u.mcp(),
+        &bob,
+        "legacy",
+        json!([{"op": "call", "name": "crm.draft_reply", "arguments": {"customer_id": "c4", "max_tokens": 10}}]),
+    )
+    .await;
+    let refused = text(&out[0]);
+    assert!(refused.contains("did not declare"), "{refused}");
+    // Each request is its own record, tied to its call by the request id, the decision
+    // included; a refused one too.
+    let auditor = format!("Bearer {}", u.key("dora"));
+    let found = get(
+        &u.gw
+            .url("/v1/audit/records?function=crm:sampling/createMessage&limit=100"),
+        &[("authorization", auditor.as_str())],
+    )
+    .await;
+    assert_eq!(found.status, 200, "{}", found.text());
+    let records = found.json()["records"].as_array().unwrap().clone();
+    let decisions: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| r["event"]["kind"] == "call")
+        .map(|r| {
+            (
+                r["event"]["caller"]["subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                r["event"]["decision"]["effect"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("bob".to_string(), "allow".to_string()),
+            ("bob".to_string(), "deny".to_string()),
+            ("alice".to_string(), "deny".to_string()),
+        ],
+        "{records:#?}"
+    );
+    let first = &records
+        .iter()
+        .find(|r| r["event"]["kind"] == "call")
+        .unwrap()["event"];
+    let id = first["request_id"].as_str().unwrap();
+    assert!(id.ends_with(".1"), "{first}");
+    assert_eq!(first["arguments"]["maxTokens"], 100, "{first}");
 }
 
 #[tokio::test]
