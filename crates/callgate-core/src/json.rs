@@ -54,8 +54,12 @@ impl StrictValue {
     }
 }
 
-struct Seed;
-impl<'de> de::DeserializeSeed<'de> for Seed {
+/// Deserializes one strict JSON value (duplicate keys refused) out of a larger document, for
+/// code that walks the document itself (streaming masking).
+pub struct StrictSeed;
+use StrictSeed as Seed;
+
+impl<'de> de::DeserializeSeed<'de> for StrictSeed {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         StrictValue::deserialize_from(d)

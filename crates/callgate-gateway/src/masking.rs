@@ -228,12 +228,11 @@ impl Masking {
             }
         };
         if is_json || (!is_text && ctype.is_empty()) {
-            match callgate_core::json::parse_strict(&response.body) {
-                Ok(mut doc) => {
-                    for p in &profiles {
-                        p.mask_json(&mut doc, groups, &self.key);
-                    }
-                    response.body = serde_json::to_vec(&doc).unwrap_or_default().into();
+            // One strict pass over the bytes, writing the masked document as it reads.
+            let profiles: Vec<&callgate_masking::Profile> = profiles.iter().map(|p| &**p).collect();
+            match callgate_masking::mask_json_bytes(&profiles, &response.body, groups, &self.key) {
+                Ok(masked) => {
+                    response.body = masked.into();
                     return Ok(());
                 }
                 Err(_) if !is_json => {}

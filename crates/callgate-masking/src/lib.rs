@@ -7,12 +7,17 @@
 //!   detector's false positives matter as much as its misses.
 //! - [`strategy`]: what to do with a value once selected — redact, keep the last N
 //!   characters, a keyed hash (stable per value, so analysts can still join on it), or drop.
+//! - [`profile`]: rules (JSONPath, key names, detectors) and how they apply to a JSON
+//!   document or plain text.
+//! - [`stream`]: the same masking in one pass over a JSON body's bytes, for responses.
 #![forbid(unsafe_code)]
 
 pub mod detect;
 pub mod profile;
 pub mod strategy;
+pub mod stream;
 
 pub use detect::{Detector, Finding};
 pub use profile::{Profile, Rule, RuleSpec};
 pub use strategy::Strategy;
+pub use stream::mask_json_bytes;

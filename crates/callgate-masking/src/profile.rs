@@ -35,6 +35,8 @@ pub struct Rule {
     pub strategy: Strategy,
     /// Groups that see the value unmasked.
     pub cleared: Vec<String>,
+    /// A path rule's segments when it can be matched while streaming ([`crate::stream`]).
+    pub(crate) stream_path: Option<Vec<crate::stream::Seg>>,
 }
 
 /// A compiled profile.
@@ -98,16 +100,20 @@ impl Rule {
             select,
             strategy,
             cleared: spec.cleared.clone(),
+            stream_path: spec
+                .path
+                .as_deref()
+                .and_then(crate::stream::streamable_path),
         })
     }
 
-    fn applies_to(&self, groups: &[String]) -> bool {
+    pub(crate) fn applies_to(&self, groups: &[String]) -> bool {
         !self.cleared.iter().any(|c| groups.contains(c))
     }
 }
 
 /// Masks one scalar `v` as a whole. `None`: drop it.
-fn mask_whole(v: &Value, s: Strategy, key: &hmac::Key) -> Option<Value> {
+pub(crate) fn mask_whole(v: &Value, s: Strategy, key: &hmac::Key) -> Option<Value> {
     match v {
         Value::String(t) => strategy::apply(s, t, key).map(Value::String),
         Value::Number(n) => strategy::apply(s, &n.to_string(), key).map(Value::String),
@@ -352,36 +358,54 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
             }
         }
         Value::String(s) => {
-            // One pass over the bytes rules most strings out for every detector at once.
-            let mut hints = Hints::of(s);
-            for r in rules {
-                if let Select::Detect(ds) = &r.select
-                    && ds.iter().any(|d| d.might_match(s, &hints))
-                    && let Some(m) = mask_text(s, ds, r.strategy, key)
-                {
-                    *s = m;
-                    hints = Hints::of(s);
-                }
+            if let Some(m) = mask_string(s, rules, key) {
+                *s = m;
             }
         }
         Value::Number(n) => {
-            let text = n.to_string();
-            for r in rules {
-                if let Select::Detect(ds) = &r.select
-                    && let Some(m) = mask_text(&text, ds, r.strategy, key)
-                {
-                    *v = Value::String(m);
-                    return;
-                }
+            if let Some(m) = mask_number(n, rules, key) {
+                *v = Value::String(m);
             }
         }
         _ => {}
     }
 }
 
+/// A string value after the detector rules among `rules`, in order; `None` if none applied.
+pub(crate) fn mask_string(s: &str, rules: &[&Rule], key: &hmac::Key) -> Option<String> {
+    // One pass over the bytes rules most strings out for every detector at once.
+    let mut hints = Hints::of(s);
+    let mut out: Option<String> = None;
+    for r in rules {
+        let cur = out.as_deref().unwrap_or(s);
+        if let Select::Detect(ds) = &r.select
+            && ds.iter().any(|d| d.might_match(cur, &hints))
+            && let Some(m) = mask_text(cur, ds, r.strategy, key)
+        {
+            hints = Hints::of(&m);
+            out = Some(m);
+        }
+    }
+    out
+}
+
+/// A number value as the string the first detector rule that finds something in its text
+/// makes of it; `None` if none does.
+pub(crate) fn mask_number(
+    n: &serde_json::Number,
+    rules: &[&Rule],
+    key: &hmac::Key,
+) -> Option<String> {
+    let text = n.to_string();
+    rules.iter().find_map(|r| match &r.select {
+        Select::Detect(ds) => mask_text(&text, ds, r.strategy, key),
+        _ => None,
+    })
+}
+
 /// Whether key `k` contains one of the lower-case `patterns`, ignoring ASCII case. Most keys
 /// are lower case already and are searched as they are.
-fn key_matches(k: &str, patterns: &[String]) -> bool {
+pub(crate) fn key_matches(k: &str, patterns: &[String]) -> bool {
     if k.bytes().any(|b| b.is_ascii_uppercase()) {
         let lower = k.to_ascii_lowercase();
         patterns.iter().any(|p| lower.contains(p.as_str()))
