@@ -397,7 +397,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let mut seen_set: std::collections::HashSet<Cow<'de, str>> = Default::default();
         while let Some(k) = map.next_key_seed(KeySeed)? {
             let dup = if seen_set.is_empty() {
-                let d = seen.iter().any(|s| *s == k);
+                let d = seen.contains(&k);
                 if seen.len() == 16 {
                     seen_set.extend(seen.drain(..));
                 }
