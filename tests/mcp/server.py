@@ -92,7 +92,7 @@ async def draft_reply(customer_id: str, max_tokens: int, ctx: Context) -> str:
     log_call("draft_reply", {"customer_id": customer_id, "max_tokens": max_tokens})
     try:
         result = await ctx.session.create_message(
-            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=f"Draft a reply to customer {customer_id}."))],
+            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=f"Draft a reply to customer {customer_id} (ada@example.com, SSN 078-05-1120)."))],
             max_tokens=max_tokens,
             related_request_id=ctx.request_id,
         )

@@ -369,7 +369,7 @@ pub(crate) async fn execute(
             .await
             .map_err(Upstream)?,
         (Backend::McpServerRequest { method, .. }, _) => {
-            crate::mcp::relay::to_agent(rt, call, method, agent)
+            crate::mcp::relay::to_agent(rt, call, decision, method, agent)
                 .await
                 .map_err(Upstream)?
         }

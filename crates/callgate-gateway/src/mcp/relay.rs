@@ -6,8 +6,9 @@
 //! `<prefix>:<method>` (Cedar action group `mcp`, so nothing is granted by a policy on
 //! `call`), decided for the principal whose call the server is serving, with the request's
 //! params as the arguments; rate limits, the durable audit record (request id
-//! `<call's request id>.<n>`) and masking of the agent's answer apply. Phase 9 sends it to
-//! the agent's own MCP client ([`to_agent`]), never to a server, with no credential.
+//! `<call's request id>.<n>`) and the server's masking profiles apply, both to what is sent to
+//! the agent and to its answer. Phase 9 sends it to the agent's own MCP client
+//! ([`to_agent`]), never to a server, with no credential.
 //!
 //! Refused outright, before policy, when nobody could answer: the request came outside a call
 //! (a listing), the call has no agent behind it (the invoke API, an approved call running
@@ -259,17 +260,25 @@ fn answerable<'a>(
 
 /// Phase 9 for a server's request: the agent's client answers it. Its result, or (502) its
 /// JSON-RPC error as `{"error": {...}}`, as the pipeline's upstream response.
+///
+/// What the server sends the agent is data leaving the server, as a tool result is: the
+/// server's masking profiles apply to it, for the agent's principal, before it is sent.
 pub async fn to_agent(
     rt: &Runtime,
     call: &Call,
+    decision: &callgate_policy::Decision,
     method: &str,
     agent: Option<&Agent>,
 ) -> Result<UpstreamResponse, Refusal> {
     let unreachable = |detail: String| Refusal::UpstreamUnreachable { detail };
     let agent = answerable(agent, method, &call.arguments)?;
+    let mut params = Value::Object(call.arguments.clone());
+    let profiles = crate::masking::Masking::names_for(call, decision);
+    rt.masking
+        .mask_value(&profiles, &mut params, &call.principal.groups);
     let request: ServerRequest = serde_json::from_value(json!({
         "method": method,
-        "params": Value::Object(call.arguments.clone()),
+        "params": params,
     }))
     .map_err(|e| Refusal::bad_request(format!("{method}: {e}")))?;
     let sent = tokio::time::timeout(call.function.timeout, agent.peer.send_request(request));

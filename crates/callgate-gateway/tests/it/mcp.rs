@@ -892,6 +892,17 @@ async fn what_upstream_servers_ask_of_the_agent_is_governed_by_policy() {
     let last = out.last().unwrap();
     assert_eq!(last["sampled"].as_array().map(Vec::len), Some(2), "{last}");
     assert_eq!(last["sampled"][0]["maxTokens"], 100, "{last}");
+    // What the server put in its request was masked before the agent's model saw it.
+    let prompt = last["sampled"][0]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(
+        prompt.starts_with("Draft a reply to customer c1")
+            && prompt.contains("1120")
+            && !prompt.contains("078-05-1120")
+            && !prompt.contains("ada@example.com"),
+        "{prompt}"
+    );
     assert_eq!(
         last["elicitations"][0]["message"], "Confirm refund?",
         "{last}"
