@@ -488,7 +488,13 @@ impl Registry {
         let default_timeout = Duration::from_millis(cfg.limits.upstream_timeout_ms);
         for (server, srv) in &cfg.mcp.servers {
             let prefix = srv.tool_prefix(server);
-            for method in MCP_METHODS {
+            // Resources and prompts (relayed to the server), then what the server may ask of
+            // the agent (relayed to the agent's client).
+            let relayed = MCP_METHODS
+                .iter()
+                .map(|m| (*m, false))
+                .chain(MCP_SERVER_REQUESTS.iter().map(|m| (*m, true)));
+            for (method, to_agent) in relayed {
                 let name = mcp_method_function_name(prefix, method);
                 if self.by_name.contains_key(&name) {
                     problems.push(format!("mcp server {server:?}: {name:?} is already taken"));
@@ -497,55 +503,50 @@ impl Registry {
                 let schema = mcp_method_schema(method);
                 let validator =
                     jsonschema::validator_for(&schema).expect("static schemas are valid");
-                let def = Arc::new(FunctionDef {
-                    description: format!("MCP {method} on server {server}"),
+                let (backend, description) = if to_agent {
+                    let backend = Backend::McpServerRequest {
+                        server: server.clone(),
+                        method: method.to_string(),
+                    };
+                    (
+                        backend,
+                        format!("MCP {method} asked of the agent by server {server}"),
+                    )
+                } else {
+                    let backend = Backend::McpMethod {
+                        server: server.clone(),
+                        method: method.to_string(),
+                    };
+                    (backend, format!("MCP {method} on server {server}"))
+                };
+                let base = FunctionDef {
+                    description,
+                    ..mcp_function(
+                        server,
+                        srv,
+                        name.clone(),
+                        schema,
+                        validator,
+                        default_timeout,
+                        backend,
+                    )
+                };
+                let def = Arc::new(if to_agent {
+                    FunctionDef {
+                        upstream: "mcp-client".into(),
+                        upstream_url: "mcp-client:".into(),
+                        // Answered by the agent's own client: no upstream credential, and no
+                        // approval (the server waits; a held request could never be answered).
+                        credential: None,
+                        ..base
+                    }
+                } else {
                     // Reads. No approval of their own (a server's `approval` is about its
                     // tools): held only when a policy's @approval says so.
-                    idempotent: true,
-                    ..mcp_function(
-                        server,
-                        srv,
-                        name.clone(),
-                        schema,
-                        validator,
-                        default_timeout,
-                        Backend::McpMethod {
-                            server: server.clone(),
-                            method: method.to_string(),
-                        },
-                    )
-                });
-                self.by_name.insert(name, def.clone());
-                self.functions.push(def);
-            }
-            for method in MCP_SERVER_REQUESTS {
-                let name = mcp_method_function_name(prefix, method);
-                if self.by_name.contains_key(&name) {
-                    problems.push(format!("mcp server {server:?}: {name:?} is already taken"));
-                    continue;
-                }
-                let schema = mcp_method_schema(method);
-                let validator =
-                    jsonschema::validator_for(&schema).expect("static schemas are valid");
-                let def = Arc::new(FunctionDef {
-                    description: format!("MCP {method} asked of the agent by server {server}"),
-                    upstream: "mcp-client".into(),
-                    upstream_url: "mcp-client:".into(),
-                    // Answered by the agent's own client: no upstream credential, and no
-                    // approval (the server waits; a held request could never be answered).
-                    credential: None,
-                    ..mcp_function(
-                        server,
-                        srv,
-                        name.clone(),
-                        schema,
-                        validator,
-                        default_timeout,
-                        Backend::McpServerRequest {
-                            server: server.clone(),
-                            method: method.to_string(),
-                        },
-                    )
+                    FunctionDef {
+                        idempotent: true,
+                        ..base
+                    }
                 });
                 self.by_name.insert(name, def.clone());
                 self.functions.push(def);
