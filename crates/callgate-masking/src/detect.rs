@@ -233,22 +233,35 @@ impl Detector {
             Detector::Ipv6 => h.colon,
             // The length and character gates are what each regex needs at the least, so the
             // substring searches run on few strings.
-            Detector::Jwt => h.dot && text.len() >= 26 && text.contains("eyJ"),
-            Detector::PrivateKey => h.dash && text.len() >= 52 && text.contains("PRIVATE KEY-----"),
+            Detector::Jwt => h.dot && text.len() >= 26 && contains(text.as_bytes(), b"eyJ"),
+            Detector::PrivateKey => {
+                h.dash && text.len() >= 52 && contains(text.as_bytes(), b"PRIVATE KEY-----")
+            }
             Detector::Bearer => {
-                h.upper + h.lower >= 22 && text.len() >= 22 && {
+                h.space && h.upper + h.lower >= 22 && text.len() >= 23 && {
+                    // Only where a `b` or `B` starts: most text has few.
                     let l = text.as_bytes();
-                    l.windows(6).any(|w| w.eq_ignore_ascii_case(b"bearer"))
+                    (0..l.len().saturating_sub(5)).any(|i| {
+                        l[i] | 0x20 == b'b' && l[i + 1..i + 6].eq_ignore_ascii_case(b"earer")
+                    })
                 }
             }
             Detector::AwsKey => h.upper >= 4 && text.len() >= 20,
-            Detector::GcpKey => h.upper >= 2 && text.len() >= 39 && text.contains("AIza"),
-            Detector::GithubToken => {
-                text.len() >= 40 && (text.contains("gh") || text.contains("github_pat_"))
+            Detector::GcpKey => {
+                h.upper >= 2 && text.len() >= 39 && contains(text.as_bytes(), b"AIza")
             }
-            Detector::SlackToken => h.dash && text.len() >= 15 && text.contains("xox"),
+            Detector::GithubToken => {
+                h.underscore >= 1
+                    && text.len() >= 40
+                    && (contains(text.as_bytes(), b"gh")
+                        || contains(text.as_bytes(), b"github_pat_"))
+            }
+            Detector::SlackToken => h.dash && text.len() >= 15 && contains(text.as_bytes(), b"xox"),
             Detector::StripeKey => {
-                text.len() >= 24 && (text.contains("_live_") || text.contains("_test_"))
+                h.underscore >= 2
+                    && text.len() >= 24
+                    && (contains(text.as_bytes(), b"_live_")
+                        || contains(text.as_bytes(), b"_test_"))
             }
         }
     }
@@ -287,54 +300,78 @@ pub struct Hints {
     dash: bool,
     dot: bool,
     colon: bool,
+    underscore: usize,
+    /// A space or a tab.
+    space: bool,
 }
-
-/// Each byte's class for [`Hints::of`]: 0 other, 1 digit, 2 upper, 3 lower, 4 `@`, 5 `-`,
-/// 6 `.`, 7 `:`.
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = match b as u8 {
-            b'0'..=b'9' => 1,
-            b'A'..=b'Z' => 2,
-            b'a'..=b'z' => 3,
-            b'@' => 4,
-            b'-' => 5,
-            b'.' => 6,
-            b':' => 7,
-            _ => 0,
-        };
-        b += 1;
-    }
-    t
-};
 
 impl Hints {
     pub fn of(text: &str) -> Hints {
-        // Counting by table, without a branch per byte.
-        let mut n = [0usize; 8];
-        for &b in text.as_bytes() {
-            n[CLASS[b as usize] as usize] += 1;
+        // Independent, branch-free counters vectorize; a histogram indexed by each byte's
+        // class does not (each increment waits on the last one through memory). Byte-wide
+        // counters over chunks of at most 255 bytes keep sixteen bytes to a vector step.
+        let mut h = Hints {
+            digits: 0,
+            upper: 0,
+            lower: 0,
+            at: false,
+            dash: false,
+            dot: false,
+            colon: false,
+            underscore: 0,
+            space: false,
+        };
+        for chunk in text.as_bytes().chunks(255) {
+            let (mut digits, mut upper, mut lower) = (0u8, 0u8, 0u8);
+            let (mut at, mut dash, mut dot, mut colon) = (0u8, 0u8, 0u8, 0u8);
+            let (mut underscore, mut space) = (0u8, 0u8);
+            for &b in chunk {
+                digits += u8::from(b.wrapping_sub(b'0') < 10);
+                upper += u8::from(b.wrapping_sub(b'A') < 26);
+                lower += u8::from(b.wrapping_sub(b'a') < 26);
+                at += u8::from(b == b'@');
+                dash += u8::from(b == b'-');
+                dot += u8::from(b == b'.');
+                colon += u8::from(b == b':');
+                underscore += u8::from(b == b'_');
+                space += u8::from(b == b' ' || b == b'\t');
+            }
+            h.digits += usize::from(digits);
+            h.upper += usize::from(upper);
+            h.lower += usize::from(lower);
+            h.at |= at > 0;
+            h.dash |= dash > 0;
+            h.dot |= dot > 0;
+            h.colon |= colon > 0;
+            h.underscore += usize::from(underscore);
+            h.space |= space > 0;
         }
-        Hints {
-            digits: n[1],
-            upper: n[2],
-            lower: n[3],
-            at: n[4] > 0,
-            dash: n[5] > 0,
-            dot: n[6] > 0,
-            colon: n[7] > 0,
-        }
+        h
     }
+}
+
+/// Whether `needle` occurs in `hay`. For the short texts and needles masking looks at, a
+/// scan for the first byte beats setting up a general substring searcher per call.
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if needle.len() > hay.len() {
+        return false;
+    }
+    (0..=hay.len() - needle.len()).any(|i| hay[i] == first && &hay[i + 1..i + needle.len()] == rest)
 }
 
 /// Runs `detectors` over `text`; overlapping findings keep the earliest (then longest) one.
 pub fn scan(text: &str, detectors: &[Detector]) -> Vec<Finding> {
-    let hints = Hints::of(text);
+    scan_with(text, detectors, &Hints::of(text))
+}
+
+/// [`scan`] with the text's hints already counted.
+pub(crate) fn scan_with(text: &str, detectors: &[Detector], hints: &Hints) -> Vec<Finding> {
     let mut all: Vec<Finding> = detectors
         .iter()
-        .filter(|d| d.might_match(text, &hints))
+        .filter(|d| d.might_match(text, hints))
         .flat_map(|&d| {
             d.find_unchecked(text)
                 .into_iter()
@@ -525,6 +562,44 @@ fn b64url_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefilters_let_every_shape_through() {
+        // The quick checks must never rule out a real finding, wherever it sits in the text.
+        let token = "abcdefghijklmnopqrstuvwxyz012345";
+        let cases: &[(Detector, String)] = &[
+            (Detector::Bearer, format!("Authorization: Bearer {token}")),
+            (Detector::Bearer, format!("auth=BEARER\t{token}; next")),
+            (Detector::Bearer, format!("bearer {token}")),
+            (Detector::StripeKey, "key sk_live_4eC39HqLyjWDarjtT1zdp7dc here".into()),
+            (Detector::StripeKey, "rk_test_4eC39HqLyjWDarjtT1zdp7dc".into()),
+            (
+                Detector::GithubToken,
+                "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 end".into(),
+            ),
+            (Detector::Jwt, "x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz".into()),
+            (Detector::SlackToken, "xoxb-123456789012-abcdefghijkl".into()),
+            (Detector::GcpKey, "AIzaSyA-1234567890abcdefghijklmnopqrstu".into()),
+        ];
+        for (d, text) in cases {
+            assert!(
+                d.might_match(text, &Hints::of(text)),
+                "{} ruled out {text:?}",
+                d.name()
+            );
+            assert_eq!(d.find(text).len(), 1, "{} in {text:?}", d.name());
+        }
+        assert!(contains(b"abc", b""));
+        assert!(contains(b"abc", b"abc"));
+        assert!(contains(b"xxabc", b"abc"));
+        assert!(!contains(b"ab", b"abc"));
+        assert!(!contains(b"abxc", b"abc"));
+        // Counts cross the 255-byte chunks.
+        let long = "1".repeat(600) + "@";
+        let h = Hints::of(&long);
+        assert_eq!(h.digits, 600);
+        assert!(h.at && !h.dash);
+    }
 
     #[test]
     fn checksums() {

@@ -16,7 +16,7 @@ use ring::hmac;
 use serde_json::Value;
 use serde_json_path::{JsonPath, PathElement};
 
-use crate::detect::{Detector, Hints, scan};
+use crate::detect::{Detector, Hints};
 use crate::strategy::{self, REDACTED, Strategy};
 
 /// How a rule selects values.
@@ -134,7 +134,18 @@ pub fn mask_text(
     s: Strategy,
     key: &hmac::Key,
 ) -> Option<String> {
-    let found = scan(text, detectors);
+    mask_text_with(text, detectors, s, key, &Hints::of(text))
+}
+
+/// [`mask_text`] with the text's hints already counted.
+fn mask_text_with(
+    text: &str,
+    detectors: &[Detector],
+    s: Strategy,
+    key: &hmac::Key,
+    hints: &Hints,
+) -> Option<String> {
+    let found = crate::detect::scan_with(text, detectors, hints);
     if found.is_empty() {
         return None;
     }
@@ -363,7 +374,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
             }
         }
         Value::Number(n) => {
-            if let Some(m) = mask_number(n, rules, key) {
+            if let Some(m) = mask_number(&n.to_string(), rules, key) {
                 *v = Value::String(m);
             }
         }
@@ -380,7 +391,7 @@ pub(crate) fn mask_string(s: &str, rules: &[&Rule], key: &hmac::Key) -> Option<S
         let cur = out.as_deref().unwrap_or(s);
         if let Select::Detect(ds) = &r.select
             && ds.iter().any(|d| d.might_match(cur, &hints))
-            && let Some(m) = mask_text(cur, ds, r.strategy, key)
+            && let Some(m) = mask_text_with(cur, ds, r.strategy, key, &hints)
         {
             hints = Hints::of(&m);
             out = Some(m);
@@ -389,16 +400,11 @@ pub(crate) fn mask_string(s: &str, rules: &[&Rule], key: &hmac::Key) -> Option<S
     out
 }
 
-/// A number value as the string the first detector rule that finds something in its text
-/// makes of it; `None` if none does.
-pub(crate) fn mask_number(
-    n: &serde_json::Number,
-    rules: &[&Rule],
-    key: &hmac::Key,
-) -> Option<String> {
-    let text = n.to_string();
+/// A number value, given as its JSON text, as the string the first detector rule that finds
+/// something in that text makes of it; `None` if none does.
+pub(crate) fn mask_number(text: &str, rules: &[&Rule], key: &hmac::Key) -> Option<String> {
     rules.iter().find_map(|r| match &r.select {
-        Select::Detect(ds) => mask_text(&text, ds, r.strategy, key),
+        Select::Detect(ds) => mask_text(text, ds, r.strategy, key),
         _ => None,
     })
 }
@@ -406,11 +412,16 @@ pub(crate) fn mask_number(
 /// Whether key `k` contains one of the lower-case `patterns`, ignoring ASCII case. Most keys
 /// are lower case already and are searched as they are.
 pub(crate) fn key_matches(k: &str, patterns: &[String]) -> bool {
+    use crate::detect::contains;
     if k.bytes().any(|b| b.is_ascii_uppercase()) {
         let lower = k.to_ascii_lowercase();
-        patterns.iter().any(|p| lower.contains(p.as_str()))
+        patterns
+            .iter()
+            .any(|p| contains(lower.as_bytes(), p.as_bytes()))
     } else {
-        patterns.iter().any(|p| k.contains(p.as_str()))
+        patterns
+            .iter()
+            .any(|p| contains(k.as_bytes(), p.as_bytes()))
     }
 }
 

@@ -19,7 +19,7 @@ use ring::hmac;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use crate::profile::{Profile, Rule, Select, mask_number, mask_string, mask_whole};
 use crate::strategy::{REDACTED, Strategy};
@@ -202,6 +202,8 @@ fn stream(plan: &Plan<'_>, body: &[u8], key: &hmac::Key) -> Result<Vec<u8>, Json
         plan,
         key,
         states: vec![1; plan.paths.len()],
+        number: String::new(),
+        keys: Vec::new(),
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let err = |e: serde_json::Error| JsonError(e.to_string());
@@ -230,6 +232,11 @@ struct Ctx<'a> {
     plan: &'a Plan<'a>,
     key: &'a hmac::Key,
     states: Vec<u64>,
+    /// A number's text, reused from number to number.
+    number: String,
+    /// The keys seen so far in each object being read, outermost first (a stack shared by
+    /// all depths, so objects do not allocate their own).
+    keys: Vec<Cow<'a, str>>,
 }
 
 impl Ctx<'_> {
@@ -298,20 +305,38 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(out, s);
 }
 
+/// Writes a string the tokenizer borrowed from the body. serde_json borrows only a string
+/// with no escape sequence in the input, so it holds no `"`, `\` or control character (strict
+/// JSON forbids them raw) and serializes as itself between quotes: no escaping pass needed.
+fn write_borrowed_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// Writes an object key: borrowed ones as they are, the rest escaped.
+fn write_key(out: &mut Vec<u8>, k: &Cow<'_, str>) {
+    match k {
+        Cow::Borrowed(b) => write_borrowed_str(out, b),
+        Cow::Owned(o) => write_str(out, o),
+    }
+}
+
 /// A value at a location no path or key rule selects as a whole: written as it is read.
 struct Node<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     at: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_, '_> {
+impl<'de> Visitor<'de> for Node<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -344,6 +369,13 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         match mask_string(v, &self.ctx.plan.rest, self.ctx.key) {
             Some(m) => write_str(&mut self.ctx.out, &m),
             None => write_str(&mut self.ctx.out, v),
+        }
+        Ok(())
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        match mask_string(v, &self.ctx.plan.rest, self.ctx.key) {
+            Some(m) => write_str(&mut self.ctx.out, &m),
+            None => write_borrowed_str(&mut self.ctx.out, v),
         }
         Ok(())
     }
@@ -393,17 +425,14 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let ctx = self.ctx;
         ctx.out.push(b'{');
         let mut first = true;
-        let mut seen: Vec<Cow<'de, str>> = Vec::new();
-        let mut seen_set: std::collections::HashSet<Cow<'de, str>> = Default::default();
+        // This object's keys: on the shared stack from `base`, or in a set once there are
+        // many.
+        let base = ctx.keys.len();
+        let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
         while let Some(k) = map.next_key_seed(KeySeed)? {
-            let dup = if seen_set.is_empty() {
-                let d = seen.contains(&k);
-                if seen.len() == 16 {
-                    seen_set.extend(seen.drain(..));
-                }
-                d
-            } else {
-                seen_set.contains(&k)
+            let dup = match &many {
+                Some(set) => set.contains(&k),
+                None => ctx.keys[base..].contains(&k),
             };
             if dup {
                 return Err(de::Error::custom(format!("duplicate object key {k:?}")));
@@ -414,14 +443,14 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                     let v = map.next_value_seed(StrictSeed)?;
                     if let Some(x) = mask_whole(&v, strategy, ctx.key) {
                         ctx.comma(&mut first);
-                        write_str(&mut ctx.out, &k);
+                        write_key(&mut ctx.out, &k);
                         ctx.out.push(b':');
                         write_value(&mut ctx.out, &x);
                     }
                 }
                 None => {
                     ctx.comma(&mut first);
-                    write_str(&mut ctx.out, &k);
+                    write_key(&mut ctx.out, &k);
                     ctx.out.push(b':');
                     map.next_value_seed(Node {
                         ctx: &mut *ctx,
@@ -430,12 +459,19 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 }
             }
             ctx.pop(child);
-            if seen_set.is_empty() {
-                seen.push(k);
-            } else {
-                seen_set.insert(k);
+            match &mut many {
+                Some(set) => {
+                    set.insert(k);
+                }
+                None => {
+                    ctx.keys.push(k);
+                    if ctx.keys.len() - base > 16 {
+                        many = Some(ctx.keys.drain(base..).collect());
+                    }
+                }
             }
         }
+        ctx.keys.truncate(base);
         ctx.out.push(b'}');
         Ok(())
     }
@@ -443,10 +479,17 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
 
 impl Node<'_, '_> {
     fn number(self, n: serde_json::Number) {
-        match mask_number(&n, &self.ctx.plan.rest, self.ctx.key) {
-            Some(m) => write_str(&mut self.ctx.out, &m),
-            None => write_value(&mut self.ctx.out, &Value::Number(n)),
+        // `Number`'s text is exactly how serde_json serializes it (itoa, ryu), so it is
+        // formatted once, for the detectors and for the output.
+        let ctx = self.ctx;
+        let mut text = std::mem::take(&mut ctx.number);
+        text.clear();
+        let _ = write!(text, "{n}");
+        match mask_number(&text, &ctx.plan.rest, ctx.key) {
+            Some(m) => write_str(&mut ctx.out, &m),
+            None => ctx.out.extend_from_slice(text.as_bytes()),
         }
+        ctx.number = text;
     }
 }
 
