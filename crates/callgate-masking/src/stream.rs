@@ -316,6 +316,10 @@ fn write_borrowed_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Writes an object key: borrowed ones as they are, the rest escaped.
+#[expect(
+    clippy::ptr_arg,
+    reason = "whether the key was borrowed decides how it is written"
+)]
 fn write_key(out: &mut Vec<u8>, k: &Cow<'_, str>) {
     match k {
         Cow::Borrowed(b) => write_borrowed_str(out, b),
