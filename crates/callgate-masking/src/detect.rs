@@ -571,15 +571,30 @@ mod tests {
             (Detector::Bearer, format!("Authorization: Bearer {token}")),
             (Detector::Bearer, format!("auth=BEARER\t{token}; next")),
             (Detector::Bearer, format!("bearer {token}")),
-            (Detector::StripeKey, "key sk_live_4eC39HqLyjWDarjtT1zdp7dc here".into()),
-            (Detector::StripeKey, "rk_test_4eC39HqLyjWDarjtT1zdp7dc".into()),
+            (
+                Detector::StripeKey,
+                "key sk_live_4eC39HqLyjWDarjtT1zdp7dc here".into(),
+            ),
+            (
+                Detector::StripeKey,
+                "rk_test_4eC39HqLyjWDarjtT1zdp7dc".into(),
+            ),
             (
                 Detector::GithubToken,
                 "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 end".into(),
             ),
-            (Detector::Jwt, "x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz".into()),
-            (Detector::SlackToken, "xoxb-123456789012-abcdefghijkl".into()),
-            (Detector::GcpKey, "AIzaSyA-1234567890abcdefghijklmnopqrstu".into()),
+            (
+                Detector::Jwt,
+                "x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz".into(),
+            ),
+            (
+                Detector::SlackToken,
+                "xoxb-123456789012-abcdefghijkl".into(),
+            ),
+            (
+                Detector::GcpKey,
+                "AIzaSyA-1234567890abcdefghijklmnopqrstu".into(),
+            ),
         ];
         for (d, text) in cases {
             assert!(
