@@ -2,9 +2,8 @@
 //!
 //! - [`AuditStore`]: what the audit log needs from storage, so the embedded store and a later
 //!   Postgres store for several replicas are interchangeable.
-//! - [`sqlite`]: the embedded default: a batch is durable once it is in the store's journal
-//!   (one write, one `fdatasync`); SQLite in WAL mode, which every read uses, takes the same
-//!   records moments later in large transactions, and reads wait until it has.
+//! - [`sqlite`]: the embedded default, SQLite in WAL mode with `synchronous=FULL`: a commit
+//!   returns only after the write-ahead log is fsynced.
 //! - [`log`]: the single writer that assigns leaf indexes, group-commits records (one fsync
 //!   for every record that arrived while the previous commit was in flight), keeps the Merkle
 //!   frontier and signs checkpoints.
@@ -19,7 +18,6 @@ use callgate_audit::record::Columns;
 use thiserror::Error;
 
 pub mod approvals;
-mod journal;
 pub mod log;
 pub mod ops;
 pub mod sqlite;

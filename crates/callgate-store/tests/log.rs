@@ -154,49 +154,17 @@ async fn a_locked_store_refuses_appends_and_recovers() {
         .execute(&mut other)
         .await
         .unwrap();
-    // The journal keeps a record durable while SQLite is locked; once indexing it fails,
-    // appends are refused.
-    assert_eq!(log.append(vec![event(1)]).await.unwrap(), 1);
-    let mut refused = None;
-    for i in 0..100 {
-        match log.append(vec![event(10 + i)]).await {
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-    }
-    let err = refused.expect("appends are refused while the index cannot be written");
+    // A response record (not awaited) queued while the store is locked is kept for retry.
+    log.record(event(100));
+    let err = log.append(vec![event(1)]).await.unwrap_err();
     assert!(matches!(err, StoreError::Unwritable(_)), "{err}");
     assert!(!log.healthy());
-    // A response record (not awaited) queued while the store is refused is kept for retry.
-    log.record(event(100));
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
-    let mut first = None;
-    for _ in 0..100 {
-        match log.append(vec![event(2)]).await {
-            Ok(i) => {
-                first = Some(i);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let first = first.expect("appends resume once the index is written");
+    let first = log.append(vec![event(2)]).await.unwrap();
     assert!(log.healthy());
+    // start + retried record + this one: nothing was lost and no index was skipped.
+    assert_eq!(first, 2);
     log.checkpoint().await.unwrap();
-    // Every record that was acknowledged is in the index, and no index was skipped.
-    let rows = log.store().rows(0, 1000).await.unwrap();
-    assert_eq!(rows.len() as u64, first + 1);
-    assert!(rows.iter().enumerate().all(|(i, r)| r.index == i as u64));
-    assert!(
-        rows.iter().any(|r| r
-            .body
-            .as_deref()
-            .is_some_and(|b| b.windows(11).any(|w| w == b"\"event 100\""))),
-        "the queued record was kept"
-    );
     ops::verify(log.store(), ORIGIN, vec![], None)
         .await
         .unwrap()
@@ -325,54 +293,4 @@ async fn a_store_refuses_to_open_with_a_key_that_did_not_sign_it_or_an_unsigned_
     }
     let err = open(&path).await.err().expect("refused");
     assert!(err.to_string().contains("announces a key"), "{err}");
-}
-
-#[test]
-fn records_durable_in_the_journal_but_not_yet_indexed_survive_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    // A "process" that acknowledges records and dies before its indexer writes them.
-    let acknowledged = {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let (log, last) = rt.block_on(async {
-            let log = open(&path).await.unwrap();
-            let mut last = 0;
-            for i in 0..20 {
-                last = log.append(vec![event(i), event(1000 + i)]).await.unwrap() + 1;
-            }
-            (log, last)
-        });
-        // Dropping the runtime drops the indexer mid-gather, as a crash would.
-        drop(rt);
-        drop(log);
-        last + 1
-    };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let (indexed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM records")
-            .fetch_one(&mut raw)
-            .await
-            .unwrap();
-        raw.close().await.unwrap();
-        assert!(
-            (indexed as u64) < acknowledged,
-            "the crash should leave records only in the journal ({indexed} of {acknowledged} indexed)"
-        );
-        // The next start indexes them from the journal, records the crash and verifies.
-        let log = open(&path).await.unwrap();
-        assert_eq!(recoveries(&log).await.len(), 1);
-        let rows = log.store().rows(0, 1000).await.unwrap();
-        assert_eq!(rows.len() as u64, acknowledged + 2, "+ recovery and start");
-        log.close("test").await.unwrap();
-        let report = ops::verify(log.store(), ORIGIN, vec![], None)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(report.tree_size, acknowledged + 3);
-        log.store().close().await;
-    });
 }

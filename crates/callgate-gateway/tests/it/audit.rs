@@ -116,26 +116,9 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
         .execute(&mut other)
         .await
         .unwrap();
-    // A call whose record is durable in the journal may still go through; once the index
-    // cannot be written, calls are refused and nothing more is forwarded.
-    let mut forwarded = 0;
-    let mut refusals = 0;
-    for _ in 0..100 {
-        let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
-        if r.status == 503 {
-            let p = r.problem(503);
-            assert!(p["detail"].as_str().unwrap().contains("audit log"), "{p}");
-            refusals += 1;
-            break;
-        }
-        assert_eq!(r.status, 200);
-        forwarded += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        refusals, 1,
-        "calls are refused while the audit index is locked"
-    );
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    let p = r.problem(503);
+    assert!(p["detail"].as_str().unwrap().contains("audit log"), "{p}");
     let r = post_json(
         &gw.url("/v1/functions/items.get/invoke"),
         &[("x-api-key", &ops_key)],
@@ -143,11 +126,10 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
     )
     .await;
     assert_eq!(r.status, 503);
-    refusals += 1;
     assert_eq!(
         up.count(),
-        forwarded,
-        "nothing reached the upstream once the store refused"
+        0,
+        "nothing reached the upstream without its record"
     );
     let ready = get(&gw.url("/readyz"), &[]).await;
     assert_eq!(ready.status, 503);
@@ -160,18 +142,9 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
         .unwrap_or(0);
     assert!(failed >= 2, "{metrics}");
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
-    // The index catches up (it retries) and calls flow again.
-    loop {
-        let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 503);
-        refusals += 1;
-        assert!(refusals < 100, "calls did not resume");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(up.count(), forwarded + 1);
+    let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 1);
     settle(&gw).await;
     let store = gw.gateway.shared.audit.log().store();
     let report = ops::verify(store, "callgate.local/audit", vec![], None)
@@ -188,18 +161,7 @@ async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
         })
         .await
         .unwrap();
-    assert_eq!(refused.len(), refusals);
-    // Every forwarded call has its record, those made while the index was locked included.
-    let allowed = store
-        .search(&Filter {
-            kind: Some("call".into()),
-            decision: Some("allow".into()),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(allowed.len(), forwarded + 1);
+    assert_eq!(refused.len(), 2);
 }
 
 #[tokio::test]
