@@ -241,8 +241,11 @@ impl Audit {
             loop {
                 tick.tick().await;
                 let Some(audit) = weak.upgrade() else { return };
-                if let Err(e) = audit.checkpoint().await {
-                    tracing::error!(error = %e, "checkpoint failed");
+                match audit.checkpoint().await {
+                    Ok(_) => {}
+                    // Shutdown closed the log (with a final checkpoint); the timer ends too.
+                    Err(callgate_store::StoreError::Closed) => return,
+                    Err(e) => tracing::error!(error = %e, "checkpoint failed"),
                 }
                 if let Some(days) = retention
                     && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))

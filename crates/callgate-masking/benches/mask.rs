@@ -31,15 +31,7 @@ fn doc() -> Vec<u8> {
 
 fn profile() -> Profile {
     let r = |path: Option<&str>, keys: &[&str], detect: &[&str], strategy: &str| {
-        Rule::compile(&RuleSpec {
-            path: path.map(String::from),
-            keys: keys.iter().map(|s| s.to_string()).collect(),
-            detect: detect.iter().map(|s| s.to_string()).collect(),
-            strategy: strategy.into(),
-            keep: 4,
-            cleared: vec![],
-        })
-        .unwrap()
+        Rule::compile(&RuleSpec::of(path, keys, detect, strategy)).unwrap()
     };
     Profile {
         rules: vec![

@@ -59,6 +59,21 @@ pub struct RuleSpec {
     pub cleared: Vec<String>,
 }
 
+impl RuleSpec {
+    /// A spec selecting by `path`, `keys` or `detect` (give exactly one) with `strategy`,
+    /// keeping 4 characters for `partial` and clearing no group.
+    pub fn of(path: Option<&str>, keys: &[&str], detect: &[&str], strategy: &str) -> RuleSpec {
+        RuleSpec {
+            path: path.map(str::to_string),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            detect: detect.iter().map(|s| s.to_string()).collect(),
+            strategy: strategy.into(),
+            keep: 4,
+            cleared: vec![],
+        }
+    }
+}
+
 impl Rule {
     /// Compiles a rule; the error says what is wrong with it.
     pub fn compile(spec: &RuleSpec) -> Result<Rule, String> {
@@ -438,12 +453,8 @@ mod tests {
         cleared: &[&str],
     ) -> Rule {
         Rule::compile(&RuleSpec {
-            path: path.map(str::to_string),
-            keys: keys.iter().map(|s| s.to_string()).collect(),
-            detect: detect.iter().map(|s| s.to_string()).collect(),
-            strategy: strategy.into(),
-            keep: 4,
             cleared: cleared.iter().map(|s| s.to_string()).collect(),
+            ..RuleSpec::of(path, keys, detect, strategy)
         })
         .unwrap()
     }

@@ -147,14 +147,7 @@ proptest! {
 /// The streaming walk is the one taken for the profiles gateways use most.
 #[test]
 fn common_profiles_stream() {
-    let spec = |path: Option<&str>, keys: &[&str], detect: &[&str], strategy: &str| RuleSpec {
-        path: path.map(String::from),
-        keys: keys.iter().map(|s| s.to_string()).collect(),
-        detect: detect.iter().map(|s| s.to_string()).collect(),
-        strategy: strategy.into(),
-        keep: 4,
-        cleared: vec![],
-    };
+    let spec = RuleSpec::of;
     let p = profile(&[
         spec(None, &["password", "token"], &[], "redact"),
         spec(Some("$[*].ssn"), &[], &[], "partial"),
