@@ -25,7 +25,7 @@ git -C "$base_dir" reset -q --hard
 git diff HEAD > "$base_dir/.uncommitted.diff"
 [ -s "$base_dir/.uncommitted.diff" ] && git -C "$base_dir" apply "$PWD/$base_dir/.uncommitted.diff"
 git -C "$base_dir" apply "$PWD/benches/audit-off.patch"
-(cd "$base_dir" && CARGO_TARGET_DIR=target cargo build --release -q 2>/dev/null)
+(cd "$base_dir" && CARGO_TARGET_DIR=target cargo build --release -q)
 off=$PWD/$base_dir/target/release/callgate
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

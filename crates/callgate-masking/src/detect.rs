@@ -233,10 +233,8 @@ impl Detector {
             Detector::Ipv6 => h.colon,
             // The length and character gates are what each regex needs at the least, so the
             // substring searches run on few strings.
-            Detector::Jwt => h.dot && text.len() >= 26 && contains(text.as_bytes(), b"eyJ"),
-            Detector::PrivateKey => {
-                h.dash && text.len() >= 52 && contains(text.as_bytes(), b"PRIVATE KEY-----")
-            }
+            Detector::Jwt => h.dot && text.len() >= 26 && text.contains("eyJ"),
+            Detector::PrivateKey => h.dash && text.len() >= 52 && text.contains("PRIVATE KEY-----"),
             Detector::Bearer => {
                 h.space && h.upper + h.lower >= 22 && text.len() >= 23 && {
                     // Only where a `b` or `B` starts: most text has few.
@@ -247,21 +245,17 @@ impl Detector {
                 }
             }
             Detector::AwsKey => h.upper >= 4 && text.len() >= 20,
-            Detector::GcpKey => {
-                h.upper >= 2 && text.len() >= 39 && contains(text.as_bytes(), b"AIza")
-            }
+            Detector::GcpKey => h.upper >= 2 && text.len() >= 39 && text.contains("AIza"),
             Detector::GithubToken => {
                 h.underscore >= 1
                     && text.len() >= 40
-                    && (contains(text.as_bytes(), b"gh")
-                        || contains(text.as_bytes(), b"github_pat_"))
+                    && (text.contains("gh") || text.contains("github_pat_"))
             }
-            Detector::SlackToken => h.dash && text.len() >= 15 && contains(text.as_bytes(), b"xox"),
+            Detector::SlackToken => h.dash && text.len() >= 15 && text.contains("xox"),
             Detector::StripeKey => {
                 h.underscore >= 2
                     && text.len() >= 24
-                    && (contains(text.as_bytes(), b"_live_")
-                        || contains(text.as_bytes(), b"_test_"))
+                    && (text.contains("_live_") || text.contains("_test_"))
             }
         }
     }
@@ -348,18 +342,6 @@ impl Hints {
         }
         h
     }
-}
-
-/// Whether `needle` occurs in `hay`. For the short texts and needles masking looks at, a
-/// scan for the first byte beats setting up a general substring searcher per call.
-pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    if needle.len() > hay.len() {
-        return false;
-    }
-    (0..=hay.len() - needle.len()).any(|i| hay[i] == first && &hay[i + 1..i + needle.len()] == rest)
 }
 
 /// Runs `detectors` over `text`; overlapping findings keep the earliest (then longest) one.
@@ -604,11 +586,6 @@ mod tests {
             );
             assert_eq!(d.find(text).len(), 1, "{} in {text:?}", d.name());
         }
-        assert!(contains(b"abc", b""));
-        assert!(contains(b"abc", b"abc"));
-        assert!(contains(b"xxabc", b"abc"));
-        assert!(!contains(b"ab", b"abc"));
-        assert!(!contains(b"abxc", b"abc"));
         // Counts cross the 255-byte chunks.
         let long = "1".repeat(600) + "@";
         let h = Hints::of(&long);

@@ -37,6 +37,9 @@ pub struct Rule {
     pub cleared: Vec<String>,
     /// A path rule's segments when it can be matched while streaming ([`crate::stream`]).
     pub(crate) stream_path: Option<Vec<crate::stream::Seg>>,
+    /// A key rule's patterns, compiled once: any of them anywhere in a key, ignoring ASCII
+    /// case.
+    key_patterns: Option<aho_corasick::AhoCorasick>,
 }
 
 /// A compiled profile.
@@ -111,7 +114,17 @@ impl Rule {
                 ));
             }
         };
+        let key_patterns = match &select {
+            Select::Keys(ks) => Some(
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(ks)
+                    .map_err(|e| format!("key patterns {ks:?}: {e}"))?,
+            ),
+            _ => None,
+        };
         Ok(Rule {
+            key_patterns,
             select,
             strategy,
             cleared: spec.cleared.clone(),
@@ -124,6 +137,12 @@ impl Rule {
 
     pub(crate) fn applies_to(&self, groups: &[String]) -> bool {
         !self.cleared.iter().any(|c| groups.contains(c))
+    }
+
+    /// Whether this is a key rule that selects member `k` (its key contains one of the
+    /// patterns, ignoring ASCII case).
+    pub(crate) fn selects_key(&self, k: &str) -> bool {
+        self.key_patterns.as_ref().is_some_and(|p| p.is_match(k))
     }
 }
 
@@ -361,10 +380,7 @@ fn walk(v: &mut Value, done: Option<&Done>, rules: &[&Rule], key: &hmac::Key) {
                 if d.is_some_and(|d| d.leaf) {
                     continue;
                 }
-                let by_key = rules.iter().find(|r| match &r.select {
-                    Select::Keys(ks) => key_matches(k, ks),
-                    _ => false,
-                });
+                let by_key = rules.iter().find(|r| r.selects_key(k));
                 match by_key {
                     Some(rule) => match mask_whole(child, rule.strategy, key) {
                         Some(x) => *child = x,
@@ -422,22 +438,6 @@ pub(crate) fn mask_number(text: &str, rules: &[&Rule], key: &hmac::Key) -> Optio
         Select::Detect(ds) => mask_text(text, ds, r.strategy, key),
         _ => None,
     })
-}
-
-/// Whether key `k` contains one of the lower-case `patterns`, ignoring ASCII case. Most keys
-/// are lower case already and are searched as they are.
-pub(crate) fn key_matches(k: &str, patterns: &[String]) -> bool {
-    use crate::detect::contains;
-    if k.bytes().any(|b| b.is_ascii_uppercase()) {
-        let lower = k.to_ascii_lowercase();
-        patterns
-            .iter()
-            .any(|p| contains(lower.as_bytes(), p.as_bytes()))
-    } else {
-        patterns
-            .iter()
-            .any(|p| contains(k.as_bytes(), p.as_bytes()))
-    }
 }
 
 #[cfg(test)]
@@ -508,6 +508,23 @@ mod tests {
         );
         assert!(bob.get("password_hash").is_none(), "nobody sees the hash");
         assert_eq!(bob["ssn"], "***-**-6789");
+
+        // Key patterns match anywhere in a key, ignoring case, in the tree and streaming alike.
+        let rules = Profile {
+            rules: vec![
+                Rule::compile(&RuleSpec::of(None, &["Token", "secret"], &[], "redact")).unwrap(),
+            ],
+            headers: vec![],
+        };
+        let doc =
+            json!({"API_TOKEN": "a", "ClientSecret": "b", "tok": "c", "x": {"refresh_token": "d"}});
+        let want = json!({"API_TOKEN": "[REDACTED]", "ClientSecret": "[REDACTED]", "tok": "c", "x": {"refresh_token": "[REDACTED]"}});
+        let mut tree = doc.clone();
+        rules.mask_json(&mut tree, &[], &key);
+        assert_eq!(tree, want);
+        let streamed =
+            crate::mask_json_bytes(&[&rules], doc.to_string().as_bytes(), &[], &key).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&streamed).unwrap(), want);
     }
 
     #[test]

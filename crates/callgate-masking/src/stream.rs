@@ -282,10 +282,11 @@ impl Ctx<'_> {
 
     /// The strategy of the first key rule that selects member `k`.
     fn by_key(&self, k: &str) -> Option<Strategy> {
-        self.plan.rest.iter().find_map(|r| match &r.select {
-            Select::Keys(ks) if crate::profile::key_matches(k, ks) => Some(r.strategy),
-            _ => None,
-        })
+        self.plan
+            .rest
+            .iter()
+            .find(|r| r.selects_key(k))
+            .map(|r| r.strategy)
     }
 
     fn comma(&mut self, first: &mut bool) {
