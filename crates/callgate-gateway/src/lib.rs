@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 use axum::body::Body;
 use http::{HeaderValue, Request, Response};

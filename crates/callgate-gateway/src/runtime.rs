@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::http_client::{self, HttpClient};
 use crate::identity::Authenticator;
+use crate::watch::Watch;
 
 /// How `${VAR}` references in config are resolved.
 pub type Vars = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -483,6 +484,9 @@ pub struct Reloader {
 struct WatchState {
     sources: Sources,
     stamps: Vec<Stamp>,
+    /// Reports file events, so that `stamps` are compared only after one; `None` compares them
+    /// on every check.
+    watch: Option<Watch>,
 }
 
 /// What a reload check found.
@@ -495,11 +499,17 @@ pub enum ReloadOutcome {
 
 impl Reloader {
     pub fn new(runtime: Runtime, sources: Sources, vars: Vars) -> Reloader {
+        // The watch is set up before the stamps are taken: an edit in between shows in both.
+        let watch = Watch::new(&sources.watched);
         let stamps = sources.watched.iter().map(|p| stamp(p)).collect();
         Reloader {
             current: ArcSwap::from_pointee(runtime),
             vars,
-            state: Mutex::new(WatchState { sources, stamps }),
+            state: Mutex::new(WatchState {
+                sources,
+                stamps,
+                watch,
+            }),
             on_reload: std::sync::OnceLock::new(),
         }
     }
@@ -526,6 +536,16 @@ impl Reloader {
         let Ok(mut st) = self.state.try_lock() else {
             return ReloadOutcome::Unchanged;
         };
+        if st.watch.as_ref().is_some_and(Watch::quiet) {
+            return ReloadOutcome::Unchanged;
+        }
+        // Something was reported. Watch afresh (replaced inodes, swapped symlinks) before
+        // looking, so an edit made from here on is reported by the next check.
+        if st.watch.is_some() {
+            st.watch = Watch::new(&st.sources.watched);
+        }
+        // Taken before the files are read: an edit made while they are read leaves these
+        // stamps behind, and the next check reloads again.
         let now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
         if now == st.stamps {
             return ReloadOutcome::Unchanged;
@@ -541,7 +561,15 @@ impl Reloader {
                     policy_hash = %rt.policy_hash,
                     "configuration reloaded"
                 );
-                st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+                if sources.watched == st.sources.watched {
+                    st.stamps = now;
+                } else {
+                    // Files came or went: watch and stamp the new set.
+                    if st.watch.is_some() {
+                        st.watch = Watch::new(&sources.watched);
+                    }
+                    st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+                }
                 st.sources = sources;
                 if let Some(f) = self.on_reload.get() {
                     f(&rt);

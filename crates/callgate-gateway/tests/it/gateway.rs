@@ -564,6 +564,15 @@ async fn hot_reload_tightens_at_once_and_survives_broken_edits() {
     // Fixed again: applies at once.
     s.gw.edit("policies/main.cedar", POLICY);
     assert_eq!(ok().await, 200);
+    // Written in place (same file, no rename), as `>` in a shell does: also at once.
+    let forbid = POLICY.replace(
+        "permit (principal in Callgate::Group::\"viewers\"",
+        "forbid (principal in Callgate::Group::\"viewers\"",
+    );
+    std::fs::write(s.gw.path("policies/main.cedar"), &forbid).unwrap();
+    assert_eq!(ok().await, 403);
+    std::fs::write(s.gw.path("policies/main.cedar"), POLICY).unwrap();
+    assert_eq!(ok().await, 200);
     // A new policy file in the directory is picked up too.
     std::fs::write(
         s.gw.path("policies/zz.cedar"),
