@@ -7,7 +7,9 @@
 //! the signed checkpoints do that, so the database may be as ordinary as it likes.
 //!
 //! One connection writes (the group-commit writer is the only caller of [`SqliteStore::append`]);
-//! a small pool reads.
+//! a small pool reads. The writing connection is held for the store's life rather than taken
+//! from a pool: a pool pings a connection on every acquire and release, which would add two
+//! round trips to SQLite's thread (and their wake-ups) to every group commit.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -15,10 +17,11 @@ use std::time::Duration;
 
 use callgate_audit::Hash;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::{AuditStore, Filter, NewRecord, StoreError, StoredCheckpoint, StoredRecord};
 
@@ -53,7 +56,8 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// The SQLite audit store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The writing connection; `None` for a store opened read-only, and after `close`.
+    writer: Option<std::sync::Arc<Mutex<Option<SqliteConnection>>>>,
     reader: SqlitePool,
     /// Held while this process may write: one writer per store, or leaf indexes would clash.
     lock: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
@@ -103,17 +107,10 @@ impl SqliteStore {
             // Index pages stay in memory instead of being reread from the OS for every batch.
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts.clone())
-            .await
-            .map_err(unwritable)?;
+        let mut writer = opts.connect().await.map_err(unwritable)?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
-                .execute(&writer)
+                .execute(&mut writer)
                 .await
                 .map_err(unwritable)?;
         }
@@ -123,7 +120,7 @@ impl SqliteStore {
             .await
             .map_err(unreadable)?;
         Ok(SqliteStore {
-            writer,
+            writer: Some(std::sync::Arc::new(Mutex::new(Some(writer)))),
             reader,
             lock: std::sync::Arc::new(std::sync::Mutex::new(Some(lock))),
         })
@@ -148,16 +145,28 @@ impl SqliteStore {
             .await
             .map_err(unreadable)?;
         Ok(SqliteStore {
-            writer: reader.clone(),
+            writer: None,
             reader,
             lock: Default::default(),
         })
     }
 
+    /// The writing connection, locked for one statement or transaction.
+    async fn conn(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
+        let w = self.writer.as_ref().ok_or_else(|| {
+            StoreError::Unwritable("the audit store is open read-only".to_string())
+        })?;
+        MutexGuard::try_map(w.lock().await, Option::as_mut).map_err(|_| StoreError::Closed)
+    }
+
     /// Closes the connections and releases the writer lock.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        if let Some(w) = &self.writer
+            && let Some(conn) = w.lock().await.take()
+        {
+            let _ = conn.close().await;
+        }
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
@@ -220,7 +229,7 @@ const COLUMNS: &str =
 impl AuditStore for SqliteStore {
     async fn leaf_hashes(&self) -> Result<Vec<Hash>, StoreError> {
         let rows = sqlx::query("SELECT idx, leaf_hash FROM records ORDER BY idx")
-            .fetch_all(&self.writer)
+            .fetch_all(&self.reader)
             .await
             .map_err(unreadable)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -241,7 +250,7 @@ impl AuditStore for SqliteStore {
 
     async fn size(&self) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) FROM records")
-            .fetch_one(&self.writer)
+            .fetch_one(&self.reader)
             .await
             .map_err(unreadable)?;
         Ok(col_at::<i64>(&row, 0)? as u64)
@@ -250,15 +259,16 @@ impl AuditStore for SqliteStore {
     async fn append(&self, batch: &[NewRecord]) -> Result<(), StoreError> {
         // One multi-row INSERT is atomic on its own: a batch that fits in one statement costs a
         // single round trip to SQLite's thread (and one fsync at its implicit commit).
+        let mut conn = self.conn().await?;
         if batch.len() <= ROWS_PER_STATEMENT {
             return insert(batch)
                 .build()
-                .execute(&self.writer)
+                .execute(&mut *conn)
                 .await
                 .map(|_| ())
                 .map_err(unwritable);
         }
-        let mut tx = self.writer.begin().await.map_err(unwritable)?;
+        let mut tx = conn.begin().await.map_err(unwritable)?;
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
             insert(chunk)
                 .build()
@@ -275,7 +285,7 @@ impl AuditStore for SqliteStore {
             .bind(&cp.note)
             .bind(cp.time_ms as i64)
             .bind(cp.frontier.as_slice())
-            .execute(&self.writer)
+            .execute(&mut *self.conn().await?)
             .await
             .map_err(unwritable)?;
         Ok(())
@@ -356,7 +366,7 @@ impl AuditStore for SqliteStore {
              ORDER BY idx",
         )
         .bind(from as i64)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await
         .map_err(unreadable)?;
         rows.iter().map(|r| col_at(r, 0)).collect()
@@ -365,7 +375,7 @@ impl AuditStore for SqliteStore {
     async fn last_of_kind(&self, kind: &str) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query("SELECT MAX(idx) FROM records WHERE kind = ?")
             .bind(kind)
-            .fetch_one(&self.writer)
+            .fetch_one(&self.reader)
             .await
             .map_err(unreadable)?;
         Ok(col_at::<Option<i64>>(&row, 0)?.map(|i| i as u64))
@@ -377,7 +387,7 @@ impl AuditStore for SqliteStore {
              WHERE time_ms < ? AND body IS NOT NULL AND kind LIKE 'call%'",
         )
         .bind(before_ms as i64)
-        .execute(&self.writer)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(unwritable)?;
         Ok(done.rows_affected())
@@ -396,7 +406,7 @@ impl AuditStore for SqliteStore {
         sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
             .bind(key)
             .bind(value)
-            .execute(&self.writer)
+            .execute(&mut *self.conn().await?)
             .await
             .map_err(unwritable)?;
         Ok(())
