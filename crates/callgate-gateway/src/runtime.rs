@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::http_client::{self, HttpClient};
 use crate::identity::Authenticator;
@@ -487,6 +487,10 @@ struct WatchState {
     /// Reports file events, so that `stamps` are compared only after one; `None` compares them
     /// on every check.
     watch: Option<Watch>,
+    /// Whether inotify worked at start. If a later watch cannot be set up (a directory gone
+    /// for a moment), checks compare stamps and set one up again, at most once a second.
+    watching: bool,
+    retry_at: Instant,
 }
 
 /// What a reload check found.
@@ -508,7 +512,9 @@ impl Reloader {
             state: Mutex::new(WatchState {
                 sources,
                 stamps,
+                watching: watch.is_some(),
                 watch,
+                retry_at: Instant::now(),
             }),
             on_reload: std::sync::OnceLock::new(),
         }
@@ -525,6 +531,15 @@ impl Reloader {
         self.current.load_full()
     }
 
+    /// Whether changes are found through inotify at the moment (otherwise by comparing file
+    /// metadata on every request).
+    pub fn watching(&self) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.watch.is_some())
+            .unwrap_or(false)
+    }
+
     /// The runtime without looking for changes.
     pub fn peek(&self) -> Arc<Runtime> {
         self.current.load_full()
@@ -536,13 +551,18 @@ impl Reloader {
         let Ok(mut st) = self.state.try_lock() else {
             return ReloadOutcome::Unchanged;
         };
-        if st.watch.as_ref().is_some_and(Watch::quiet) {
-            return ReloadOutcome::Unchanged;
+        match &st.watch {
+            Some(w) if w.quiet() => return ReloadOutcome::Unchanged,
+            // Something was reported: watch afresh (replaced inodes, swapped symlinks) before
+            // looking, so an edit made from here on is reported by the next check.
+            Some(_) => st.watch = Watch::new(&st.sources.watched),
+            None if st.watching && Instant::now() >= st.retry_at => {
+                st.watch = Watch::new(&st.sources.watched)
+            }
+            None => {}
         }
-        // Something was reported. Watch afresh (replaced inodes, swapped symlinks) before
-        // looking, so an edit made from here on is reported by the next check.
-        if st.watch.is_some() {
-            st.watch = Watch::new(&st.sources.watched);
+        if st.watching && st.watch.is_none() {
+            st.retry_at = Instant::now() + Duration::from_secs(1);
         }
         // Taken before the files are read: an edit made while they are read leaves these
         // stamps behind, and the next check reloads again.
@@ -564,10 +584,9 @@ impl Reloader {
                 if sources.watched == st.sources.watched {
                     st.stamps = now;
                 } else {
-                    // Files came or went: watch and stamp the new set.
-                    if st.watch.is_some() {
-                        st.watch = Watch::new(&sources.watched);
-                    }
+                    // Files came or went: stamp the new set; the next check watches it, before
+                    // it compares stamps.
+                    st.watch = None;
                     st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
                 }
                 st.sources = sources;

@@ -24,24 +24,29 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watches `paths`, their directories and the directories they resolve into. `None` when
-    /// any of them cannot be watched.
+    /// Watches `paths`, their directories and the directories they resolve into. A path that
+    /// does not exist is watched through its directory (its creation is an event there).
+    /// `None` when inotify is unavailable or a directory cannot be watched.
     pub fn new(paths: &[PathBuf]) -> Option<Watch> {
-        let mut targets: Vec<PathBuf> = Vec::new();
+        let dir = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut required: Vec<PathBuf> = Vec::new();
+        let mut optional: Vec<PathBuf> = Vec::new();
         for p in paths {
-            let dir = |p: &Path| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            targets.push(p.to_path_buf());
-            targets.push(dir(p));
+            required.push(dir(p));
             if let Ok(real) = std::fs::canonicalize(p) {
-                targets.push(dir(&real));
+                optional.push(p.to_path_buf());
+                optional.push(dir(&real));
             }
         }
-        targets.sort();
-        targets.dedup();
-        imp::new(&targets)
+        required.sort();
+        required.dedup();
+        optional.sort();
+        optional.dedup();
+        optional.retain(|p| !required.contains(p));
+        imp::new(&required, &optional)
     }
 
     /// True when nothing was reported since the last call. Reports are consumed.
@@ -57,7 +62,9 @@ mod imp {
     use rustix::io::Errno;
     use std::path::PathBuf;
 
-    pub fn new(targets: &[PathBuf]) -> Option<Watch> {
+    /// Every `required` path must be watched; an `optional` one may have gone since it was
+    /// looked at (then its directory reports what happens to it).
+    pub fn new(required: &[PathBuf], optional: &[PathBuf]) -> Option<Watch> {
         let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
         let mask = WatchFlags::MODIFY
             | WatchFlags::ATTRIB
@@ -68,8 +75,11 @@ mod imp {
             | WatchFlags::DELETE
             | WatchFlags::DELETE_SELF
             | WatchFlags::MOVE_SELF;
-        for t in targets {
+        for t in required {
             inotify::add_watch(&fd, t.as_path(), mask).ok()?;
+        }
+        for t in optional {
+            let _ = inotify::add_watch(&fd, t.as_path(), mask);
         }
         Some(Watch { fd })
     }
@@ -95,7 +105,7 @@ mod imp {
     use super::Watch;
     use std::path::PathBuf;
 
-    pub fn new(_: &[PathBuf]) -> Option<Watch> {
+    pub fn new(_: &[PathBuf], _: &[PathBuf]) -> Option<Watch> {
         None
     }
 
@@ -159,8 +169,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_path_cannot_be_watched() {
+    fn a_missing_file_is_watched_through_its_directory_a_missing_directory_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Watch::new(&[dir.path().join("nope/callgate.yaml")]).is_none());
+        let gone = dir.path().join("gone.cedar");
+        let w = Watch::new(std::slice::from_ref(&gone)).unwrap();
+        assert!(w.quiet());
+        std::fs::write(&gone, "p").unwrap();
+        assert!(!w.quiet(), "its creation is reported");
     }
 }

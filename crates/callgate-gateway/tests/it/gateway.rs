@@ -537,6 +537,8 @@ async fn rate_limits_answer_429_with_retry_after() {
 #[tokio::test]
 async fn hot_reload_tightens_at_once_and_survives_broken_edits() {
     let s = setup().await;
+    let watching = || s.gw.gateway.shared.reloader.watching();
+    assert!(watching(), "changes are found through inotify");
     let ok = || async {
         get(&s.gw.url("/items/pub_1"), &s.viewer())
             .await
@@ -587,6 +589,15 @@ async fn hot_reload_tightens_at_once_and_survives_broken_edits() {
     std::fs::remove_file(s.gw.path("policies/zz.cedar")).unwrap();
     s.gw.edit("callgate.yaml", &cfg);
     assert_eq!(ok().await, 200);
+    // Files came and went; the next check watches the new set (not falling back for good to
+    // comparing metadata on every request), and edits still apply at once.
+    assert_eq!(ok().await, 200);
+    assert!(
+        watching(),
+        "still watching after files were added and removed"
+    );
+    std::fs::write(s.gw.path("policies/main.cedar"), &forbid).unwrap();
+    assert_eq!(ok().await, 403);
 }
 
 #[tokio::test]
