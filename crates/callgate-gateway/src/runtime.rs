@@ -531,6 +531,15 @@ impl Reloader {
         self.current.load_full()
     }
 
+    /// Sets up a watch of the current files; without one, checks compare metadata and try
+    /// again a second later.
+    fn rewatch(&self, st: &mut WatchState) {
+        st.watch = Watch::new(&st.sources.watched);
+        if st.watch.is_none() {
+            st.retry_at = Instant::now() + Duration::from_secs(1);
+        }
+    }
+
     /// Whether changes are found through inotify at the moment (otherwise by comparing file
     /// metadata on every request).
     pub fn watching(&self) -> bool {
@@ -553,23 +562,23 @@ impl Reloader {
         };
         match &st.watch {
             Some(w) if w.quiet() => return ReloadOutcome::Unchanged,
-            // Something was reported: watch afresh (replaced inodes, swapped symlinks) before
-            // looking, so an edit made from here on is reported by the next check.
-            Some(_) => st.watch = Watch::new(&st.sources.watched),
-            None if st.watching && Instant::now() >= st.retry_at => {
-                st.watch = Watch::new(&st.sources.watched)
-            }
+            // Something was reported; it may be a neighbour in a watched directory.
+            Some(_) => {}
+            None if st.watching && Instant::now() >= st.retry_at => self.rewatch(&mut st),
             None => {}
         }
-        if st.watching && st.watch.is_none() {
-            st.retry_at = Instant::now() + Duration::from_secs(1);
-        }
-        // Taken before the files are read: an edit made while they are read leaves these
-        // stamps behind, and the next check reloads again.
-        let now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
+        let mut now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
         if now == st.stamps {
             return ReloadOutcome::Unchanged;
         }
+        if st.watch.is_some() {
+            // A watched file changed: watch afresh (a replaced inode, a swapped symlink), then
+            // look again, so an edit made from here on is reported by the next check.
+            self.rewatch(&mut st);
+            now = st.sources.watched.iter().map(|p| stamp(p)).collect();
+        }
+        // `now` was taken before the files are read: an edit made while they are read leaves
+        // it behind, and the next check reloads again.
         let config_path = st.sources.config.clone();
         let old = self.current.load_full();
         match load(&config_path, &self.vars, Some(&old)) {
