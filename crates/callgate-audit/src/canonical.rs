@@ -371,49 +371,27 @@ mod ser {
         }
     }
 
-    impl ser::SerializeSeq for Seq<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-            self.item(value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
+    /// serde's four sequence traits differ only in their names: each adds an item, then ends.
+    macro_rules! seq_impl {
+        ($($trait:ident :: $add:ident),*) => {$(
+            impl ser::$trait for Seq<'_> {
+                type Ok = ();
+                type Error = CanonicalError;
+                fn $add<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
+                    self.item(value)
+                }
+                fn end(self) -> Result {
+                    self.finish()
+                }
+            }
+        )*};
     }
-
-    impl ser::SerializeTuple for Seq<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-            self.item(value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
-    }
-
-    impl ser::SerializeTupleStruct for Seq<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-            self.item(value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
-    }
-
-    impl ser::SerializeTupleVariant for Seq<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-            self.item(value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
-    }
+    seq_impl!(
+        SerializeSeq::serialize_element,
+        SerializeTuple::serialize_element,
+        SerializeTupleStruct::serialize_field,
+        SerializeTupleVariant::serialize_field
+    );
 
     /// One member written so far: its key and where its value's bytes lie in the output.
     struct Member {
@@ -507,35 +485,26 @@ mod ser {
         }
     }
 
-    impl ser::SerializeStruct for Obj<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_field<T: ?Sized + Serialize>(
-            &mut self,
-            key: &'static str,
-            value: &T,
-        ) -> Result {
-            self.member(Cow::Borrowed(key), value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
+    /// A struct's fields and a struct variant's are members with `'static` names.
+    macro_rules! struct_impl {
+        ($($trait:ident),*) => {$(
+            impl ser::$trait for Obj<'_> {
+                type Ok = ();
+                type Error = CanonicalError;
+                fn serialize_field<T: ?Sized + Serialize>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result {
+                    self.member(Cow::Borrowed(key), value)
+                }
+                fn end(self) -> Result {
+                    self.finish()
+                }
+            }
+        )*};
     }
-
-    impl ser::SerializeStructVariant for Obj<'_> {
-        type Ok = ();
-        type Error = CanonicalError;
-        fn serialize_field<T: ?Sized + Serialize>(
-            &mut self,
-            key: &'static str,
-            value: &T,
-        ) -> Result {
-            self.member(Cow::Borrowed(key), value)
-        }
-        fn end(self) -> Result {
-            self.finish()
-        }
-    }
+    struct_impl!(SerializeStruct, SerializeStructVariant);
 
     /// A map key as JSON has it: a string. Integers, booleans and characters become their
     /// text, as in `serde_json`; anything else is refused.
@@ -543,6 +512,15 @@ mod ser {
 
     fn not_a_key() -> CanonicalError {
         CanonicalError::NotJson("key must be a string".into())
+    }
+
+    /// Keys that JSON writes as their text.
+    macro_rules! key_as_text {
+        ($($method:ident : $ty:ty),*) => {$(
+            fn $method(self, v: $ty) -> Result<String> {
+                Ok(v.to_string())
+            }
+        )*};
     }
 
     impl ser::Serializer for KeyName {
@@ -556,47 +534,25 @@ mod ser {
         type SerializeStruct = ser::Impossible<String, CanonicalError>;
         type SerializeStructVariant = ser::Impossible<String, CanonicalError>;
 
-        fn serialize_bool(self, v: bool) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_i8(self, v: i8) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_i16(self, v: i16) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_i32(self, v: i32) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_i64(self, v: i64) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_i128(self, v: i128) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_u8(self, v: u8) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_u16(self, v: u16) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_u32(self, v: u32) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_u64(self, v: u64) -> Result<String> {
-            Ok(v.to_string())
-        }
-        fn serialize_u128(self, v: u128) -> Result<String> {
-            Ok(v.to_string())
-        }
+        key_as_text!(
+            serialize_bool: bool,
+            serialize_i8: i8,
+            serialize_i16: i16,
+            serialize_i32: i32,
+            serialize_i64: i64,
+            serialize_i128: i128,
+            serialize_u8: u8,
+            serialize_u16: u16,
+            serialize_u32: u32,
+            serialize_u64: u64,
+            serialize_u128: u128,
+            serialize_char: char
+        );
         fn serialize_f32(self, _: f32) -> Result<String> {
             Err(not_a_key())
         }
         fn serialize_f64(self, _: f64) -> Result<String> {
             Err(not_a_key())
-        }
-        fn serialize_char(self, v: char) -> Result<String> {
-            Ok(v.to_string())
         }
         fn serialize_str(self, v: &str) -> Result<String> {
             Ok(v.to_string())

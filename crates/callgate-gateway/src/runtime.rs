@@ -493,6 +493,17 @@ struct WatchState {
     retry_at: Instant,
 }
 
+impl WatchState {
+    /// Sets up a watch of the current files; without one, checks compare metadata and try
+    /// again a second later.
+    fn rewatch(&mut self) {
+        self.watch = Watch::new(&self.sources.watched);
+        if self.watch.is_none() {
+            self.retry_at = Instant::now() + Duration::from_secs(1);
+        }
+    }
+}
+
 /// What a reload check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -531,15 +542,6 @@ impl Reloader {
         self.current.load_full()
     }
 
-    /// Sets up a watch of the current files; without one, checks compare metadata and try
-    /// again a second later.
-    fn rewatch(&self, st: &mut WatchState) {
-        st.watch = Watch::new(&st.sources.watched);
-        if st.watch.is_none() {
-            st.retry_at = Instant::now() + Duration::from_secs(1);
-        }
-    }
-
     /// Whether changes are found through inotify at the moment (otherwise by comparing file
     /// metadata on every request).
     pub fn watching(&self) -> bool {
@@ -564,7 +566,7 @@ impl Reloader {
             Some(w) if w.quiet() => return ReloadOutcome::Unchanged,
             // Something was reported; it may be a neighbour in a watched directory.
             Some(_) => {}
-            None if st.watching && Instant::now() >= st.retry_at => self.rewatch(&mut st),
+            None if st.watching && Instant::now() >= st.retry_at => st.rewatch(),
             None => {}
         }
         let mut now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
@@ -574,7 +576,7 @@ impl Reloader {
         if st.watch.is_some() {
             // A watched file changed: watch afresh (a replaced inode, a swapped symlink), then
             // look again, so an edit made from here on is reported by the next check.
-            self.rewatch(&mut st);
+            st.rewatch();
             now = st.sources.watched.iter().map(|p| stamp(p)).collect();
         }
         // `now` was taken before the files are read: an edit made while they are read leaves
