@@ -353,7 +353,7 @@ pub fn upstream_shape(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::registry::Registry;
+    use crate::registry::{Registry, Resolved};
     use serde_json::json;
 
     fn registry() -> Registry {
@@ -546,6 +546,47 @@ functions:
             registry().get_or_alias("users__get").unwrap().name,
             "users.get"
         );
+    }
+
+    #[test]
+    fn routes_that_cross_are_refused_and_nested_ones_resolve_to_the_narrower() {
+        let build = |routes: &[&str]| {
+            let mut text = String::from("upstreams: {u: {url: \"http://127.0.0.1:9\"}}\nfunctions:\n");
+            for (i, r) in routes.iter().enumerate() {
+                text.push_str(&format!("  - {{name: f.n{i}, upstream: u, route: \"{r}\"}}\n"));
+            }
+            Registry::build(&Config::parse(&text, &|_| None).unwrap())
+        };
+        // Crossing: `/admin/settings` matches both and neither is narrower.
+        let errs = build(&["GET /{org}/settings", "GET /admin/{page}"]).unwrap_err();
+        assert!(
+            errs[0].contains("/admin/settings") && errs[0].contains("neither route is more specific"),
+            "{errs:?}"
+        );
+        let errs = build(&["GET /a/{x}/c", "GET /{y}/b/c", "GET /a/b/{z}"]).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        // Identical shapes.
+        let errs = build(&["GET /users/{id}", "GET /users/{name}"]).unwrap_err();
+        assert!(errs[0].contains("both declare"), "{errs:?}");
+        // Crossing routes on different methods, or of different lengths, never meet.
+        build(&["GET /{org}/settings", "POST /admin/{page}", "GET /admin/{page}/x"]).unwrap();
+        // Nested, declared in either order: the narrower route wins.
+        for routes in [
+            ["GET /users/{id}", "GET /users/me", "GET /{kind}/{id}"],
+            ["GET /{kind}/{id}", "GET /users/me", "GET /users/{id}"],
+        ] {
+            let reg = build(&routes).unwrap();
+            let name = |path: &[&str]| {
+                let segs: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+                match reg.resolve(&http::Method::GET, &segs) {
+                    Resolved::Found(f, _) => f.route.template().to_string(),
+                    _ => panic!("{path:?} not found"),
+                }
+            };
+            assert_eq!(name(&["users", "me"]), "/users/me");
+            assert_eq!(name(&["users", "7"]), "/users/{id}");
+            assert_eq!(name(&["teams", "7"]), "/{kind}/{id}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ArgSource, Config};
-use crate::route::Route;
+use crate::route::{Overlap, Route};
 
 /// The JSON type an argument has, as far as policy and string coercion care.
 #[derive(Debug, Clone, PartialEq)]
@@ -450,23 +450,38 @@ impl Registry {
             reg.by_name.insert(f.name.clone(), def.clone());
             reg.functions.push(def);
         }
-        // Two routes that match the same requests would make the proxy's choice arbitrary.
+        // Two routes that match the same requests would make the proxy's choice arbitrary:
+        // identical shapes, or shapes that cross (`/{org}/settings` and `/admin/{page}` both
+        // match `/admin/settings`, and neither is the more specific). Nested ones are fine:
+        // `/users/me` is tried before `/users/{id}`.
         for (i, a) in reg.functions.iter().enumerate() {
             if a.backend != Backend::Http {
                 continue;
             }
             for b in &reg.functions[i + 1..] {
-                if b.backend == Backend::Http
-                    && a.route.method == b.route.method
-                    && same_shape(&a.route, &b.route)
-                {
-                    errors.push(format!(
+                if b.backend != Backend::Http || a.route.method != b.route.method {
+                    continue;
+                }
+                match a.route.overlap(&b.route) {
+                    Overlap::Same => errors.push(format!(
                         "functions {:?} and {:?} both declare {} {}",
                         a.name,
                         b.name,
                         a.route.method,
                         a.route.template()
-                    ));
+                    )),
+                    Overlap::Crossing(example) => errors.push(format!(
+                        "functions {:?} ({} {}) and {:?} ({} {}) both match {example}, and \
+                         neither route is more specific than the other; make one of them \
+                         literal where the other has a parameter",
+                        a.name,
+                        a.route.method,
+                        a.route.template(),
+                        b.name,
+                        b.route.method,
+                        b.route.template()
+                    )),
+                    Overlap::None | Overlap::Nested => {}
                 }
             }
         }
@@ -670,14 +685,3 @@ pub enum Resolved<'a> {
     NotFound,
 }
 
-fn same_shape(a: &Route, b: &Route) -> bool {
-    // Same literals at the same places and the same length: one route shadows the other.
-    fn probe(r: &Route) -> Vec<&str> {
-        r.template()
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| if s.starts_with('{') { "{}" } else { s })
-            .collect()
-    }
-    probe(a) == probe(b)
-}

@@ -59,6 +59,21 @@ enum Segment {
     Param(String),
 }
 
+/// How the requests two routes match relate ([`Route::overlap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlap {
+    /// No request matches both.
+    None,
+    /// The same requests: one route shadows the other.
+    Same,
+    /// One route's requests are a subset of the other's (it has literals where the other has
+    /// parameters, and nothing else differs); the narrower one is tried first.
+    Nested,
+    /// Some requests match both and neither route is narrower, e.g. `/{org}/settings` and
+    /// `/admin/{page}`; holds a path that matches both.
+    Crossing(String),
+}
+
 /// A route: an HTTP method and a path template such as `/users/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -130,6 +145,44 @@ impl Route {
             .iter()
             .filter(|s| matches!(s, Segment::Literal(_)))
             .count()
+    }
+
+    /// How this route's requests relate to `other`'s (same method assumed).
+    pub fn overlap(&self, other: &Route) -> Overlap {
+        if self.segments.len() != other.segments.len() {
+            return Overlap::None;
+        }
+        let (mut mine_narrower, mut theirs_narrower) = (false, false);
+        let mut example = String::new();
+        for (a, b) in self.segments.iter().zip(&other.segments) {
+            example.push('/');
+            match (a, b) {
+                (Segment::Literal(x), Segment::Literal(y)) if x != y => return Overlap::None,
+                (Segment::Literal(x), Segment::Literal(_)) => example.push_str(x),
+                (Segment::Literal(x), Segment::Param(_)) => {
+                    mine_narrower = true;
+                    example.push_str(x);
+                }
+                (Segment::Param(_), Segment::Literal(y)) => {
+                    theirs_narrower = true;
+                    example.push_str(y);
+                }
+                (Segment::Param(n), Segment::Param(_)) => {
+                    example.push('{');
+                    example.push_str(n);
+                    example.push('}');
+                }
+            }
+        }
+        match (mine_narrower, theirs_narrower) {
+            (false, false) => Overlap::Same,
+            (true, true) => Overlap::Crossing(if example.is_empty() {
+                "/".into()
+            } else {
+                example
+            }),
+            _ => Overlap::Nested,
+        }
     }
 
     /// Matches normalized segments; returns the path parameters on success.
@@ -247,6 +300,30 @@ mod tests {
                 let again = normalize_path(if rendered.is_empty() { "/" } else { &rendered }).unwrap();
                 prop_assert_eq!(again, segs);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod overlap {
+    use super::*;
+
+    #[test]
+    fn overlap_table() {
+        let r = |t: &str| Route::parse(&format!("GET {t}")).unwrap();
+        let crossing = |p: &str| Overlap::Crossing(p.to_string());
+        for (a, b, want) in [
+            ("/users/{id}", "/users/{name}", Overlap::Same),
+            ("/", "/", Overlap::Same),
+            ("/users/me", "/users/{id}", Overlap::Nested),
+            ("/users/{id}", "/users/me", Overlap::Nested),
+            ("/users/me", "/users/you", Overlap::None),
+            ("/users/{id}", "/users/{id}/x", Overlap::None),
+            ("/{org}/settings", "/admin/{page}", crossing("/admin/settings")),
+            ("/a/{x}/{y}", "/{z}/b/{w}", crossing("/a/b/{y}")),
+            ("/{a}/{b}", "/x/y", Overlap::Nested),
+        ] {
+            assert_eq!(r(a).overlap(&r(b)), want, "{a} vs {b}");
         }
     }
 }
