@@ -238,6 +238,16 @@ pub fn validate(func: &FunctionDef, args: &Map<String, Value>) -> Result<(), Ref
     for (k, v) in args {
         exact_numbers(v, &format!("/{}", pointer_token(k)))?;
     }
+    // The upstream must never see a caller's value next to (or instead of) the credential
+    // Callgate sends in that query parameter; frameworks disagree on which one they read.
+    if let Some(q) = crate::registry::credential_query(func.credential.as_ref())
+        && args.contains_key(q)
+    {
+        return Err(Refusal::invalid_argument(
+            &format!("/{}", pointer_token(q)),
+            "reserved: the upstream credential is sent in this query parameter",
+        ));
+    }
     let Some(validator) = &func.validator else {
         return Ok(());
     };
@@ -551,16 +561,20 @@ functions:
     #[test]
     fn routes_that_cross_are_refused_and_nested_ones_resolve_to_the_narrower() {
         let build = |routes: &[&str]| {
-            let mut text = String::from("upstreams: {u: {url: \"http://127.0.0.1:9\"}}\nfunctions:\n");
+            let mut text =
+                String::from("upstreams: {u: {url: \"http://127.0.0.1:9\"}}\nfunctions:\n");
             for (i, r) in routes.iter().enumerate() {
-                text.push_str(&format!("  - {{name: f.n{i}, upstream: u, route: \"{r}\"}}\n"));
+                text.push_str(&format!(
+                    "  - {{name: f.n{i}, upstream: u, route: \"{r}\"}}\n"
+                ));
             }
             Registry::build(&Config::parse(&text, &|_| None).unwrap())
         };
         // Crossing: `/admin/settings` matches both and neither is narrower.
         let errs = build(&["GET /{org}/settings", "GET /admin/{page}"]).unwrap_err();
         assert!(
-            errs[0].contains("/admin/settings") && errs[0].contains("neither route is more specific"),
+            errs[0].contains("/admin/settings")
+                && errs[0].contains("neither route is more specific"),
             "{errs:?}"
         );
         let errs = build(&["GET /a/{x}/c", "GET /{y}/b/c", "GET /a/b/{z}"]).unwrap_err();
@@ -569,7 +583,12 @@ functions:
         let errs = build(&["GET /users/{id}", "GET /users/{name}"]).unwrap_err();
         assert!(errs[0].contains("both declare"), "{errs:?}");
         // Crossing routes on different methods, or of different lengths, never meet.
-        build(&["GET /{org}/settings", "POST /admin/{page}", "GET /admin/{page}/x"]).unwrap();
+        build(&[
+            "GET /{org}/settings",
+            "POST /admin/{page}",
+            "GET /admin/{page}/x",
+        ])
+        .unwrap();
         // Nested, declared in either order: the narrower route wins.
         for routes in [
             ["GET /users/{id}", "GET /users/me", "GET /{kind}/{id}"],
@@ -587,6 +606,34 @@ functions:
             assert_eq!(name(&["users", "7"]), "/users/{id}");
             assert_eq!(name(&["teams", "7"]), "/{kind}/{id}");
         }
+    }
+
+    #[test]
+    fn an_argument_named_like_the_credential_query_parameter_is_refused() {
+        let text = |props: &str| {
+            format!(
+                "upstreams: {{u: {{url: \"http://127.0.0.1:9\"}}}}\nfunctions:\n  - {{name: s.q, upstream: u, route: GET /s, arguments: {{type: object, properties: {{{props}}}}}, credential: {{type: secret, env: K, query: api_key}}}}\n"
+            )
+        };
+        // Declared in the schema: a configuration error.
+        let cfg = Config::parse(&text("api_key: {type: string}"), &|_| None).unwrap();
+        let errs = Registry::build(&cfg).unwrap_err();
+        assert!(
+            errs[0].contains("api_key") && errs[0].contains("query parameter"),
+            "{errs:?}"
+        );
+        // Sent anyway as an extra argument: 422 at that field.
+        let cfg = Config::parse(&text("q: {type: string}"), &|_| None).unwrap();
+        let reg = Registry::build(&cfg).unwrap();
+        let f = reg.get_or_alias("s.q").unwrap();
+        let args = json!({"q": "x", "api_key": "MINE"});
+        let err = validate(f, args.as_object().unwrap()).unwrap_err();
+        assert_eq!(err.status(), 422);
+        let Refusal::InvalidArguments { errors } = err else {
+            unreachable!()
+        };
+        assert_eq!(errors[0].pointer, "/api_key");
+        validate(f, json!({"q": "x"}).as_object().unwrap()).unwrap();
     }
 
     #[test]

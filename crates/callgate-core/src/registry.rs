@@ -418,6 +418,15 @@ impl Registry {
                     ));
                 }
             }
+            let credential = f.credential.clone().or_else(|| up.credential.clone());
+            if let Some(q) = credential_query(credential.as_ref())
+                && fields.contains_key(q)
+            {
+                errors.push(format!(
+                    "{at}: argument {q} has the name of the query parameter the upstream \
+                     credential is sent in"
+                ));
+            }
             let def = Arc::new(FunctionDef {
                 name: f.name.clone(),
                 description: f.description.clone(),
@@ -436,7 +445,7 @@ impl Registry {
                 approval,
                 idempotent: f.idempotent,
                 break_glass: f.break_glass.clone(),
-                credential: f.credential.clone().or_else(|| up.credential.clone()),
+                credential,
                 mask: f.mask.clone(),
                 backend: Backend::Http,
             });
@@ -678,10 +687,17 @@ impl Registry {
     }
 }
 
+/// The query parameter a static-secret credential is sent in, if it is.
+pub fn credential_query(c: Option<&crate::config::CredentialConfig>) -> Option<&str> {
+    match c {
+        Some(crate::config::CredentialConfig::Secret { query: Some(q), .. }) => Some(q),
+        _ => None,
+    }
+}
+
 /// The outcome of resolving a proxied request.
 pub enum Resolved<'a> {
     Found(&'a Arc<FunctionDef>, Vec<(String, String)>),
     WrongMethod,
     NotFound,
 }
-

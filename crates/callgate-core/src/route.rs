@@ -319,7 +319,11 @@ mod overlap {
             ("/users/{id}", "/users/me", Overlap::Nested),
             ("/users/me", "/users/you", Overlap::None),
             ("/users/{id}", "/users/{id}/x", Overlap::None),
-            ("/{org}/settings", "/admin/{page}", crossing("/admin/settings")),
+            (
+                "/{org}/settings",
+                "/admin/{page}",
+                crossing("/admin/settings"),
+            ),
             ("/a/{x}/{y}", "/{z}/b/{w}", crossing("/a/b/{y}")),
             ("/{a}/{b}", "/x/y", Overlap::Nested),
         ] {

@@ -323,9 +323,14 @@ pub(crate) async fn execute(
         .await
         .map_err(NotForwarded)?;
     let credential_id = credential.as_ref().map(|c| c.id.clone());
+    // The upstream request is built before the record too: one that cannot be built (a URL
+    // over the URI limit) is refused, not recorded as forwarded and then failed.
     let shape = match call.function.backend {
         Backend::Http => {
-            Some(args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?)
+            let mut shape =
+                args::upstream_shape(&call.function, &call.arguments).map_err(NotForwarded)?;
+            let uri = upstream_uri(call, &mut shape, credential.as_ref()).map_err(NotForwarded)?;
+            Some((shape, uri))
         }
         Backend::McpTool { .. } | Backend::McpMethod { .. } | Backend::McpServerRequest { .. } => {
             None
@@ -384,14 +389,47 @@ pub(crate) async fn execute(
     Ok(response)
 }
 
+/// The upstream URL of an HTTP call: the base URL, the shape's path and query, and a
+/// credential sent as a query parameter (appended to `shape`).
+fn upstream_uri(
+    call: &Call,
+    shape: &mut args::UpstreamShape,
+    credential: Option<&crate::credentials::Obtained>,
+) -> Result<http::Uri, Refusal> {
+    if let Some((name, value)) = credential.and_then(|c| c.query.as_ref()) {
+        let sep = if shape.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let pair: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair(name, value)
+            .finish();
+        shape.path_and_query.push(sep);
+        shape.path_and_query.push_str(&pair);
+    }
+    let url = format!("{}{}", call.function.upstream_url, shape.path_and_query);
+    let len = url.len();
+    // The URL holds argument values and perhaps the credential: never in the error.
+    url.parse().map_err(|_| {
+        Refusal::invalid_argument(
+            "",
+            format!(
+                "the arguments make an upstream URL of {len} bytes, which cannot be sent \
+                 (URLs are limited to 65,534 bytes)"
+            ),
+        )
+    })
+}
+
 /// Phase 9 for an HTTP function.
 async fn forward_http(
     rt: &Runtime,
     call: &Call,
-    shape: Option<args::UpstreamShape>,
+    prepared: Option<(args::UpstreamShape, http::Uri)>,
     credential: Option<crate::credentials::Obtained>,
 ) -> Result<UpstreamResponse, Refusal> {
-    let mut shape = shape.ok_or_else(|| Refusal::Internal {
+    let (shape, uri) = prepared.ok_or_else(|| Refusal::Internal {
         detail: format!("{} has no HTTP route", call.function.name),
     })?;
     let client = rt
@@ -401,27 +439,14 @@ async fn forward_http(
             detail: format!("no client for upstream {}", call.function.upstream),
         })?;
     let mut headers = call.meta.forward_headers.clone();
-    if let Some(c) = credential {
-        if let Some((name, value)) = c.header {
-            headers.insert(name, value);
-        }
-        if let Some((name, value)) = c.query {
-            let sep = if shape.path_and_query.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            let pair: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair(&name, &value)
-                .finish();
-            shape.path_and_query.push(sep);
-            shape.path_and_query.push_str(&pair);
-        }
+    if let Some((name, value)) = credential.and_then(|c| c.header) {
+        headers.insert(name, value);
     }
     upstream::forward(
         client,
         call,
         shape,
+        uri,
         headers,
         rt.config.limits.max_response_bytes,
     )

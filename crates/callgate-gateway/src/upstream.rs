@@ -77,13 +77,10 @@ pub async fn forward(
     client: &HttpClient,
     call: &Call,
     shape: UpstreamShape,
+    uri: http::Uri,
     mut headers: HeaderMap,
     max_response: usize,
 ) -> Result<UpstreamResponse, Refusal> {
-    let url = format!("{}{}", call.function.upstream_url, shape.path_and_query);
-    let uri: http::Uri = url.parse().map_err(|_| Refusal::Internal {
-        detail: format!("cannot build upstream URI {url}"),
-    })?;
     if shape.body.is_some() {
         headers.insert(
             header::CONTENT_TYPE,

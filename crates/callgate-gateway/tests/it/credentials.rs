@@ -273,6 +273,27 @@ functions:
     let pq = up.last().path_and_query;
     assert!(pq.starts_with("/search?q=x&api_key="), "{pq}");
     assert!(pq.ends_with(secret), "{pq}");
+    // A caller's own value for that parameter would reach the upstream next to the secret
+    // (and many frameworks read the first one): refused, nothing forwarded.
+    let seen = up.count();
+    for path in ["/search?q=x&api_key=MINE", "/search?api_key=MINE&q=x"] {
+        let r = get(&gw.url(path), &[("x-api-key", &k)]).await;
+        let p = r.problem(422);
+        assert_eq!(p["errors"][0]["pointer"], "/api_key", "{p}");
+        assert!(!r.text().contains(secret));
+    }
+    assert_eq!(up.count(), seen, "nothing forwarded");
+    // Arguments that re-encode past the URI limit (each `!` becomes `%21`): refused before
+    // anything is recorded as forwarded, and the URL (with the secret) is in no answer.
+    let long = "!".repeat(22_000);
+    let r = get(&gw.url(&format!("/search?q={long}")), &[("x-api-key", &k)]).await;
+    let p = r.problem(422);
+    assert!(
+        p["detail"].as_str().unwrap().contains("upstream URL"),
+        "{p}"
+    );
+    assert!(!r.text().contains(secret) && !r.text().contains("!!!"));
+    assert_eq!(up.count(), seen, "nothing forwarded");
 }
 
 #[tokio::test]
