@@ -244,7 +244,7 @@ pub fn validate(func: &FunctionDef, args: &Map<String, Value>) -> Result<(), Ref
         && args.contains_key(q)
     {
         return Err(Refusal::invalid_argument(
-            &format!("/{}", pointer_token(q)),
+            format!("/{}", pointer_token(q)),
             "reserved: the upstream credential is sent in this query parameter",
         ));
     }
