@@ -227,7 +227,25 @@ impl Masking {
                 Unparsable::Redact => Ok(()),
             }
         };
-        if is_json || (!is_text && ctype.is_empty()) {
+        // A compressed body cannot be read, so it cannot be masked. (Callgate asks upstreams
+        // for `identity`; this is one that sent an encoding anyway.)
+        let encoded = response
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            unreadable("content-encoded")?;
+            redact_whole(response);
+            return Ok(());
+        }
+        // JSON sent as text (`text/plain`, `text/html`) is masked as JSON too, so key and
+        // path rules hold whatever the upstream calls it; other text gets the detectors.
+        let json_as_text = is_text
+            && matches!(
+                response.body.iter().find(|b| !b.is_ascii_whitespace()),
+                Some(b'{' | b'[')
+            );
+        if is_json || json_as_text || (!is_text && ctype.is_empty()) {
             // One strict pass over the bytes, writing the masked document as it reads.
             let profiles: Vec<&callgate_masking::Profile> = profiles.iter().map(|p| &**p).collect();
             match callgate_masking::mask_json_bytes(&profiles, &response.body, groups, &self.key) {
@@ -235,6 +253,7 @@ impl Masking {
                     response.body = masked.into();
                     return Ok(());
                 }
+                // Not JSON after all: text, or a body with no type, masked as text below.
                 Err(_) if !is_json => {}
                 Err(_) => {
                     unreadable("not JSON")?;
@@ -351,6 +370,7 @@ fn mask_text(
 
 fn redact_whole(response: &mut UpstreamResponse) {
     response.body = bytes::Bytes::from_static(b"\"[REDACTED]\"");
+    response.headers.remove(header::CONTENT_ENCODING);
     response.headers.insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -87,6 +87,12 @@ pub async fn forward(
             HeaderValue::from_static("application/json"),
         );
     }
+    // Callgate reads every response (masking, the audit record): uncompressed, please. The
+    // caller's own Accept-Encoding is not passed on; without one any coding would do.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     if !headers.contains_key(header::ACCEPT) {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     }

@@ -45,6 +45,39 @@ async fn pii_upstream() -> String {
             route_get(|| async { "ssn 123-45-6789 for ada@example.com" }),
         )
         .route(
+            "/json-as-text",
+            route_get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    r#" {"password": "hunter2", "ssn": "123-45-6789", "n": 1}"#,
+                )
+            }),
+        )
+        .route(
+            "/gzip",
+            route_get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CONTENT_ENCODING, "gzip"),
+                    ],
+                    // Not real gzip: what matters is that Callgate cannot read it.
+                    vec![0x1f_u8, 0x8b, 8, 0, b'1', b'2', b'3', b'-', b'4', b'5'],
+                )
+            }),
+        )
+        .route(
+            "/encodings",
+            route_get(|headers: http::HeaderMap| async move {
+                let got = headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                axum::Json(json!({ "accept_encoding": got }))
+            }),
+        )
+        .route(
             "/binary",
             route_get(|| async {
                 (
@@ -116,6 +149,9 @@ functions:
   - {{name: broken.get, upstream: up, route: GET /broken, mask: pii}}
   - {{name: text.get, upstream: up, route: GET /text, mask: pii}}
   - {{name: binary.get, upstream: up, route: GET /binary, mask: pii}}
+  - {{name: jsontext.get, upstream: up, route: GET /json-as-text, mask: pii}}
+  - {{name: gzip.get, upstream: up, route: GET /gzip, mask: pii}}
+  - {{name: encodings.get, upstream: up, route: GET /encodings, mask: pii}}
   - name: card.charge
     upstream: up
     route: POST /charge
@@ -175,12 +211,25 @@ async fn responses_are_masked_by_profile_clearance_and_policy() {
     let r = get(&gw.url("/text"), &[("x-api-key", &alice)]).await;
     let t = String::from_utf8_lossy(&r.body).to_string();
     assert!(t.starts_with("ssn [REDACTED] for hmac:"), "{t}");
+    // JSON the upstream labels as text is masked as JSON: key and path rules still hold.
+    let r = get(&gw.url("/json-as-text"), &[("x-api-key", &alice)]).await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v, json!({"ssn": "***-**-6789", "n": 1}), "{}", r.text());
+    // Callgate asks the upstream for an uncompressed body whatever the caller accepts, so it
+    // can read (and mask, and record) it.
+    let r = get(
+        &gw.url("/encodings"),
+        &[("x-api-key", &alice), ("accept-encoding", "gzip, br")],
+    )
+    .await;
+    assert_eq!(r.json()["accept_encoding"], "identity");
 }
 
 #[tokio::test]
 async fn unreadable_bodies_fail_closed() {
     let (gw, alice, _, _) = setup("reject").await;
-    for path in ["/broken", "/binary"] {
+    for path in ["/broken", "/binary", "/gzip"] {
         let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
         let p = r.problem(502);
         assert!(
@@ -193,10 +242,12 @@ async fn unreadable_bodies_fail_closed() {
         assert!(!String::from_utf8_lossy(&r.body).contains("123-45"));
     }
     let (gw, alice, _, _) = setup("redact").await;
-    for path in ["/broken", "/binary"] {
+    for path in ["/broken", "/binary", "/gzip"] {
         let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
         assert_eq!(r.status, 200);
         assert_eq!(&r.body[..], b"\"[REDACTED]\"");
+        // The placeholder is not compressed, whatever the upstream's body was.
+        assert!(r.header("content-encoding").is_none(), "{path}");
     }
 }
 
