@@ -43,6 +43,12 @@ impl FromStr for RateSpec {
                 ));
             }
         };
+        // The limiter emits one cell every `period / count`: it must be at least a nanosecond.
+        if period.as_nanos() < u128::from(count) {
+            return Err(format!(
+                "rate {s:?}: more than one call per nanosecond cannot be enforced"
+            ));
+        }
         Ok(RateSpec { count, period })
     }
 }
@@ -98,7 +104,20 @@ mod tests {
                 period: Duration::from_secs(60)
             }
         );
-        for bad in ["0/minute", "x/minute", "10", "10/fortnight", "-1/s"] {
+        // The largest enforceable rate is one call per nanosecond.
+        assert_eq!(
+            "1000000000/s".parse::<RateSpec>().unwrap().count,
+            1_000_000_000
+        );
+        for bad in [
+            "0/minute",
+            "x/minute",
+            "10",
+            "10/fortnight",
+            "-1/s",
+            "2000000000/second",
+            "4294967295/s",
+        ] {
             assert!(bad.parse::<RateSpec>().is_err(), "{bad}");
         }
     }

@@ -26,8 +26,10 @@ pub struct RateLimits {
 
 fn quota(spec: RateSpec) -> Quota {
     let count = NonZeroU32::new(spec.count).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(spec.period / spec.count)
-        .expect("period is positive")
+    // `RateSpec` parsing keeps `period / count` at a nanosecond or more; never panic here.
+    let cell = (spec.period / count.get()).max(std::time::Duration::from_nanos(1));
+    Quota::with_period(cell)
+        .unwrap_or_else(|| Quota::per_second(count))
         .allow_burst(count)
 }
 
