@@ -76,6 +76,28 @@ fn insert_once(args: &mut Map<String, Value>, name: String, v: Value) -> Result<
 
 /// Extracts the arguments of a proxied request: path parameters, query parameters and a JSON
 /// object body, each given at most once.
+/// The name/value pairs of a query string, decoded as `application/x-www-form-urlencoded`
+/// (`+` is a space), strictly: a name or value that is not UTF-8 once decoded is refused
+/// rather than read with replacement characters, as paths are.
+fn query_pairs(q: &str) -> Result<Vec<(String, String)>, Refusal> {
+    let decode = |part: &str| {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| {
+                Refusal::bad_request("a query parameter is not valid UTF-8 once percent-decoded")
+            })
+    };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
 pub fn from_http(func: &FunctionDef, req: HttpArgs<'_>) -> Result<Map<String, Value>, Refusal> {
     let mut args = Map::new();
     let mut errors = Vec::new();
@@ -87,8 +109,7 @@ pub fn from_http(func: &FunctionDef, req: HttpArgs<'_>) -> Result<Map<String, Va
     }
     if let Some(q) = req.query.filter(|q| !q.is_empty()) {
         let mut arrays: Map<String, Value> = Map::new();
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            let k = k.into_owned();
+        for (k, v) in query_pairs(q)? {
             match func.arg_type(&k) {
                 ArgType::Array(item) => match coerce(&k, &v, item) {
                     Ok(v) => arrays
@@ -634,6 +655,22 @@ functions:
         };
         assert_eq!(errors[0].pointer, "/api_key");
         validate(f, json!({"q": "x"}).as_object().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn query_strings_decode_strictly() {
+        let pairs = |q: &str| query_pairs(q).map_err(|e| e.status());
+        assert_eq!(
+            pairs("a+b=c%20d&&e&f=%E2%82%AC=x&").unwrap(),
+            [
+                ("a b".to_string(), "c d".to_string()),
+                ("e".to_string(), String::new()),
+                ("f".to_string(), "€=x".to_string()),
+            ]
+        );
+        for bad in ["q=%FF", "%C3=1", "q=%ED%A0%80", "q=ok&r=%E2%82"] {
+            assert_eq!(pairs(bad), Err(400), "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,21 @@ pub struct FramingGuard<S> {
     offset: usize,
 }
 
+/// Where the header block in `buf` ends (just past its empty line), looking at line ends
+/// from `from` on. Lines end in LF with an optional CR before it, as httparse reads them.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
+        let nl = i + p;
+        match &buf[nl + 1..] {
+            [b'\n', ..] => return Some(nl + 2),
+            [b'\r', b'\n', ..] => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
 impl<S> FramingGuard<S> {
     pub fn new(inner: S) -> FramingGuard<S> {
         FramingGuard {
@@ -70,14 +85,21 @@ impl<S> FramingGuard<S> {
                     return;
                 }
                 State::Head(head) => {
-                    let start = head.len().saturating_sub(3);
+                    if head.is_empty() {
+                        // Empty lines before a request line are skipped by hyper (RFC 9112
+                        // §2.2); passed on as they are, so they cannot pose as a header block.
+                        let blank = input.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+                        let n = blank.count();
+                        if n > 0 {
+                            self.emit(&input[..n]);
+                            input = &input[n..];
+                            continue;
+                        }
+                    }
+                    let start = head.len().saturating_sub(2);
                     head.extend_from_slice(input);
                     input = &[];
-                    let Some(end) = head[start..]
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|p| start + p + 4)
-                    else {
+                    let Some(end) = head_end(head, start) else {
                         if head.len() > MAX_HEAD {
                             let h = std::mem::take(head);
                             self.pass_through(&h);
@@ -184,7 +206,9 @@ impl<S> FramingGuard<S> {
         let conflict = (te && !lengths.is_empty()) || lengths.len() > 1;
         if conflict {
             // Mark the message and stop following this connection: it is closed after the 400.
-            let mut marked = head[..head.len() - 2].to_vec();
+            // The block ends with an empty line: CRLF, or a bare LF as httparse allows.
+            let cut = if head.ends_with(b"\r\n") { 2 } else { 1 };
+            let mut marked = head[..head.len() - cut].to_vec();
             marked.extend_from_slice(MARKER.as_bytes());
             marked.extend_from_slice(b": 1\r\n\r\n");
             return self.pass_through(&marked);
@@ -316,6 +340,40 @@ mod tests {
     async fn clean_messages_pass_unchanged() {
         for chunk in [1, 2, 7, 64, 4096] {
             assert_eq!(run(KEEPALIVE, chunk).await, KEEPALIVE, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn leading_empty_lines_and_bare_line_feeds_do_not_hide_conflicting_framing() {
+        let conflict = "content-length: 3\r\ntransfer-encoding: chunked\r\n";
+        for input in [
+            format!("\r\n\r\nPOST /a HTTP/1.1\r\nhost: x\r\n{conflict}\r\n0\r\n\r\n"),
+            format!("\n\nPOST /a HTTP/1.1\r\nhost: x\r\n{conflict}\r\n0\r\n\r\n"),
+            "POST /a HTTP/1.1\nhost: x\ncontent-length: 3\ntransfer-encoding: chunked\n\n0\r\n\r\n"
+                .to_string(),
+            "POST /a HTTP/1.1\r\nhost: x\ncontent-length: 3\r\ntransfer-encoding: chunked\n\r\n0\r\n\r\n"
+                .to_string(),
+        ] {
+            for chunk in [1, 2, 5, 4096] {
+                let out = String::from_utf8(run(input.as_bytes(), chunk).await).unwrap();
+                assert_eq!(out.matches(MARKER).count(), 1, "{input:?} in chunks of {chunk}");
+                // What hyper reads still parses, marker included.
+                let start = out.find("POST").unwrap();
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut req = httparse::Request::new(&mut headers);
+                assert!(req.parse(out[start..].as_bytes()).unwrap().is_complete());
+                assert!(req.headers.iter().any(|h| h.name == MARKER), "{out:?}");
+            }
+        }
+        // A clean message with bare line feeds keeps its framing: its body is not a head.
+        let clean = b"POST /a HTTP/1.1\nhost: x\ncontent-length: 4\n\n\r\n\r\nGET /b HTTP/1.1\ncontent-length: 3\ntransfer-encoding: chunked\n\n";
+        for chunk in [1, 3, 4096] {
+            let out = run(clean, chunk).await;
+            assert_eq!(
+                String::from_utf8_lossy(&out).matches(MARKER).count(),
+                1,
+                "the second message is seen as one, chunk {chunk}"
+            );
         }
     }
 

@@ -164,10 +164,12 @@ impl Gateway {
             req.extensions_mut().insert(RequestId(request_id.clone()));
             req.extensions_mut().insert(Peer(peer));
             use tower::ServiceExt;
-            match self.api.clone().oneshot(req).await {
+            let resp = match self.api.clone().oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
-            }
+            };
+            let limit = self.shared.reloader.peek().config.limits.max_body_bytes;
+            problem::from_rejection(resp, &request_id, limit).await
         } else {
             ingress::proxy::handle(&self.shared, req, request_id.clone(), peer).await
         };

@@ -1,7 +1,7 @@
 //! The one place a [`Refusal`] becomes an HTTP response: RFC 9457 problem details.
 
 use axum::body::Body;
-use callgate_core::refusal::Refusal;
+use callgate_core::refusal::{FieldError, Refusal};
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
@@ -26,6 +26,10 @@ pub fn invalid_token_params(detail: &str) -> Option<String> {
 pub fn response(refusal: &Refusal, request_id: &str) -> Response<Body> {
     let status =
         StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    with_status(refusal, request_id, status)
+}
+
+fn with_status(refusal: &Refusal, request_id: &str, status: StatusCode) -> Response<Body> {
     let mut body = json!({
         "type": format!("urn:callgate:problem:{}", refusal.code()),
         "title": refusal.title(),
@@ -67,4 +71,61 @@ pub fn response(refusal: &Refusal, request_id: &str) -> Response<Body> {
         h.insert(REQUEST_ID, v);
     }
     resp
+}
+
+/// An error answer the API framework wrote itself — an extractor's rejection: a path
+/// parameter that is not UTF-8, a body over the limit, a malformed query — as problem+json
+/// like every other refusal, with the same status. Other answers are returned as they are,
+/// including protocol errors that are JSON of their own (JSON-RPC, OAuth).
+pub async fn from_rejection(
+    resp: Response<Body>,
+    request_id: &str,
+    body_limit: usize,
+) -> Response<Body> {
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        text
+    };
+    let refusal = match status.as_u16() {
+        404 => Refusal::NotFound { detail },
+        405 => Refusal::MethodNotAllowed { detail },
+        413 => Refusal::PayloadTooLarge { limit: body_limit },
+        422 => Refusal::InvalidArguments {
+            errors: vec![FieldError {
+                pointer: String::new(),
+                detail,
+            }],
+        },
+        s if s < 500 => Refusal::BadRequest { detail },
+        _ => {
+            tracing::error!(request_id, %status, detail, "the API answered with an error of its own");
+            Refusal::Internal { detail }
+        }
+    };
+    // The framework's status is kept (415, say) where no refusal kind has it, and so are its
+    // headers (`Allow`, a challenge) but for the body's own.
+    let mut out = with_status(&refusal, request_id, status);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE
+            && name != header::CONTENT_LENGTH
+            && !out.headers().contains_key(name)
+        {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }

@@ -34,8 +34,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
     if shared.demo.is_some() {
         r = r.merge(crate::demo::idp::routes());
     }
+    // Bodies the API reads whole (approvals, grants) have the proxy's limit, not axum's.
+    let limit = shared.reloader.peek().config.limits.max_body_bytes;
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
 

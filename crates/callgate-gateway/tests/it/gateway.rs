@@ -260,6 +260,42 @@ async fn schema_violations_are_422_with_pointers() {
 }
 
 #[tokio::test]
+async fn the_apis_own_rejections_are_problem_json_too() {
+    let s = setup().await;
+    // Path parameters that are not UTF-8, on the invoke API and the approvals API.
+    for path in [
+        "/v1/functions/%FF/invoke",
+        "/v1/calls/%FF",
+        "/v1/approvals/%FF",
+    ] {
+        let r = send(Method::POST, &s.gw.url(path), &s.ops(), Some(b"{}")).await;
+        let r = if r.status == 405 {
+            get(&s.gw.url(path), &s.ops()).await
+        } else {
+            r
+        };
+        let p = r.problem(400);
+        assert!(p["request_id"].is_string(), "{path}: {p}");
+    }
+    // A review body over the configured limit (2048 bytes here), not axum's 2 MB.
+    let big = format!("{{\"reason\":\"{}\"}}", "x".repeat(4096));
+    let r = send(
+        Method::POST,
+        &s.gw
+            .url("/v1/approvals/00000000-0000-0000-0000-000000000000/approve"),
+        &[
+            ("x-api-key", s.ops.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(big.as_bytes()),
+    )
+    .await;
+    let p = r.problem(413);
+    assert!(p["detail"].as_str().unwrap().contains("2048"), "{p}");
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
 async fn malformed_json_is_400_and_not_forwarded() {
     let s = setup().await;
     let bodies: [&[u8]; 6] = [
@@ -377,6 +413,9 @@ async fn paths_are_normalized_once_and_ambiguity_refused() {
         "/items/%2E",
         "/items/a%00",
         "/items/%ff",
+        // Query strings are as strict as paths: no replacement characters.
+        "/search?q=%ff",
+        "/search?q=ok&%C3=1",
     ] {
         get(&s.gw.url(path), &s.ops()).await.problem(400);
     }
