@@ -361,7 +361,7 @@ mod tests {
                 let start = out.find("POST").unwrap();
                 let mut headers = [httparse::EMPTY_HEADER; 16];
                 let mut req = httparse::Request::new(&mut headers);
-                assert!(req.parse(out[start..].as_bytes()).unwrap().is_complete());
+                assert!(req.parse(&out.as_bytes()[start..]).unwrap().is_complete());
                 assert!(req.headers.iter().any(|h| h.name == MARKER), "{out:?}");
             }
         }
