@@ -141,6 +141,12 @@ pub struct IssuerConfig {
     /// Claim naming the caller (default `sub`).
     #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
+    /// Text put before the subject claim to make the caller's name (`partner:` makes `sub`
+    /// `42` the principal `partner:42`). With several issuers each needs one, or a `sub` at
+    /// one issuer would be the same principal as at another; equal prefixes say on purpose
+    /// that two issuers share one namespace of users.
+    #[serde(default)]
+    pub subject_prefix: String,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: u64,

@@ -82,6 +82,16 @@ impl Authenticator {
             }
             issuers.push(IssuerVerifier::new(i.clone())?);
         }
+        // Callers of two issuers must not share names by default: the same `sub` at each would
+        // be one principal to policy, rate limits and segregation of duties.
+        if cfg.issuers.len() > 1 && cfg.issuers.iter().any(|i| i.subject_prefix.is_empty()) {
+            return Err(format!(
+                "{} issuers are configured and not every one has a subject_prefix: give each \
+                 its own (for example \"main:\" and \"partner:\"), or the same one where \
+                 two issuers share their users",
+                cfg.issuers.len()
+            ));
+        }
         Ok(Authenticator {
             issuers,
             api_keys: apikey::ApiKeys::new(&cfg.api_keys)?,

@@ -198,8 +198,8 @@ impl IssuerVerifier {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| {
                 unauthenticated(format!("the token has no {} claim", self.cfg.subject_claim))
-            })?
-            .to_string();
+            })
+            .map(|s| format!("{}{s}", self.cfg.subject_prefix))?;
         let mut groups = Vec::new();
         let mut node = Some(claims);
         for part in self.cfg.groups_claim.split('.') {

@@ -128,6 +128,26 @@ async fn audience_algorithms_and_issuers_are_pinned() {
     );
     call(&gw, &fake).await.problem(503);
     assert_eq!(up.count(), 0);
+    // Several issuers: each names its callers with its own prefix, so the same `sub` at two
+    // of them is never one principal. Without prefixes the configuration is refused.
+    let two = format!("{}{}", issuer(&idp.issuer, ""), issuer(&other.issuer, ""));
+    let cfg = callgate_core::config::Config::parse(&config(&up.url(), &two), &|_| None).unwrap();
+    let err = callgate_gateway::identity::Authenticator::new(&cfg.identity)
+        .err()
+        .expect("two issuers without prefixes are refused");
+    assert!(err.contains("subject_prefix"), "{err}");
+    let two = format!(
+        "{}{}",
+        issuer(&idp.issuer, "      subject_prefix: \"main:\"\n"),
+        issuer(&other.issuer, "      subject_prefix: \"partner:\"\n")
+    );
+    let policy = r#"permit (principal == Callgate::User::"partner:billing-bot", action == Callgate::Action::"items.create", resource);"#;
+    let gw = TestGateway::start(&config(&up.url(), &two), &[("p.cedar", policy)]).await;
+    let r = post_json(&gw.url("/items"), &[("authorization", &foreign)], "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    post_json(&gw.url("/items"), &[("authorization", &token)], "{}")
+        .await
+        .problem(403);
 }
 
 fn key() -> Vec<u8> {
