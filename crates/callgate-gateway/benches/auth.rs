@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
             groups_claim: "groups".into(),
             scopes_as_groups: false,
             subject_claim: "sub".into(),
+            subject_prefix: String::new(),
             clock_skew_secs: 30,
             jwks_refresh_interval_secs: 30,
             ca_file: None,
