@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! pending ──approve (enough distinct approvers)──▶ approved ──execute──▶ executing ──▶ succeeded
-//!    │                                               │                     │        └─▶ failed
+//!    │                                               │  ▲                  │        └─▶ failed
+//!    │                                               │  └──release (audit log down)──┤
 //!    ├─deny (any eligible reviewer)──▶ denied        ├─revoke──▶ revoked   └─crash──▶ unknown
 //!    ├─ttl passes──▶ expired                          ├─approved_ttl passes──▶ expired
 //!    └─requester cancels──▶ cancelled                 └─requester cancels──▶ cancelled
@@ -402,6 +403,18 @@ impl Approval {
         match self.state {
             State::Approved => {
                 self.state = State::Executing;
+                Ok(())
+            }
+            s => Err(TransitionError::WrongState(s)),
+        }
+    }
+
+    /// Gives an execution back before anything was sent (the audit log could not record the
+    /// forward): approved again, to run when it can, within its approval's time.
+    pub fn release(&mut self) -> Result<(), TransitionError> {
+        match self.state {
+            State::Executing => {
+                self.state = State::Approved;
                 Ok(())
             }
             s => Err(TransitionError::WrongState(s)),

@@ -276,7 +276,21 @@ fn transitions_outside_reviews() {
         Err(TransitionError::WrongState(Executing))
     );
     let mut crashed = a.clone();
+    // Given back before anything was sent (the audit log was down): approved again, once.
+    let mut released = a.clone();
+    released.release().unwrap();
+    assert_eq!(released.state, Approved);
+    assert_eq!(
+        released.release(),
+        Err(TransitionError::WrongState(Approved))
+    );
+    released.begin_execution(3).unwrap();
+    assert_eq!(released.state, Executing);
     a.finish(true).unwrap();
+    assert!(
+        a.clone().release().is_err(),
+        "a finished call is never given back"
+    );
     assert_eq!(a.state, Succeeded);
     assert!(a.finish(false).is_err());
 

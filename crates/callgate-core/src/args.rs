@@ -658,6 +658,35 @@ functions:
     }
 
     #[test]
+    fn upstream_tools_whose_names_collide_are_not_served() {
+        let cfg = Config::parse(
+            "mcp:\n  enabled: true\n  servers:\n    github: {url: \"http://127.0.0.1:9/mcp\", tools: {delete_repo: {approval: \"1 of approvers\"}}}\n",
+            &|_| None,
+        )
+        .unwrap();
+        let tool = |name: &str| crate::registry::ToolDef {
+            name: name.into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+        };
+        let mut reg = Registry::build(&cfg).unwrap();
+        let pinned = [
+            ("github".to_string(), tool("Delete-repo")),
+            ("github".to_string(), tool("delete_repo")),
+            ("github".to_string(), tool("list_repos")),
+        ];
+        let problems = reg.add_mcp_tools(&cfg, &pinned);
+        assert!(reg.get_or_alias("github.delete_repo").is_none());
+        assert!(reg.get_or_alias("github.list_repos").is_some());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("github.delete_repo"), "{problems:?}");
+        // Alone, the reviewed tool is served with its approval.
+        let mut reg = Registry::build(&cfg).unwrap();
+        assert!(reg.add_mcp_tools(&cfg, &pinned[1..]).is_empty());
+        assert!(reg.get_or_alias("github.delete_repo").unwrap().approval.is_some());
+    }
+
+    #[test]
     fn query_strings_decode_strictly() {
         let pairs = |q: &str| query_pairs(q).map_err(|e| e.status());
         assert_eq!(

@@ -576,6 +576,18 @@ impl Registry {
                 self.functions.push(def);
             }
         }
+        // Two upstream tools whose names map to one function name (`delete_repo`,
+        // `Delete-repo`) serve neither: otherwise whichever came first would take the name, its
+        // policies and its approvals, and a new, unreviewed tool could displace a known one.
+        let mut named: HashMap<String, Vec<&str>> = HashMap::new();
+        for (server, tool) in pinned {
+            if let Some(srv) = cfg.mcp.servers.get(server) {
+                named
+                    .entry(tool_function_name(srv.tool_prefix(server), &tool.name))
+                    .or_default()
+                    .push(&tool.name);
+            }
+        }
         for (server, tool) in pinned {
             let Some(srv) = cfg.mcp.servers.get(server) else {
                 continue;
@@ -583,6 +595,13 @@ impl Registry {
             let prefix = srv.tool_prefix(server);
             let name = tool_function_name(prefix, &tool.name);
             let at = format!("mcp server {server:?} tool {:?}", tool.name);
+            if let Some(all) = named.get(&name).filter(|all| all.len() > 1) {
+                problems.push(format!(
+                    "{at}: the tools {all:?} all map to the function name {name:?}; none of \
+                     them is served until the server renames them apart"
+                ));
+                continue;
+            }
             if !valid_function_name(&name) {
                 problems.push(format!("{at}: {name:?} is not a valid function name"));
                 continue;

@@ -80,6 +80,23 @@ pub async fn execute(shared: &Arc<Shared>, id: &str) {
             Err(Failure::NotForwarded(_)) => {}
         }
     }
+    // The audit log could not record the forward, so nothing was sent: the call is approved
+    // again and runs once the log is writable (the sweeper retries), within its approval's time.
+    if let Err(Failure::NotForwarded(r @ Refusal::Unavailable { .. })) = &result {
+        let released = store.update(id, |h| h.approval.release()).await;
+        if let Ok(Ok((_, h))) = released {
+            tracing::warn!(request_id = %id, reason = %r.detail(), "an approved call waits for the audit log; it is retried");
+            shared
+                .approvals
+                .retry
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // Not `after_change`: no new notice, and no immediate retry (the sweeper's, once a
+            // second, is the retry).
+            count(shared, &h);
+            shared.approvals.changed(&h.id);
+            return;
+        }
+    }
     let (ok, outcome, detail) = match &result {
         Ok(r) => (true, outcome_of(&Ok(r.clone())), None),
         Err(Failure::Upstream(r)) => (false, outcome_of(&Err(r.clone())), Some(r.to_string())),
@@ -300,8 +317,34 @@ impl Approvals {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
                 sweep(&shared).await;
+                retry_released(&shared).await;
             }
         });
+    }
+}
+
+/// Runs again the approved calls given back while the audit log could not be written.
+async fn retry_released(shared: &Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    if !shared.approvals.retry.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    match shared
+        .approvals
+        .store
+        .in_states(Some(Kind::Call), &[State::Approved], 10_000)
+        .await
+    {
+        Ok(approved) => {
+            for h in approved {
+                let (shared, id) = (shared.clone(), h.id.clone());
+                tokio::spawn(async move { execute(&shared, &id).await });
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the approved calls to retry");
+            shared.approvals.retry.store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -137,6 +137,8 @@ pub async fn break_glass(
             "policies": decision.determining.iter().map(|p| &p.id).collect::<Vec<_>>(),
             "session": call.meta.session,
             "break_glass": true,
+            // Shown to reviewers through the same profiles as a held call's arguments.
+            "mask": crate::masking::Masking::names_for(call, decision),
         }),
         outcome: None,
         version: 0,

@@ -43,7 +43,7 @@ use callgate_audit::record::ApprovalEvent;
 use callgate_core::config::ApprovalsConfig;
 use callgate_core::model::{CallMeta, Ingress};
 use callgate_core::refusal::Refusal;
-use callgate_core::{Call, Principal, args};
+use callgate_core::{Backend, Call, Principal, args};
 use callgate_policy::Decision;
 use callgate_store::approvals::{ApprovalStore, ApprovalStoreError, Held, Kind};
 use callgate_store::log::now_ms;
@@ -96,10 +96,22 @@ pub struct Target {
 
 fn target_of(call: &Call) -> Result<Target, Refusal> {
     let shape = args::upstream_shape(&call.function, &call.arguments)?;
+    // An MCP call goes to the server's URL whatever it does: the tool (or method) it calls is
+    // part of the target, so an approval never runs against another tool that came to hold
+    // the function's name.
+    let url = match &call.function.backend {
+        Backend::Http => format!("{}{}", call.function.upstream_url, shape.path_and_query),
+        Backend::McpTool { tool, .. } => {
+            format!("{} tools/call {tool}", call.function.upstream_url)
+        }
+        Backend::McpMethod { method, .. } | Backend::McpServerRequest { method, .. } => {
+            format!("{} {method}", call.function.upstream_url)
+        }
+    };
     Ok(Target {
         upstream: call.function.upstream.clone(),
         method: shape.method.to_string(),
-        url: format!("{}{}", call.function.upstream_url, shape.path_and_query),
+        url,
     })
 }
 
@@ -180,6 +192,9 @@ pub struct Approvals {
     pub notifier: webhook::Notifier,
     /// Active grants, which policy sees.
     pub grants: grants::Grants,
+    /// Set when an approved call was given back because the audit log could not record its
+    /// forward; the sweeper then tries the approved calls again.
+    retry: std::sync::atomic::AtomicBool,
 }
 
 impl Approvals {
@@ -196,6 +211,7 @@ impl Approvals {
             waiters: Mutex::default(),
             notifier: webhook::Notifier::new(),
             grants,
+            retry: Default::default(),
         })
     }
 

@@ -150,10 +150,12 @@ async fn deliver(
     secret: Option<&[u8]>,
     attempts: u32,
 ) {
+    // A webhook URL's path often is its credential (Slack, Teams): logs name the host only.
     let Ok(uri) = url.parse::<http::Uri>() else {
-        tracing::error!(%url, "the webhook URL is not valid");
+        tracing::error!("an approvals webhook URL is not valid");
         return;
     };
+    let host = uri.host().unwrap_or("?").to_string();
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=attempts {
         let mut req = http::Request::post(uri.clone())
@@ -175,10 +177,10 @@ async fn deliver(
             Err(_) => "timed out".into(),
         };
         if attempt == attempts {
-            tracing::error!(%url, attempts, error = %why, "the approval webhook failed; giving up (the approval itself is unaffected)");
+            tracing::error!(%host, attempts, error = %why, "the approval webhook failed; giving up (the approval itself is unaffected)");
             return;
         }
-        tracing::warn!(%url, attempt, error = %why, "the approval webhook failed; retrying");
+        tracing::warn!(%host, attempt, error = %why, "the approval webhook failed; retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
     }

@@ -211,11 +211,15 @@ impl IssuerVerifier {
         }
         groups.sort();
         groups.dedup();
+        // The acting agent is named like any caller of this issuer (its subject claim, else
+        // `sub`, with the issuer's prefix), so it is the same requester when it signs in itself
+        // and can never review what it asked for.
         let actor = claims
             .get("act")
-            .and_then(|a| a.get("sub"))
+            .and_then(|a| a.get(&self.cfg.subject_claim).or_else(|| a.get("sub")))
             .and_then(Value::as_str)
-            .map(str::to_string);
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("{}{s}", self.cfg.subject_prefix));
         Ok(Principal {
             subject,
             groups,
@@ -251,5 +255,61 @@ fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
         Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_string)),
         Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn verifier(subject_claim: &str, prefix: &str) -> IssuerVerifier {
+        IssuerVerifier::new(IssuerConfig {
+            issuer: "https://idp.test".into(),
+            audiences: vec!["callgate".into()],
+            algorithms: vec!["ES256".into()],
+            jwks_uri: None,
+            groups_claim: "groups".into(),
+            scopes_as_groups: false,
+            subject_claim: subject_claim.into(),
+            subject_prefix: prefix.into(),
+            clock_skew_secs: 30,
+            jwks_refresh_interval_secs: 30,
+            ca_file: None,
+        })
+        .unwrap()
+    }
+
+    /// The agent in `act` is named like a caller of the same issuer, so the requester it
+    /// becomes is the one it is when it signs in itself (and may not review).
+    #[test]
+    fn the_acting_agent_is_named_like_the_issuers_callers() {
+        let claims = |act: Value| {
+            json!({"iss": "https://idp.test", "aud": "callgate", "exp": 2_000_000_000u64,
+                   "sub": "u-1", "email": "alice@example.com", "act": act})
+        };
+        let p = verifier("sub", "main:")
+            .check_claims(&claims(json!({"sub": "agent-x"})), 1_700_000_000)
+            .unwrap();
+        assert_eq!(p.subject, "main:u-1");
+        assert_eq!(p.actor.as_deref(), Some("main:agent-x"));
+        // A custom subject claim: the agent's own, else its `sub`.
+        let v = verifier("email", "");
+        let p = v
+            .check_claims(
+                &claims(json!({"sub": "a-9", "email": "bot@example.com"})),
+                1_700_000_000,
+            )
+            .unwrap();
+        assert_eq!(p.subject, "alice@example.com");
+        assert_eq!(p.actor.as_deref(), Some("bot@example.com"));
+        let p = v
+            .check_claims(&claims(json!({"sub": "a-9"})), 1_700_000_000)
+            .unwrap();
+        assert_eq!(p.actor.as_deref(), Some("a-9"));
+        let p = v
+            .check_claims(&claims(json!({"sub": ""})), 1_700_000_000)
+            .unwrap();
+        assert_eq!(p.actor, None);
     }
 }

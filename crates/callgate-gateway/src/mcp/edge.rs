@@ -8,8 +8,9 @@
 //!    RFC 9728 metadata, so an MCP client can find the authorization server.
 //! 3. **Audience** — a token must name Callgate's MCP resource (or `mcp.audiences`) as its
 //!    audience; a token minted for another service is refused even from a trusted issuer.
-//! 4. **Session binding** — an `Mcp-Session-Id` is bound to the principal that created it; the
-//!    same id presented by anyone else is refused (403), so a leaked session id is useless.
+//! 4. **Session binding** — an `Mcp-Session-Id` is bound to the principal that created it
+//!    (identity source, subject and acting agent); the same id presented by anyone else is
+//!    refused (403), so a leaked session id is useless.
 //!    A session idle for [`SESSION_IDLE`] is closed and its binding forgotten; at most
 //!    [`MAX_SESSIONS`] are open at once (an `initialize` beyond that is refused with 503).
 //! 5. **Strict JSON** — a POST body is parsed once with Callgate's strict parser (duplicate
@@ -197,11 +198,14 @@ pub fn jsonrpc_error(status: StatusCode, id: Value, code: i64, message: &str) ->
         .expect("static headers are valid")
 }
 
-/// Sessions belong to a person through one identity source.
+/// Sessions belong to a caller through one identity source: the person and, when a token
+/// is delegated, the agent acting for them (another agent of the same person holding the
+/// session id is someone else).
 fn principal_key(p: &Principal) -> String {
+    let actor = p.actor.as_deref().unwrap_or("");
     match &p.auth {
-        AuthMethod::Oidc { issuer } => format!("oidc {issuer} {}", p.subject),
-        AuthMethod::ApiKey { key_id } => format!("key {key_id} {}", p.subject),
+        AuthMethod::Oidc { issuer } => format!("oidc {issuer} {} act {actor}", p.subject),
+        AuthMethod::ApiKey { key_id } => format!("key {key_id} {} act {actor}", p.subject),
     }
 }
 

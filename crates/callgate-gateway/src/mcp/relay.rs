@@ -73,9 +73,18 @@ pub struct Origin {
 impl Origin {
     /// The origin of requests made while `call` runs, on behalf of `agent` if there is one.
     pub fn of(call: &Call, agent: Option<&Agent>) -> Origin {
+        // The caller as authenticated: groups a grant added for this call's function are
+        // not theirs for what the server asks during it (grants are applied afresh there).
+        let principal = if call.meta.granted.is_empty() {
+            call.principal.clone()
+        } else {
+            let mut p = (*call.principal).clone();
+            p.groups.retain(|g| !call.meta.granted.contains(g));
+            Arc::new(p)
+        };
         Origin {
             request_id: call.request_id.clone(),
-            principal: call.principal.clone(),
+            principal,
             session: call.meta.session.clone(),
             reason: call.meta.reason.clone(),
             source: call.meta.source,
@@ -318,6 +327,49 @@ pub async fn to_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Groups a grant added for the tool being called are not the caller's for what the
+    /// server asks during the call; their own groups are.
+    #[test]
+    fn a_grant_for_the_tool_does_not_reach_the_servers_requests() {
+        let cfg = callgate_core::config::Config::parse(
+            "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\nfunctions:\n  - {name: crm.search, upstream: u, route: GET /s}\n",
+            &|_| None,
+        )
+        .unwrap();
+        let reg = callgate_core::registry::Registry::build(&cfg).unwrap();
+        let principal = Principal {
+            subject: "alice".into(),
+            groups: vec!["staff".into(), "support".into()],
+            auth: callgate_core::model::AuthMethod::ApiKey { key_id: "k".into() },
+            token_id: None,
+            actor: None,
+            expires_at: None,
+            session: None,
+            audiences: vec![],
+        };
+        let call = |granted: Vec<String>| Call {
+            request_id: "r".into(),
+            principal: Arc::new(principal.clone()),
+            function: reg.get_or_alias("crm.search").unwrap().clone(),
+            arguments: Default::default(),
+            meta: CallMeta {
+                ingress: Ingress::Mcp,
+                source: None,
+                received_at: 0,
+                session: None,
+                reason: None,
+                break_glass: None,
+                granted,
+                approved: None,
+                forward_headers: Default::default(),
+            },
+        };
+        let origin = Origin::of(&call(vec!["support".into()]), None);
+        assert_eq!(origin.principal.groups, ["staff"]);
+        let origin = Origin::of(&call(vec![]), None);
+        assert_eq!(origin.principal.groups, ["staff", "support"]);
+    }
 
     #[test]
     fn server_requests_are_read_from_their_method_and_params() {

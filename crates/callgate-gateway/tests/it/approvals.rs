@@ -1042,3 +1042,37 @@ async fn execution_rechecks_policy_grants_and_the_requirement() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(s.resets_seen().is_empty(), "nothing reached the upstream");
 }
+
+/// An approved call whose `call.forward` record cannot be written is not lost: nothing is
+/// sent, it stays approved, and it runs once the audit log is writable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_call_waits_for_the_audit_log_and_then_runs() {
+    use sqlx::Connection;
+    let s = setup_with("audit: {busy_timeout_ms: 200}").await;
+    let id = held_id(&s.reset("bob", "acct_7", &[]).await);
+    // Lock the audit log, then approve: the review stands even though its own record cannot
+    // be written (503), and the execution cannot record its forward.
+    let db = s.gw.path("callgate-data/audit.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let r = s.review("carol", &id, "approve", "").await;
+    assert!(r.status == 503 || r.status == 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = s.status("erin", &id, None).await.json();
+    assert_eq!(st["state"], "approved", "{st}");
+    assert!(
+        s.resets_seen().is_empty(),
+        "nothing sent without its record"
+    );
+    // Writable again: the sweeper runs it, once.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(other);
+    let done = s.settled(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(s.resets_seen().len(), 1);
+}

@@ -123,7 +123,7 @@ async fn setup_with(on_unparsable: &str) -> (TestGateway, Vec<String>) {
         r#"
 identity:
   api_keys:
-    - {{id: alice, hash: "{ah}", subject: alice, groups: [support]}}
+    - {{id: alice, hash: "{ah}", subject: alice, groups: [support, oncall]}}
     - {{id: bob, hash: "{bh}", subject: bob, groups: [billing, mail-cleared]}}
     - {{id: erin, hash: "{eh}", subject: erin, groups: [auditors]}}
     - {{id: carol, hash: "{ch}", subject: carol, groups: [approvers]}}
@@ -156,6 +156,7 @@ functions:
     upstream: up
     route: POST /charge
     mask: pii
+    break_glass: [oncall]
     arguments: {{type: object, properties: {{card: {{type: string}}}}, required: [card]}}
 "#
     );
@@ -306,4 +307,27 @@ async fn arguments_are_masked_in_the_audit_log_and_for_approvers_by_their_cleara
     // ... and alice, not cleared, gets the response masked.
     assert_eq!(done["response"]["body"]["charged"], "**** **** **** 1111");
     assert_eq!(done["response"]["body"]["got_the_real_card"], true);
+    // A break-glass call runs at once; its review item shows reviewers the arguments through
+    // the same profiles.
+    let r = send(
+        http::Method::POST,
+        &gw.url("/charge"),
+        &[
+            ("x-api-key", alice),
+            ("content-type", "application/json"),
+            ("callgate-break-glass", "INC-1: card processor down"),
+        ],
+        Some(br#"{"card":"4111 1111 1111 1111"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("x-request-id").unwrap().to_string();
+    let item = |key: &String| {
+        let (url, key) = (gw.url(&format!("/v1/approvals/{id}")), key.clone());
+        async move { get(&url, &[("x-api-key", &key)]).await.json() }
+    };
+    let seen = item(carol).await;
+    assert_eq!(seen["kind"], "break_glass", "{seen}");
+    assert_eq!(seen["arguments"]["card"], "**** **** **** 1111", "{seen}");
+    assert_eq!(item(dave).await["arguments"]["card"], "4111 1111 1111 1111");
 }
