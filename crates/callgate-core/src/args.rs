@@ -683,7 +683,12 @@ functions:
         // Alone, the reviewed tool is served with its approval.
         let mut reg = Registry::build(&cfg).unwrap();
         assert!(reg.add_mcp_tools(&cfg, &pinned[1..]).is_empty());
-        assert!(reg.get_or_alias("github.delete_repo").unwrap().approval.is_some());
+        assert!(
+            reg.get_or_alias("github.delete_repo")
+                .unwrap()
+                .approval
+                .is_some()
+        );
     }
 
     #[test]

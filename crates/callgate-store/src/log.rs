@@ -443,7 +443,16 @@ impl<S: AuditStore> Writer<S> {
                 push(&mut rows, e);
             }
         }
-        match self.store.append(&rows).await {
+        let mut result = self.store.append(&rows).await;
+        if let Err(e) = &result
+            && self.landed(base, &rows).await
+        {
+            // The error came after the commit (on the way back from SQLite's thread, say): the
+            // rows are stored, so this is a success, and re-queueing them would store them twice.
+            tracing::warn!(error = %e, records = rows.len(), "an audit commit reported an error but is in the store");
+            result = Ok(());
+        }
+        match result {
             Ok(()) => {
                 for r in &rows {
                     self.frontier.push(r.leaf_hash);
@@ -485,6 +494,24 @@ impl<S: AuditStore> Writer<S> {
                 self.resync().await;
                 false
             }
+        }
+    }
+
+    /// Whether `rows`, appended at `base`, are in the store after all: it holds exactly them
+    /// past `base`, with their leaf hashes.
+    async fn landed(&self, base: u64, rows: &[NewRecord]) -> bool {
+        if self.store.size().await.ok() != Some(base + rows.len() as u64) {
+            return false;
+        }
+        match self.store.leaf_hashes().await {
+            Ok(leaves) => {
+                leaves.len() as u64 == base + rows.len() as u64
+                    && leaves[base as usize..]
+                        .iter()
+                        .zip(rows)
+                        .all(|(l, r)| *l == r.leaf_hash)
+            }
+            Err(_) => false,
         }
     }
 

@@ -294,3 +294,103 @@ async fn a_store_refuses_to_open_with_a_key_that_did_not_sign_it_or_an_unsigned_
     let err = open(&path).await.err().expect("refused");
     assert!(err.to_string().contains("announces a key"), "{err}");
 }
+
+/// The real store, with one fault: the next append lands and then reports an error (as when
+/// the reply from SQLite's thread is lost).
+#[derive(Clone)]
+struct LateError {
+    inner: SqliteStore,
+    fail_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuditStore for LateError {
+    async fn leaf_hashes(&self) -> Result<Vec<merkle::Hash>, StoreError> {
+        self.inner.leaf_hashes().await
+    }
+    async fn size(&self) -> Result<u64, StoreError> {
+        self.inner.size().await
+    }
+    async fn append(&self, batch: &[callgate_store::NewRecord]) -> Result<(), StoreError> {
+        self.inner.append(batch).await?;
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unwritable("the reply was lost".into()));
+        }
+        Ok(())
+    }
+    async fn add_checkpoint(
+        &self,
+        cp: &callgate_store::StoredCheckpoint,
+    ) -> Result<(), StoreError> {
+        self.inner.add_checkpoint(cp).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<callgate_store::StoredCheckpoint>, StoreError> {
+        self.inner.checkpoints().await
+    }
+    async fn rows(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<callgate_store::StoredRecord>, StoreError> {
+        self.inner.rows(from, limit).await
+    }
+    async fn search(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<callgate_store::StoredRecord>, StoreError> {
+        self.inner.search(filter).await
+    }
+    async fn unfinished_since(&self, from: u64) -> Result<Vec<String>, StoreError> {
+        self.inner.unfinished_since(from).await
+    }
+    async fn last_of_kind(&self, kind: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.last_of_kind(kind).await
+    }
+    async fn prune_bodies(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.inner.prune_bodies(before_ms).await
+    }
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.meta(key).await
+    }
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.set_meta(key, value).await
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_reports_an_error_after_landing_is_neither_refused_nor_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LateError {
+        inner: SqliteStore::open(&dir.path().join("audit.db"), Duration::from_millis(200))
+            .await
+            .unwrap(),
+        fail_next: Default::default(),
+    };
+    let log = AuditLog::open(
+        store.clone(),
+        signer(),
+        LogOptions {
+            origin: ORIGIN.into(),
+        },
+        start(),
+    )
+    .await
+    .unwrap();
+    store
+        .fail_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Both in the batch that lands and then "fails": the awaited one is acknowledged, the
+    // queued one is not retried into a second copy.
+    log.record(event(100));
+    assert_eq!(log.append(vec![event(1)]).await.unwrap(), 2);
+    assert!(log.healthy());
+    assert_eq!(log.append(vec![event(2)]).await.unwrap(), 3);
+    assert_eq!(store.size().await.unwrap(), 4);
+    log.checkpoint().await.unwrap();
+    ops::verify(&store, ORIGIN, vec![], None)
+        .await
+        .unwrap()
+        .unwrap();
+}
