@@ -126,8 +126,16 @@ async fn call_status(
     let a = async {
         let p = authenticate(&shared, &headers).await?;
         let h = load(&shared, &id).await?;
-        if !(is_requester(&shared, &p, &h) || is_auditor(&shared, &p)) {
-            return Err(hidden(&id));
+        if !is_requester(&shared, &p, &h) {
+            if !is_auditor(&shared, &p) {
+                return Err(hidden(&id));
+            }
+            // An auditor reading someone else's call (and its answer) is an audit read like
+            // any other: recorded, durably, before anything is shown.
+            shared
+                .audit
+                .read(&rid.0, &p.subject, &format!("/v1/calls/{id}"))
+                .await?;
         }
         let max = shared.reloader.peek().config.approvals.max_wait_secs;
         let h = match super::prefer_wait(&headers, max) {

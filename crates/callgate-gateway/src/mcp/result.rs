@@ -113,10 +113,17 @@ pub fn pending(caller: &McpCaller, held: &Held) -> CallToolResult {
 pub async fn status(shared: &Shared, caller: &McpCaller, id: &str) -> CallToolResult {
     let p = &caller.principal;
     let held = match crate::ingress::approvals_api::load(shared, id).await {
-        Ok(h)
-            if crate::ingress::approvals_api::is_requester(shared, p, &h)
-                || crate::ingress::approvals_api::is_auditor(shared, p) =>
-        {
+        Ok(h) if crate::ingress::approvals_api::is_requester(shared, p, &h) => h,
+        Ok(h) if crate::ingress::approvals_api::is_auditor(shared, p) => {
+            // Someone else's call: an audit read, recorded before anything is shown.
+            let resource = format!("/v1/calls/{id}");
+            if let Err(r) = shared
+                .audit
+                .read(&caller.request_id, &p.subject, &resource)
+                .await
+            {
+                return refused(&r, &caller.request_id);
+            }
             h
         }
         Ok(_) => {

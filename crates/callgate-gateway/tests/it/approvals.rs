@@ -1063,8 +1063,10 @@ async fn an_approved_call_waits_for_the_audit_log_and_then_runs() {
     let r = s.review("carol", &id, "approve", "").await;
     assert!(r.status == 503 || r.status == 200, "{}", r.text());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let st = s.status("erin", &id, None).await.json();
+    let st = s.status("bob", &id, None).await.json();
     assert_eq!(st["state"], "approved", "{st}");
+    // An auditor's read is recorded before it is answered: refused while nothing can be.
+    s.status("erin", &id, None).await.problem(503);
     assert!(
         s.resets_seen().is_empty(),
         "nothing sent without its record"
@@ -1075,4 +1077,20 @@ async fn an_approved_call_waits_for_the_audit_log_and_then_runs() {
     let done = s.settled(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(s.resets_seen().len(), 1);
+    // The auditor's read of bob's call is in the log; bob's own reads are not audit reads.
+    let reads = get(
+        &s.gw
+            .url("/v1/audit/records?kind=admin.audit_read&limit=100"),
+        &[s.key("erin")],
+    )
+    .await
+    .json();
+    let reads = reads["records"].as_array().unwrap();
+    assert!(
+        reads.iter().any(|r| r["event"]["subject"] == "erin"
+            && r["event"]["resource"] == format!("/v1/calls/{id}")
+            && r["event"].get("refused").is_none()),
+        "{reads:#?}"
+    );
+    assert!(reads.iter().all(|r| r["event"]["subject"] != "bob"));
 }
