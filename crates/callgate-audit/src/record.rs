@@ -254,6 +254,39 @@ pub struct AuditReadEvent {
     pub refused: Option<String>,
 }
 
+/// Retention removed the bodies of these call records. Written, durably, before the bodies
+/// are removed, so a record without its body is accounted for only when a prune record lists
+/// its index: a body erased any other way is found by verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneEvent {
+    pub time_ms: u64,
+    /// Records older than this (Unix ms) were due.
+    pub before_ms: u64,
+    /// The pruned indexes, as inclusive `[first, last]` ranges in ascending order. Every one
+    /// is a `call…` record, checked against its body before the body was removed.
+    pub indexes: Vec<[u64; 2]>,
+}
+
+impl PruneEvent {
+    /// Whether `index` is one of the pruned records.
+    pub fn covers(&self, index: u64) -> bool {
+        let i = self.indexes.partition_point(|r| r[1] < index);
+        self.indexes.get(i).is_some_and(|r| r[0] <= index)
+    }
+
+    /// Ascending `indexes` as inclusive ranges.
+    pub fn ranges(indexes: &[u64]) -> Vec<[u64; 2]> {
+        let mut out: Vec<[u64; 2]> = Vec::new();
+        for &i in indexes {
+            match out.last_mut() {
+                Some(r) if r[1].checked_add(1) == Some(i) => r[1] = i,
+                _ => out.push([i, i]),
+            }
+        }
+        out
+    }
+}
+
 /// Everything the log records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -284,6 +317,8 @@ pub enum Event {
     KeyRotation(KeyRotationEvent),
     #[serde(rename = "admin.audit_read")]
     AuditRead(AuditReadEvent),
+    #[serde(rename = "admin.prune")]
+    Prune(PruneEvent),
 }
 
 /// The columns a store indexes a record by, so searches need not parse every record.
@@ -315,6 +350,7 @@ impl Event {
             Event::Reload(_) => "admin.reload",
             Event::KeyRotation(_) => "admin.key_rotation",
             Event::AuditRead(_) => "admin.audit_read",
+            Event::Prune(_) => "admin.prune",
         }
     }
 
@@ -378,7 +414,8 @@ impl Event {
             | Event::Stop(StopEvent { time_ms, .. })
             | Event::Recovery(RecoveryEvent { time_ms, .. })
             | Event::Reload(ReloadEvent { time_ms, .. })
-            | Event::KeyRotation(KeyRotationEvent { time_ms, .. }) => Columns {
+            | Event::KeyRotation(KeyRotationEvent { time_ms, .. })
+            | Event::Prune(PruneEvent { time_ms, .. }) => Columns {
                 kind,
                 time_ms: *time_ms,
                 ..Default::default()

@@ -83,6 +83,10 @@ pub struct LogVerifier {
     trusted_first_key: bool,
     last_good: Option<(u64, Hash)>,
     pruned: u64,
+    /// Records found without their body, to be accounted for by a prune record.
+    bodiless: Vec<u64>,
+    /// The prune records seen: where, and what they pruned.
+    prunes: Vec<(u64, crate::record::PruneEvent)>,
     checked: usize,
 }
 
@@ -110,6 +114,8 @@ impl LogVerifier {
             trusted_first_key: false,
             last_good: None,
             pruned: 0,
+            bodiless: Vec::new(),
+            prunes: Vec::new(),
             checked: 0,
         }
     }
@@ -169,6 +175,18 @@ impl LogVerifier {
                         ));
                     }
                 }
+                if let crate::record::Event::Prune(e) = &record.event {
+                    // Ascending, well-formed ranges of earlier records only.
+                    let ordered = e.indexes.iter().all(|r| r[0] <= r[1] && r[1] < position)
+                        && e.indexes.windows(2).all(|w| w[0][1] < w[1][0]);
+                    if !ordered {
+                        return Err(Self::fail(
+                            position,
+                            "the prune record's index ranges are not ascending ranges of earlier records",
+                        ));
+                    }
+                    self.prunes.push((position, e.clone()));
+                }
                 if let Some(k) = record.event.announced_key() {
                     let parse = |k: &str| {
                         Verifier::parse(k).map_err(|e| {
@@ -200,6 +218,7 @@ impl LogVerifier {
                         "the record's body is gone, and it is not a call record retention may prune",
                     ));
                 }
+                self.bodiless.push(position);
                 self.pruned += 1
             }
         }
@@ -329,6 +348,16 @@ impl LogVerifier {
     /// Finishes: checkpoints beyond the end mean truncation; the external checkpoint, if any,
     /// must match the tree at its size.
     pub fn finish(mut self) -> Result<Report, Failure> {
+        // A record without its body is accounted for only by a later prune record that lists
+        // it (the store's kind column is not evidence: it is not covered by the hash).
+        for &at in &self.bodiless {
+            if !self.prunes.iter().any(|(p, e)| *p > at && e.covers(at)) {
+                return Err(Self::fail(
+                    at,
+                    "the record's body is gone and no prune record lists it: erased",
+                ));
+            }
+        }
         let size = self.frontier.size();
         self.check_checkpoints_at(size)?;
         if let Some((claimed, note)) = self.checkpoints.get(self.next_checkpoint).cloned() {
@@ -371,7 +400,15 @@ mod tests {
         signer: Signer,
     }
 
+    /// Record 15 of every test log is a prune record for records 3 to 8.
     fn event(i: u64, signer: &Signer) -> Event {
+        if i == 15 {
+            return Event::Prune(crate::record::PruneEvent {
+                time_ms: i,
+                before_ms: 10,
+                indexes: vec![[3, 8]],
+            });
+        }
         if i == 0 {
             Event::Start(StartEvent {
                 time_ms: 0,
@@ -539,6 +576,34 @@ mod tests {
         }
         let r = verify(&l, None).unwrap();
         assert_eq!(r.pruned, 6);
+        // A body gone that no prune record lists (before it, outside its ranges, or after it)
+        // was erased.
+        for at in [2usize, 9, 17] {
+            let mut l = log(20, 5);
+            l.rows[at].1 = None;
+            let err = verify(&l, None).unwrap_err();
+            assert_eq!(err.index, at as u64, "{err}");
+            assert!(err.reason.contains("no prune record"), "{err}");
+        }
+        // The prune record's own body cannot go: nothing would account for what it pruned.
+        let mut l = log(20, 5);
+        l.rows[15].1 = None;
+        l.rows[4].1 = None;
+        assert_eq!(verify(&l, None).unwrap_err().index, 4);
+    }
+
+    #[test]
+    fn prune_ranges_are_read_as_inclusive_ranges() {
+        use crate::record::PruneEvent;
+        let ranges = PruneEvent::ranges(&[1, 2, 3, 7, 9, 10]);
+        assert_eq!(ranges, [[1, 3], [7, 7], [9, 10]]);
+        let e = PruneEvent {
+            time_ms: 0,
+            before_ms: 0,
+            indexes: ranges,
+        };
+        let covered: Vec<u64> = (0..12).filter(|&i| e.covers(i)).collect();
+        assert_eq!(covered, [1, 2, 3, 7, 9, 10]);
     }
 
     #[test]

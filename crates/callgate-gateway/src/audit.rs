@@ -24,7 +24,7 @@ use callgate_core::refusal::Refusal;
 use callgate_core::{Call, Principal};
 use callgate_policy::Decision;
 use callgate_store::log::now_ms;
-use callgate_store::{AuditLog, AuditStore, LogOptions, SqliteStore, StoredCheckpoint};
+use callgate_store::{AuditLog, LogOptions, SqliteStore, StoredCheckpoint};
 use sha2::{Digest, Sha256};
 
 use crate::runtime::Runtime;
@@ -252,7 +252,7 @@ impl Audit {
                 {
                     last_prune = Some(std::time::Instant::now());
                     let before = now_ms().saturating_sub(days.saturating_mul(86_400_000));
-                    match audit.log.store().prune_bodies(before).await {
+                    match audit.log.prune(before, 100_000).await {
                         Ok(n) if n > 0 => {
                             tracing::info!(records = n, "pruned audit record bodies past retention")
                         }

@@ -128,8 +128,16 @@ pub trait AuditStore: Send + Sync + 'static {
         &self,
         kind: &str,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
-    /// Drops the bodies of call records older than `before_ms`; returns how many.
-    fn prune_bodies(&self, before_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Up to `limit` call records older than `before_ms` that still have their body, in index
+    /// order (candidates for retention; the caller checks each body before pruning it).
+    fn prune_candidates(
+        &self,
+        before_ms: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>, StoreError>> + Send;
+    /// Drops the bodies of the records at `indexes`; returns how many.
+    fn prune_bodies(&self, indexes: &[u64])
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     fn set_meta(
         &self,

@@ -323,6 +323,42 @@ impl<S: AuditStore + Clone> AuditLog<S> {
         rx.await.map_err(closed)?.map_err(StoreError::Unwritable)
     }
 
+    /// Retention: removes the bodies of call records older than `before_ms`, at most `limit`
+    /// of them. Each candidate's body is checked first (its leaf hash, and that it is a
+    /// `call…` record), then an `admin.prune` record listing the pruned indexes is made
+    /// durable, and only then are the bodies removed — so verification can tell a pruned body
+    /// from an erased one. Returns how many bodies were removed.
+    pub async fn prune(&self, before_ms: u64, limit: u32) -> Result<u64, StoreError> {
+        let candidates = self.store.prune_candidates(before_ms, limit).await?;
+        let mut indexes = Vec::with_capacity(candidates.len());
+        for r in candidates {
+            let Some(body) = &r.body else { continue };
+            let genuine = merkle::leaf_hash(body).as_slice() == r.leaf_hash.as_slice();
+            let is_call = callgate_audit::record::parse_record(r.index, body)
+                .is_ok_and(|rec| rec.event.kind().starts_with("call"));
+            if genuine && is_call {
+                indexes.push(r.index);
+            } else {
+                tracing::error!(
+                    index = r.index,
+                    "an audit record due for pruning does not match its hash or is not a call record; left as it is"
+                );
+            }
+        }
+        if indexes.is_empty() {
+            return Ok(0);
+        }
+        let event = Event::Prune(callgate_audit::record::PruneEvent {
+            time_ms: now_ms(),
+            before_ms,
+            indexes: callgate_audit::record::PruneEvent::ranges(&indexes),
+        })
+        .encode()
+        .map_err(|e| StoreError::Record(e.to_string()))?;
+        self.append(vec![event]).await?;
+        self.store.prune_bodies(&indexes).await
+    }
+
     /// False while the last write failed.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)

@@ -381,16 +381,45 @@ impl AuditStore for SqliteStore {
         Ok(col_at::<Option<i64>>(&row, 0)?.map(|i| i as u64))
     }
 
-    async fn prune_bodies(&self, before_ms: u64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE records SET body = NULL
-             WHERE time_ms < ? AND body IS NOT NULL AND kind LIKE 'call%'",
-        )
+    async fn prune_candidates(
+        &self,
+        before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records
+             WHERE time_ms < ? AND body IS NOT NULL AND kind LIKE 'call%'
+             ORDER BY idx LIMIT ?"
+        )))
         .bind(before_ms as i64)
-        .execute(&mut *self.conn().await?)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
         .await
-        .map_err(unwritable)?;
-        Ok(done.rows_affected())
+        .map_err(unreadable)?;
+        rows.into_iter().map(record).collect()
+    }
+
+    async fn prune_bodies(&self, indexes: &[u64]) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(unwritable)?;
+        let mut done = 0;
+        for chunk in indexes.chunks(ROWS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE records SET body = NULL WHERE idx IN (");
+            let mut list = qb.separated(", ");
+            for i in chunk {
+                list.push_bind(*i as i64);
+            }
+            qb.push(")");
+            done += qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(unwritable)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(unwritable)?;
+        Ok(done)
     }
 
     async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {

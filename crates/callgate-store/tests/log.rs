@@ -195,6 +195,7 @@ async fn key_rotation_is_recorded_and_the_new_key_is_trusted() {
 
 #[tokio::test]
 async fn pruning_bodies_keeps_the_log_verifiable() {
+    use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let log = open(&path).await.unwrap();
@@ -219,15 +220,49 @@ async fn pruning_bodies_keeps_the_log_verifiable() {
         .unwrap();
     log.checkpoint().await.unwrap();
     // Call records older than t=1000 lose their bodies; the start record is not a call record.
-    assert_eq!(log.store().prune_bodies(1_000).await.unwrap(), 2);
+    // The prune record listing them comes first.
+    assert_eq!(log.prune(1_000, 100).await.unwrap(), 2);
     let report = ops::verify(log.store(), ORIGIN, vec![], None)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(report.pruned, 2);
-    assert_eq!(report.tree_size, 4);
+    assert_eq!(report.tree_size, 5);
+    let prunes = log
+        .store()
+        .search(&Filter {
+            kind: Some("admin.prune".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let prune = ops::record_json(&prunes[0]);
+    assert_eq!(
+        prune["event"]["indexes"],
+        serde_json::json!([[1, 2]]),
+        "{prune}"
+    );
     let pruned = ops::call_records(log.store(), "r10").await.unwrap();
     assert_eq!(ops::record_json(&pruned[0])["pruned"], true);
+    // Nothing more is due: no second prune record.
+    assert_eq!(log.prune(1_000, 100).await.unwrap(), 0);
+    // A body erased by other means — here the prune record itself, made to look like a
+    // pruned call — is found: the bodies it accounted for are no longer accounted for.
+    log.checkpoint().await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE records SET body = NULL, kind = 'call' WHERE idx = 4")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let failure = ops::verify(log.store(), ORIGIN, vec![], None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(failure.index, 1);
+    assert!(failure.reason.contains("no prune record"), "{failure}");
 }
 
 #[tokio::test]
@@ -348,8 +383,15 @@ impl AuditStore for LateError {
     async fn last_of_kind(&self, kind: &str) -> Result<Option<u64>, StoreError> {
         self.inner.last_of_kind(kind).await
     }
-    async fn prune_bodies(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.prune_bodies(before_ms).await
+    async fn prune_candidates(
+        &self,
+        before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<callgate_store::StoredRecord>, StoreError> {
+        self.inner.prune_candidates(before_ms, limit).await
+    }
+    async fn prune_bodies(&self, indexes: &[u64]) -> Result<u64, StoreError> {
+        self.inner.prune_bodies(indexes).await
     }
     async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.meta(key).await

@@ -404,6 +404,11 @@ fn summary(r: &StoredRecord) -> String {
             },
             serde_json::to_string(&c.arguments).unwrap_or_default()
         ),
+        Event::Prune(p) => format!(
+            "prune: bodies of {} call records older than {} removed",
+            p.indexes.iter().map(|r| r[1] - r[0] + 1).sum::<u64>(),
+            callgate_core::time::rfc3339(p.before_ms)
+        ),
         Event::Forward(f) => format!(
             "forward {} {} -> {}",
             f.request_id, f.function, f.forward.upstream
