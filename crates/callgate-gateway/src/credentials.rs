@@ -413,19 +413,28 @@ impl Credentials {
             exchange,
             post,
         } = c;
+        let secret = rt
+            .credential_secrets
+            .get(secret_key(&call.function))
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .unwrap_or_default();
+        // A cached token is reused only for exactly the request that would fetch it again:
+        // the same server, client (and secret), grant, scope and resource — and for token
+        // exchange, the same person and agent. A token for one upstream never reaches another.
         let requester = crate::approvals::requester_of(&call.principal, &rt.config.approvals);
-        let key = if exchange {
-            format!(
-                "{token_url}\0{client_id}\0{}\0{}",
-                requester.subject,
-                requester.actor.as_deref().unwrap_or("")
-            )
-        } else {
-            format!(
-                "{token_url}\0{client_id}\0{}",
-                scope.as_deref().unwrap_or("")
-            )
-        };
+        let secret_digest = URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()));
+        let mut key = format!(
+            "{token_url}\0{client_id}\0{secret_digest}\0{}\0{}\0{}\0{exchange}\0{post}",
+            scope.as_deref().unwrap_or(""),
+            u8::from(resource.is_some()),
+            resource.as_deref().unwrap_or(""),
+        );
+        if exchange {
+            key.push('\0');
+            key.push_str(&requester.subject);
+            key.push('\0');
+            key.push_str(requester.actor.as_deref().unwrap_or(""));
+        }
         if let Some(c) = self
             .oauth
             .lock()
@@ -435,11 +444,6 @@ impl Credentials {
         {
             return Ok(c.token.clone());
         }
-        let secret = rt
-            .credential_secrets
-            .get(secret_key(&call.function))
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .unwrap_or_default();
         let subject_token = if exchange {
             // The subject token says who the call is for; the server checks Callgate's JWKS.
             Some(self.mint(rt, call, token_url, 60)?.1)
@@ -520,7 +524,8 @@ impl Credentials {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| failed("no access_token in the answer".into()))?
             .to_string();
-        let life = v["expires_in"].as_u64().unwrap_or(60);
+        // At most a day: a server's absurd `expires_in` must not overflow the clock.
+        let life = v["expires_in"].as_u64().unwrap_or(60).min(86_400);
         let margin = (life / 10).max(30).min(life);
         self.oauth.lock().unwrap_or_else(|e| e.into_inner()).insert(
             key,

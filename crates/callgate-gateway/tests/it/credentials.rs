@@ -440,6 +440,10 @@ functions:
     upstream: up
     route: GET /items/{{id}}
     credential: {{type: oauth, token_url: "{token_url}", client_id: callgate, client_secret_file: ex.secret, client_auth: post, token_exchange: true}}
+  - name: items.list
+    upstream: up
+    route: GET /items
+    credential: {{type: oauth, token_url: "{token_url}", client_id: callgate, client_secret_file: ex.secret, client_auth: post, token_exchange: true, resource: "https://reports.test"}}
 "#,
         up.url()
     );
@@ -461,4 +465,9 @@ functions:
     assert_eq!(get_as("agent").await, 200);
     assert_eq!(bearer(&up.last()), "exchanged-for-bob+agent");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Same server and client, another resource: bob's token for items.get is not reused for
+    // a function whose token is meant for someone else.
+    let r = get(&gw.url("/items"), &[("x-api-key", &keys["bob"])]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
