@@ -276,10 +276,16 @@ pub(crate) fn read_secret(
     vars: &Vars,
     errors: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
+    // Surrounding whitespace (a file's or a mounted variable's trailing newline) is never part
+    // of a secret, wherever it comes from; nothing left is an error, never an empty key.
     match (env, file) {
         (Some(var), None) => match vars(var) {
-            Some(v) if !v.is_empty() => Some(v.into_bytes()),
-            _ => {
+            Some(v) if !v.trim_ascii().is_empty() => Some(v.trim_ascii().as_bytes().to_vec()),
+            Some(_) => {
+                errors.push(format!("{at}: environment variable {var} is empty"));
+                None
+            }
+            None => {
                 errors.push(format!("{at}: environment variable {var} is not set"));
                 None
             }
@@ -440,29 +446,15 @@ fn approvals_checks(
             ));
         }
         let secret = match (&w.secret_env, &w.secret_file) {
-            (Some(_), Some(_)) => {
-                errors.push(format!(
-                    "approvals.webhooks[{i}]: give secret_env or secret_file, not both"
-                ));
-                None
-            }
-            (Some(var), None) => match vars(var) {
-                Some(v) if !v.is_empty() => Some(v.into_bytes()),
-                _ => {
-                    errors.push(format!(
-                        "approvals.webhooks[{i}].secret_env: environment variable {var} is not set"
-                    ));
-                    None
-                }
-            },
-            (None, Some(f)) => match std::fs::read(base.join(f)) {
-                Ok(b) => Some(b.trim_ascii().to_vec()),
-                Err(e) => {
-                    errors.push(format!("approvals.webhooks[{i}].secret_file: {f}: {e}"));
-                    None
-                }
-            },
             (None, None) => None,
+            (env, file) => read_secret(
+                env,
+                file,
+                &format!("approvals.webhooks[{i}] secret"),
+                base,
+                vars,
+                errors,
+            ),
         };
         secrets.push(secret);
     }

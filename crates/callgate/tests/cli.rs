@@ -127,6 +127,18 @@ fn check_refuses_bad_approval_settings() {
     ] {
         assert!(t.contains(want), "{want} missing from:\n{t}");
     }
+
+    // A webhook secret file with nothing in it would sign with an empty key anyone can use.
+    let (d, cfg) = broken_config("permit (principal, action, resource);");
+    std::fs::write(d.path().join("hook.secret"), "\n").unwrap();
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    let yaml = format!(
+        "{yaml}\napprovals:\n  webhooks:\n    - {{url: \"http://127.0.0.1:9/h\", secret_file: hook.secret}}\n"
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("hook.secret is empty"), "{}", text(&out));
 }
 
 #[test]
