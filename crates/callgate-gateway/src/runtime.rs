@@ -197,11 +197,20 @@ pub fn load(
     let same_identity = previous.is_some_and(|p| {
         serde_json::to_value(&p.config.identity).ok() == serde_json::to_value(&config.identity).ok()
     });
+    let base = config_path.parent().unwrap_or(Path::new("."));
     let auth = match previous {
         Some(p) if same_identity => p.auth.clone(),
-        _ => Arc::new(Authenticator::new(&config.identity).map_err(|e| LoadErrors(vec![e]))?),
+        _ => {
+            // An issuer's `ca_file` is relative to the config file, like every other path.
+            let mut identity = config.identity.clone();
+            for i in &mut identity.issuers {
+                if let Some(ca) = &mut i.ca_file {
+                    *ca = base.join(&*ca).to_string_lossy().into_owned();
+                }
+            }
+            Arc::new(Authenticator::new(&identity).map_err(|e| LoadErrors(vec![e]))?)
+        }
     };
-    let base = config_path.parent().unwrap_or(Path::new("."));
     let mut upstreams = HashMap::new();
     let mut errors = Vec::new();
     for (name, up) in &config.upstreams {

@@ -95,6 +95,22 @@ fn check_fails_with_file_and_line() {
 }
 
 #[test]
+fn an_issuers_ca_file_is_relative_to_the_config_file() {
+    // The check runs from the repository root; the bundle sits next to the config.
+    let (d, cfg) = broken_config("permit (principal, action, resource);");
+    let ca = rcgen::generate_simple_self_signed(vec!["issuer.test".into()]).unwrap();
+    std::fs::write(d.path().join("issuer-ca.pem"), ca.cert.pem()).unwrap();
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "      groups_claim: realm_access.roles",
+        "      groups_claim: realm_access.roles\n      ca_file: issuer-ca.pem",
+    );
+    assert!(yaml.contains("issuer-ca.pem"));
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn check_refuses_bad_approval_settings() {
     let (_d, cfg) = broken_config("permit (principal, action, resource);");
     let yaml = std::fs::read_to_string(&cfg)
@@ -138,7 +154,11 @@ fn check_refuses_bad_approval_settings() {
     std::fs::write(&cfg, yaml).unwrap();
     let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("hook.secret is empty"), "{}", text(&out));
+    assert!(
+        text(&out).contains("hook.secret is empty"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
