@@ -95,6 +95,11 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
     let one = |m: String| LoadErrors(vec![m]);
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| one(format!("{}: {e}", config_path.display())))?;
+    // A file rewritten in place reads empty between its truncation and the write: never a
+    // configuration (or a policy file, below) to apply.
+    if text.trim().is_empty() {
+        return Err(one(format!("{}: the file is empty", config_path.display())));
+    }
     let cfg = Config::parse(&text, &|n| vars(n)).map_err(|e| {
         one(match e.line {
             Some(l) => format!("{}:{l}: {}", config_path.display(), e.message),
@@ -142,6 +147,12 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
         for p in paths {
             let text =
                 std::fs::read_to_string(&p).map_err(|e| one(format!("{}: {e}", p.display())))?;
+            if text.trim().is_empty() {
+                return Err(one(format!(
+                    "{}: the policy file is empty (delete it to drop its policies)",
+                    p.display()
+                )));
+            }
             if p != path {
                 sources.watched.push(p.clone());
             }
@@ -274,6 +285,53 @@ pub fn load(
         },
         sources,
     ))
+}
+
+/// The settings read only at start that differ between `old` and `new`: the listener, TLS,
+/// the audit log, minted-credential keys, logging, the approvals store and the MCP servers.
+pub fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn differ<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("listen");
+    }
+    if differ(&old.tls, &new.tls) {
+        out.push("tls");
+    }
+    if differ(&old.audit, &new.audit) {
+        out.push("audit");
+    }
+    if differ(&old.credentials, &new.credentials) {
+        out.push("credentials");
+    }
+    if differ(&old.logging, &new.logging) {
+        out.push("logging");
+    }
+    if old.approvals.path != new.approvals.path {
+        out.push("approvals.path");
+    }
+    // Which servers there are and how they are reached; their tools' settings reload live.
+    let reach = |c: &Config| {
+        c.mcp
+            .servers
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.url.clone(),
+                    s.command.clone(),
+                    s.env.clone(),
+                    s.ca_file.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if reach(old) != reach(new) {
+        out.push("mcp.servers");
+    }
+    out
 }
 
 /// A secret named by an environment variable or a file; exactly one.
@@ -585,6 +643,14 @@ impl Reloader {
         let config_path = st.sources.config.clone();
         let old = self.current.load_full();
         match load(&config_path, &self.vars, Some(&old)) {
+            // A file changed while it was read (a write in progress): not applied; the next
+            // check reads it again, whole.
+            Ok((_, sources))
+                if sources.watched == st.sources.watched
+                    && sources.watched.iter().map(|p| stamp(p)).collect::<Vec<_>>() != now =>
+            {
+                ReloadOutcome::Unchanged
+            }
             Ok((rt, sources)) => {
                 tracing::info!(
                     config = %config_path.display(),
@@ -593,6 +659,9 @@ impl Reloader {
                     policy_hash = %rt.policy_hash,
                     "configuration reloaded"
                 );
+                for section in start_only_changes(&old.config, &rt.config) {
+                    tracing::warn!(config = %config_path.display(), section, "this setting changed but is read only at start: it takes effect after a restart");
+                }
                 if sources.watched == st.sources.watched {
                     st.stamps = now;
                 } else {
@@ -617,5 +686,36 @@ impl Reloader {
                 ReloadOutcome::Rejected
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload that changes a start-only setting is named, so the operator is told it waits
+    /// for a restart; settings that reload live are not.
+    #[test]
+    fn start_only_changes_are_named() {
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("upstreams: {{u: {{url: \"http://127.0.0.1:9\"}}}}\n{extra}"),
+                &|_| None,
+            )
+            .unwrap()
+        };
+        let base = parse("mcp: {servers: {s: {url: \"http://127.0.0.1:9/mcp\"}}}\n");
+        assert!(start_only_changes(&base, &base).is_empty());
+        let live = parse(
+            "mcp: {servers: {s: {url: \"http://127.0.0.1:9/mcp\", tools: {t: {approval: ops}}}}}\nrate_limits: {per_caller: 5/second}\n",
+        );
+        assert!(start_only_changes(&base, &live).is_empty());
+        let restart = parse(
+            "listen: 127.0.0.1:9999\ncredentials: {key_dir: other}\naudit: {retention_days: 30}\nmcp: {servers: {s: {url: \"http://127.0.0.1:8/mcp\"}}}\n",
+        );
+        assert_eq!(
+            start_only_changes(&base, &restart),
+            ["listen", "audit", "credentials", "mcp.servers"]
+        );
     }
 }

@@ -614,6 +614,22 @@ async fn hot_reload_tightens_at_once_and_survives_broken_edits() {
     assert_eq!(ok().await, 403);
     std::fs::write(s.gw.path("policies/main.cedar"), POLICY).unwrap();
     assert_eq!(ok().await, 200);
+    // Between an in-place write's truncation and its data the file reads empty: that is never
+    // applied. Here a file holding a forbid is caught empty; the forbid stays in force.
+    std::fs::write(
+        s.gw.path("policies/deny.cedar"),
+        "forbid (principal == Callgate::User::\"victor\", action, resource);",
+    )
+    .unwrap();
+    assert_eq!(ok().await, 403);
+    std::fs::write(s.gw.path("policies/deny.cedar"), "").unwrap();
+    assert_eq!(ok().await, 403);
+    let config_text = std::fs::read_to_string(s.gw.path("callgate.yaml")).unwrap();
+    std::fs::write(s.gw.path("callgate.yaml"), "").unwrap();
+    assert_eq!(ok().await, 403);
+    std::fs::remove_file(s.gw.path("policies/deny.cedar")).unwrap();
+    std::fs::write(s.gw.path("callgate.yaml"), &config_text).unwrap();
+    assert_eq!(ok().await, 200);
     // A new policy file in the directory is picked up too.
     std::fs::write(
         s.gw.path("policies/zz.cedar"),
