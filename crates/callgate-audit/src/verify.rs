@@ -350,13 +350,32 @@ impl LogVerifier {
     pub fn finish(mut self) -> Result<Report, Failure> {
         // A record without its body is accounted for only by a later prune record that lists
         // it (the store's kind column is not evidence: it is not covered by the hash).
-        for &at in &self.bodiless {
-            if !self.prunes.iter().any(|(p, e)| *p > at && e.covers(at)) {
-                return Err(Self::fail(
-                    at,
-                    "the record's body is gone and no prune record lists it: erased",
-                ));
+        // Every prune record lists only earlier records (checked as it was read), so what
+        // matters is whether any lists the index: one sorted, merged set of ranges, searched
+        // once per body-less record.
+        let mut ranges: Vec<[u64; 2]> = self
+            .prunes
+            .iter()
+            .flat_map(|(_, e)| e.indexes.iter().copied())
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<[u64; 2]> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r[0] <= last[1].saturating_add(1) => last[1] = last[1].max(r[1]),
+                _ => merged.push(r),
             }
+        }
+        let all = crate::record::PruneEvent {
+            time_ms: 0,
+            before_ms: 0,
+            indexes: merged,
+        };
+        if let Some(&at) = self.bodiless.iter().find(|&&at| !all.covers(at)) {
+            return Err(Self::fail(
+                at,
+                "the record's body is gone and no prune record lists it: erased",
+            ));
         }
         let size = self.frontier.size();
         self.check_checkpoints_at(size)?;

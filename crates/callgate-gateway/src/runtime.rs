@@ -386,6 +386,14 @@ fn credential_checks(
     errors: &mut Vec<String>,
 ) -> HashMap<String, Vec<u8>> {
     use callgate_core::config::CredentialConfig;
+    // A retired key must stay published at least as long as a token it signed lives (60 s
+    // at most), or tokens minted just before a rotation stop verifying.
+    if config.credentials.overlap_secs < 60 {
+        errors.push(format!(
+            "credentials.overlap_secs: {} is shorter than a minted token's longest life (60 s)",
+            config.credentials.overlap_secs
+        ));
+    }
     let mut secrets = HashMap::new();
     // MCP servers' credentials are loaded once per server (key `mcp:<server>`, the
     // `upstream` of each of its tools), also for the requests that list its tools.

@@ -159,6 +159,18 @@ fn check_refuses_bad_approval_settings() {
         "{}",
         text(&out)
     );
+
+    // A retired minting key must outlive the tokens it signed.
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{yaml}\ncredentials: {{overlap_secs: 10}}\n")).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("credentials.overlap_secs"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
