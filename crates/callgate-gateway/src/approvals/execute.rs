@@ -82,7 +82,10 @@ pub async fn execute(shared: &Arc<Shared>, id: &str) {
     }
     // The audit log could not record the forward, so nothing was sent: the call is approved
     // again and runs once the log is writable (the sweeper retries), within its approval's time.
-    if let Err(Failure::NotForwarded(r @ Refusal::Unavailable { .. })) = &result {
+    // (Only then: another refusal with the same status, a blocked MCP tool say, ends the call.)
+    if let Err(Failure::NotForwarded(r @ Refusal::Unavailable { .. })) = &result
+        && !shared.audit.healthy()
+    {
         let released = store.update(id, |h| h.approval.release()).await;
         if let Ok(Ok((_, h))) = released {
             tracing::warn!(request_id = %id, reason = %r.detail(), "an approved call waits for the audit log; it is retried");
