@@ -267,11 +267,16 @@ pub struct PruneEvent {
     pub indexes: Vec<[u64; 2]>,
 }
 
+/// Whether ascending, disjoint inclusive `ranges` hold `index`.
+pub fn ranges_cover(ranges: &[[u64; 2]], index: u64) -> bool {
+    let i = ranges.partition_point(|r| r[1] < index);
+    ranges.get(i).is_some_and(|r| r[0] <= index)
+}
+
 impl PruneEvent {
     /// Whether `index` is one of the pruned records.
     pub fn covers(&self, index: u64) -> bool {
-        let i = self.indexes.partition_point(|r| r[1] < index);
-        self.indexes.get(i).is_some_and(|r| r[0] <= index)
+        ranges_cover(&self.indexes, index)
     }
 
     /// Ascending `indexes` as inclusive ranges.

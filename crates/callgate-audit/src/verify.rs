@@ -85,8 +85,8 @@ pub struct LogVerifier {
     pruned: u64,
     /// Records found without their body, to be accounted for by a prune record.
     bodiless: Vec<u64>,
-    /// The prune records seen: where, and what they pruned.
-    prunes: Vec<(u64, crate::record::PruneEvent)>,
+    /// The index ranges the prune records seen so far list.
+    pruned_ranges: Vec<[u64; 2]>,
     checked: usize,
 }
 
@@ -115,7 +115,7 @@ impl LogVerifier {
             last_good: None,
             pruned: 0,
             bodiless: Vec::new(),
-            prunes: Vec::new(),
+            pruned_ranges: Vec::new(),
             checked: 0,
         }
     }
@@ -185,7 +185,7 @@ impl LogVerifier {
                             "the prune record's index ranges are not ascending ranges of earlier records",
                         ));
                     }
-                    self.prunes.push((position, e.clone()));
+                    self.pruned_ranges.extend_from_slice(&e.indexes);
                 }
                 if let Some(k) = record.event.announced_key() {
                     let parse = |k: &str| {
@@ -353,11 +353,7 @@ impl LogVerifier {
         // Every prune record lists only earlier records (checked as it was read), so what
         // matters is whether any lists the index: one sorted, merged set of ranges, searched
         // once per body-less record.
-        let mut ranges: Vec<[u64; 2]> = self
-            .prunes
-            .iter()
-            .flat_map(|(_, e)| e.indexes.iter().copied())
-            .collect();
+        let mut ranges = std::mem::take(&mut self.pruned_ranges);
         ranges.sort_unstable();
         let mut merged: Vec<[u64; 2]> = Vec::with_capacity(ranges.len());
         for r in ranges {
@@ -366,12 +362,11 @@ impl LogVerifier {
                 _ => merged.push(r),
             }
         }
-        let all = crate::record::PruneEvent {
-            time_ms: 0,
-            before_ms: 0,
-            indexes: merged,
-        };
-        if let Some(&at) = self.bodiless.iter().find(|&&at| !all.covers(at)) {
+        if let Some(&at) = self
+            .bodiless
+            .iter()
+            .find(|&&at| !crate::record::ranges_cover(&merged, at))
+        {
             return Err(Self::fail(
                 at,
                 "the record's body is gone and no prune record lists it: erased",

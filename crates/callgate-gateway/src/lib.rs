@@ -96,13 +96,20 @@ pub struct Peer(pub Option<SocketAddr>);
 pub struct Gateway {
     pub shared: Arc<Shared>,
     api: axum::Router,
+    /// The body limit the API router enforces (read when it was built), for its 413s.
+    api_body_limit: usize,
 }
 
 impl Gateway {
     pub fn new(shared: Shared) -> Gateway {
         let shared = Arc::new(shared);
-        let api = ingress::api::router(shared.clone());
-        Gateway { shared, api }
+        let api_body_limit = shared.reloader.peek().config.limits.max_body_bytes;
+        let api = ingress::api::router(shared.clone(), api_body_limit);
+        Gateway {
+            shared,
+            api,
+            api_body_limit,
+        }
     }
 
     /// Opens the audit log and the approvals store for a loaded runtime, builds the gateway,
@@ -168,8 +175,7 @@ impl Gateway {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            let limit = self.shared.reloader.peek().config.limits.max_body_bytes;
-            problem::from_rejection(resp, &request_id, limit).await
+            problem::from_rejection(resp, &request_id, self.api_body_limit).await
         } else {
             ingress::proxy::handle(&self.shared, req, request_id.clone(), peer).await
         };

@@ -18,7 +18,8 @@ use callgate_core::registry::openai_name;
 use crate::pipeline::{Inbound, Target};
 use crate::{Peer, RequestId, Shared, problem};
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The API routes. `body_limit` bounds the bodies handlers read whole (approvals, grants).
+pub fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -34,11 +35,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     if shared.demo.is_some() {
         r = r.merge(crate::demo::idp::routes());
     }
-    // Bodies the API reads whole (approvals, grants) have the proxy's limit, not axum's.
-    let limit = shared.reloader.peek().config.limits.max_body_bytes;
+    // Bodies the API reads whole have the proxy's limit, not axum's.
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
 

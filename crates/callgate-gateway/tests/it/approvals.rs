@@ -1047,19 +1047,11 @@ async fn execution_rechecks_policy_grants_and_the_requirement() {
 /// sent, it stays approved, and it runs once the audit log is writable again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_call_waits_for_the_audit_log_and_then_runs() {
-    use sqlx::Connection;
     let s = setup_with("audit: {busy_timeout_ms: 200}").await;
     let id = held_id(&s.reset("bob", "acct_7", &[]).await);
     // Lock the audit log, then approve: the review stands even though its own record cannot
     // be written (503), and the execution cannot record its forward.
-    let db = s.gw.path("callgate-data/audit.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = lock_database(&s.gw.path("callgate-data/audit.db")).await;
     let r = s.review("carol", &id, "approve", "").await;
     assert!(r.status == 503 || r.status == 200, "{}", r.text());
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -106,16 +106,8 @@ async fn denials_and_refusals_are_recorded_and_secrets_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_audit_store_refuses_calls_and_forwards_nothing() {
-    use sqlx::Connection;
     let (up, gw, ops_key) = start("audit: {busy_timeout_ms: 200}\n").await;
-    let db = gw.path("callgate-data/audit.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = lock_database(&gw.path("callgate-data/audit.db")).await;
     let r = get(&gw.url("/items/a1"), &[("x-api-key", &ops_key)]).await;
     let p = r.problem(503);
     assert!(p["detail"].as_str().unwrap().contains("audit log"), "{p}");

@@ -372,3 +372,17 @@ impl Oidc {
         r.json()["access_token"].as_str().unwrap().to_string()
     }
 }
+
+/// Holds an exclusive lock on the SQLite database at `db` (another writer's transaction), so
+/// the gateway cannot write it until the connection runs `ROLLBACK` or is dropped.
+pub async fn lock_database(db: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
