@@ -630,6 +630,10 @@ pub enum CredentialConfig {
         /// How the client authenticates at the token endpoint.
         #[serde(default)]
         client_auth: ClientAuth,
+        /// PEM CA bundle trusted for an `https://` token endpoint instead of the system roots
+        /// (relative to the config file).
+        #[serde(default)]
+        ca_file: Option<String>,
     },
 }
 

@@ -129,6 +129,33 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// Deletes the keys no longer published (their successor is older than `overlap`): no
+    /// token they signed is still alive, and nothing verifies with them any more, so their
+    /// private halves are not kept on disk.
+    fn retire(&mut self, now: u64, overlap: u64) {
+        let created: Vec<u64> = self.keys.iter().map(|k| k.created).collect();
+        let keep = published(&created, now, overlap);
+        if keep.len() == self.keys.len() {
+            return;
+        }
+        let mut i = 0;
+        self.keys.retain(|k| {
+            let kept = keep.contains(&i);
+            i += 1;
+            if !kept {
+                let path = self.dir.join(format!("{}.pk8", k.created));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(kid = %k.kid, "retired token-minting key deleted"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(kid = %k.kid, path = %path.display(), error = %e, "cannot delete a retired token-minting key"),
+                }
+            }
+            kept
+        });
+    }
+}
+
 fn key_from(created: u64, der: &[u8]) -> Result<MintKey, String> {
     let pair =
         Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| format!("signing key: {e}"))?;
@@ -151,6 +178,9 @@ struct OauthClient<'a> {
     /// `client_secret_post` rather than Basic.
     post: bool,
 }
+
+/// Cached OAuth tokens above which expired ones are swept out before another is added.
+const OAUTH_CACHE_SWEEP: usize = 1024;
 
 /// A cached OAuth token.
 struct Cached {
@@ -182,6 +212,7 @@ impl Credentials {
         {
             keys.rotate(now)?;
         }
+        keys.retire(now, cfg.overlap_secs);
         Ok(Credentials {
             issuer: cfg.issuer.clone(),
             rotate_after,
@@ -204,6 +235,7 @@ impl Credentials {
         {
             tracing::error!(error = %e, "rotating the token-minting key failed; the current key stays");
         }
+        keys.retire(now, self.overlap);
     }
 
     /// `/.well-known/jwks.json`: the current key and those still in their overlap.
@@ -501,7 +533,12 @@ impl Credentials {
                 call.function.name
             ))
         };
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        // A token endpoint with its own CA bundle has its own client (built at load).
+        let client = rt
+            .token_clients
+            .get(secret_key(&call.function))
+            .unwrap_or(&self.client);
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
             .await
             .map_err(|_| failed("timed out".into()))?
             .map_err(|e| failed(e.to_string()))?;
@@ -527,7 +564,14 @@ impl Credentials {
         // At most a day: a server's absurd `expires_in` must not overflow the clock.
         let life = v["expires_in"].as_u64().unwrap_or(60).min(86_400);
         let margin = (life / 10).max(30).min(life);
-        self.oauth.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        let mut cache = self.oauth.lock().unwrap_or_else(|e| e.into_inner());
+        // Token exchange caches one token per person and agent: drop the expired ones now
+        // and then, so the cache holds what is live rather than everyone ever seen.
+        if cache.len() >= OAUTH_CACHE_SWEEP {
+            let now = Instant::now();
+            cache.retain(|_, c| c.until > now);
+        }
+        cache.insert(
             key,
             Cached {
                 token: token.clone(),
@@ -568,6 +612,12 @@ mod tests {
         let c = Credentials::open(&cfg, &dir.path().join("callgate.yaml")).unwrap();
         let jwks = c.jwks();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+        // ... and their private halves are deleted: only the current key stays on disk.
+        let left: Vec<_> = std::fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec![format!("{}.pk8", now - 2 * 3600)]);
         // A fresh directory gets its first key, 0600.
         let dir = tempfile::tempdir().unwrap();
         let c = Credentials::open(&cfg, &dir.path().join("callgate.yaml")).unwrap();

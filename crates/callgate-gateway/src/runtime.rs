@@ -48,6 +48,9 @@ pub struct Runtime {
     pub webhook_secrets: Vec<Option<Vec<u8>>>,
     /// Upstream secrets by function (injected secrets, OAuth client secrets), read at load.
     pub credential_secrets: HashMap<String, Vec<u8>>,
+    /// Clients for OAuth token endpoints with their own CA bundle, keyed like
+    /// `credential_secrets`; the others use the credential phase's client (system roots).
+    pub token_clients: HashMap<String, HttpClient>,
     /// Compiled masking profiles.
     pub masking: crate::masking::Masking,
 }
@@ -244,7 +247,8 @@ pub fn load(
         }
     }
     let webhook_secrets = approvals_checks(&config, base, vars, &mut errors);
-    let credential_secrets = credential_checks(&config, &registry, base, vars, &mut errors);
+    let (credential_secrets, token_clients) =
+        credential_checks(&config, &registry, base, vars, &mut errors);
     for f in registry.iter() {
         if let Some(m) = &f.mask
             && !config.masking.profiles.contains_key(m)
@@ -281,6 +285,7 @@ pub fn load(
             config_hash,
             webhook_secrets,
             credential_secrets,
+            token_clients,
             masking,
         },
         sources,
@@ -384,7 +389,7 @@ fn credential_checks(
     base: &Path,
     vars: &Vars,
     errors: &mut Vec<String>,
-) -> HashMap<String, Vec<u8>> {
+) -> (HashMap<String, Vec<u8>>, HashMap<String, HttpClient>) {
     use callgate_core::config::CredentialConfig;
     // A retired key must stay published at least as long as a token it signed lives (60 s
     // at most), or tokens minted just before a rotation stop verifying.
@@ -395,6 +400,7 @@ fn credential_checks(
         ));
     }
     let mut secrets = HashMap::new();
+    let mut clients = HashMap::new();
     // MCP servers' credentials are loaded once per server (key `mcp:<server>`, the
     // `upstream` of each of its tools), also for the requests that list its tools.
     let functions = registry
@@ -455,8 +461,17 @@ fn credential_checks(
                 token_url,
                 client_secret_env,
                 client_secret_file,
+                ca_file,
                 ..
             }) => {
+                if let Some(ca) = ca_file {
+                    match http_client::build_client(Some(&base.join(ca)), Duration::from_secs(5)) {
+                        Ok(c) => {
+                            clients.insert(key.clone(), c);
+                        }
+                        Err(e) => errors.push(format!("{at}: oauth.ca_file: {e}")),
+                    }
+                }
                 if !(token_url.starts_with("http://") || token_url.starts_with("https://"))
                     || token_url.parse::<http::Uri>().is_err()
                 {
@@ -477,7 +492,7 @@ fn credential_checks(
             }
         }
     }
-    secrets
+    (secrets, clients)
 }
 
 /// Checks the `approvals:` section and reads the webhooks' secrets.

@@ -49,13 +49,6 @@ async fn tls_upstream(
     cert: &str,
     key: &str,
 ) -> (std::net::SocketAddr, Arc<Mutex<Vec<http::Version>>>) {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "c.pem", cert);
-    write(dir.path(), "k.pem", key);
-    let cfg =
-        callgate_gateway::tls::server_config(&dir.path().join("c.pem"), &dir.path().join("k.pem"))
-            .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let versions: Arc<Mutex<Vec<http::Version>>> = Arc::default();
     let v = versions.clone();
     let app = Router::new().fallback(move |req: axum::extract::Request| {
@@ -65,6 +58,18 @@ async fn tls_upstream(
             axum::Json(serde_json::json!({"ok": true}))
         }
     });
+    (serve_tls(cert, key, app).await, versions)
+}
+
+/// Serves `app` over TLS with `cert`/`key` on an ephemeral loopback port.
+async fn serve_tls(cert: &str, key: &str, app: Router) -> std::net::SocketAddr {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.pem", cert);
+    write(dir.path(), "k.pem", key);
+    let cfg =
+        callgate_gateway::tls::server_config(&dir.path().join("c.pem"), &dir.path().join("k.pem"))
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -83,7 +88,7 @@ async fn tls_upstream(
             });
         }
     });
-    (addr, versions)
+    addr
 }
 
 fn config(upstream: &str, ca_line: &str, key_hash: &str, tls: &str) -> String {
@@ -205,4 +210,74 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     write(gw.dir.path(), "cert.pem", "not a certificate");
     let (third, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
     assert_eq!(second, third);
+}
+
+#[tokio::test]
+async fn oauth_token_endpoints_over_tls_with_their_own_ca_bundle() {
+    let ca = ca();
+    let (cert, key) = leaf(&ca, "authorization server");
+    let asked: Arc<Mutex<usize>> = Arc::default();
+    let a = asked.clone();
+    let token_server = Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            let a = a.clone();
+            async move {
+                *a.lock().unwrap() += 1;
+                axum::Json(serde_json::json!({
+                    "access_token": "tok-from-the-private-ca-server",
+                    "token_type": "Bearer",
+                    "expires_in": 300
+                }))
+            }
+        }),
+    );
+    let addr = serve_tls(&cert, &key, token_server).await;
+    let up = Upstream::start().await;
+    let (api_key, hash) = api_key();
+    let config = |ca_line: &str| {
+        format!(
+            r#"
+identity:
+  api_keys: [{{id: k, hash: "{hash}", subject: sam, groups: [ops]}}]
+upstreams:
+  up: {{url: "{up}"}}
+policies: [policies]
+functions:
+  - name: items.get
+    upstream: up
+    route: "GET /items/{{id}}"
+    credential: {{type: oauth, token_url: "https://localhost:{port}/token", client_id: c, client_secret_file: c.secret{ca_line}}}
+"#,
+            up = up.url(),
+            port = addr.port()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &ca.pem);
+    write(dir.path(), "c.secret", "client-secret");
+    let gw = TestGateway::start_in(dir, &config(", ca_file: ca.pem"), &[("p.cedar", POLICY)]).await;
+    let r = get(&gw.url("/items/1"), &[("x-api-key", &api_key)]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        up.last().headers["authorization"],
+        "Bearer tok-from-the-private-ca-server"
+    );
+    assert_eq!(*asked.lock().unwrap(), 1);
+    // Without the bundle the server's certificate is not trusted: 503, nothing forwarded.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.secret", "client-secret");
+    let gw = TestGateway::start_in(dir, &config(""), &[("p.cedar", POLICY)]).await;
+    get(&gw.url("/items/1"), &[("x-api-key", &api_key)])
+        .await
+        .problem(503);
+    assert_eq!(up.count(), 1);
+    assert_eq!(*asked.lock().unwrap(), 1, "no TLS session was established");
+    // A bundle that is not there is a configuration error, not a call-time surprise.
+    std::fs::write(gw.path("callgate.yaml"), config(", ca_file: missing.pem")).unwrap();
+    let vars = callgate_gateway::runtime::env_vars(Default::default());
+    let Err(e) = callgate_gateway::runtime::load(&gw.path("callgate.yaml"), &vars, None) else {
+        panic!("a missing CA bundle was accepted");
+    };
+    assert!(e.to_string().contains("oauth.ca_file"), "{e}");
 }
