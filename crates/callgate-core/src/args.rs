@@ -334,7 +334,7 @@ pub fn upstream_shape(
     let path = func
         .route
         .render(|name| args.get(name).and_then(|v| scalar_text(name, v).ok()))
-        .map_err(|e| Refusal::invalid_argument("", e))?;
+        .map_err(|(name, e)| Refusal::invalid_argument(format!("/{}", pointer_token(&name)), e))?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     let mut has_query = false;
     let mut body = Map::new();

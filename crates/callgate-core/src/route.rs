@@ -201,18 +201,33 @@ impl Route {
         Some(params)
     }
 
-    /// Writes the path with each parameter's value percent-encoded as one segment.
-    pub fn render(&self, value_of: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    /// Writes the path with each parameter's value percent-encoded as one segment. A value
+    /// with a slash or backslash is refused rather than encoded: an upstream that decodes
+    /// `%2F` before routing would read another path than the one policy allowed (the proxy
+    /// ingress refuses the same thing in a request path). The error names the parameter.
+    pub fn render(
+        &self,
+        value_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, (String, String)> {
         let mut out = String::new();
         for seg in &self.segments {
             out.push('/');
             match seg {
                 Segment::Literal(l) => out.push_str(l),
                 Segment::Param(name) => {
-                    let v =
-                        value_of(name).ok_or_else(|| format!("missing path parameter {name}"))?;
+                    let v = value_of(name)
+                        .ok_or_else(|| (name.clone(), format!("missing path parameter {name}")))?;
                     if v.is_empty() || v == "." || v == ".." {
-                        return Err(format!("path parameter {name} cannot be {v:?}"));
+                        return Err((
+                            name.clone(),
+                            format!("path parameter {name} cannot be {v:?}"),
+                        ));
+                    }
+                    if v.contains(['/', '\\']) {
+                        return Err((
+                            name.clone(),
+                            format!("path parameter {name} cannot contain a slash or backslash"),
+                        ));
                     }
                     out.extend(utf8_percent_encode(&v, SEGMENT));
                 }
@@ -272,8 +287,17 @@ mod tests {
         let p = r.match_segments(&segs).unwrap();
         assert_eq!(p, vec![("id".into(), "u 1".into())]);
         assert!(r.match_segments(&n("/users").unwrap()).is_none());
-        assert_eq!(r.render(|_| Some("a/b".into())).unwrap(), "/users/a%2Fb");
-        assert!(r.render(|_| Some("..".into())).is_err());
+        assert_eq!(
+            r.render(|_| Some("a b?#%".into())).unwrap(),
+            "/users/a%20b%3F%23%25"
+        );
+        for bad in ["..", ".", "", "a/b", "../admin", "a\\b"] {
+            assert_eq!(
+                r.render(|_| Some(bad.into())).unwrap_err().0,
+                "id",
+                "{bad:?} refused"
+            );
+        }
         for bad in [
             "GET users",
             "GET /a/{}",

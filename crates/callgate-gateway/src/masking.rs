@@ -262,6 +262,13 @@ impl Masking {
                 }
             }
         }
+        // Key and path rules cannot be applied to text (CSV, HTML, a caller's `Accept` for
+        // another representation): text is masked only by a profile of detectors alone.
+        if !profiles.iter().all(|p| p.masks_text(groups)) {
+            unreadable("text that key and path rules cannot read")?;
+            redact_whole(response);
+            return Ok(());
+        }
         match std::str::from_utf8(&response.body) {
             Ok(text) if is_text || ctype.is_empty() => {
                 let mut out = text.to_string();

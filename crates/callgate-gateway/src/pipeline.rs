@@ -219,6 +219,19 @@ async fn build_call(
         rt.config.limits.max_body_bytes,
     )
     .await?;
+    // Arguments are read from the bytes as sent; a coded body (gzip, say) is refused rather
+    // than guessed at, so Callgate and the upstream cannot read two different things.
+    if let Some(coding) = inbound
+        .parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .filter(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(Refusal::bad_request(format!(
+            "request bodies are read as sent: Content-Encoding {:?} is not accepted",
+            String::from_utf8_lossy(coding.as_bytes())
+        )));
+    }
     let content_type = inbound
         .parts
         .headers

@@ -76,12 +76,20 @@ fn with_status(refusal: &Refusal, request_id: &str, status: StatusCode) -> Respo
 /// An error answer the API framework wrote itself — an extractor's rejection: a path
 /// parameter that is not UTF-8, a body over the limit, a malformed query — as problem+json
 /// like every other refusal, with the same status. Other answers are returned as they are,
-/// including protocol errors that are JSON of their own (JSON-RPC, OAuth).
+/// including protocol errors that are JSON of their own (JSON-RPC, OAuth) and every upstream
+/// answer to an invoked call, whatever its type.
 pub async fn from_rejection(
     resp: Response<Body>,
     request_id: &str,
     body_limit: usize,
 ) -> Response<Body> {
+    if resp
+        .extensions()
+        .get::<crate::ingress::UpstreamAnswer>()
+        .is_some()
+    {
+        return resp;
+    }
     let status = resp.status();
     let plain = resp
         .headers()

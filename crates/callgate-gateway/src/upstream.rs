@@ -44,6 +44,13 @@ const DROP_REQUEST: &[&str] = &[
     "host",
     "content-length",
     "content-type",
+    // The body sent upstream is serialized from the parsed arguments: whatever coding or
+    // digest the caller's bytes had does not describe it.
+    "content-encoding",
+    "content-md5",
+    "content-digest",
+    "repr-digest",
+    "digest",
     "expect",
     "x-request-id",
     "x-forwarded-for",
@@ -52,24 +59,51 @@ const DROP_REQUEST: &[&str] = &[
     "forwarded",
 ];
 
-/// The caller's headers that may travel upstream (transparent proxy only).
-pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
-    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    let listed: Vec<String> = headers
+/// Upstream response headers never passed to the caller besides the hop-by-hop ones. A
+/// cookie or token the upstream issues answers Callgate's own credential: handed to the
+/// caller it would be a standing credential for the backend, usable around Callgate. A
+/// challenge is addressed to Callgate too, and the call's id is Callgate's.
+const DROP_RESPONSE: &[&str] = &[
+    "set-cookie",
+    "set-cookie2",
+    "authorization",
+    "proxy-authorization",
+    "www-authenticate",
+    "proxy-authenticate",
+    "authentication-info",
+    "proxy-authentication-info",
+    "x-request-id",
+];
+
+/// Header names listed in `Connection` (hop-by-hop too, RFC 9110 §7.6.1), lower-cased. Read
+/// from the raw bytes, so a value that is not visible ASCII still names what it lists.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|s| String::from_utf8_lossy(s.trim_ascii()).to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `headers` without the hop-by-hop ones, those listed in `Connection`, and `drop`.
+fn without(headers: &HeaderMap, drop: &[&str]) -> HeaderMap {
+    let listed = connection_listed(headers);
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || DROP_REQUEST.contains(&n) || listed.iter().any(|l| l == n) {
+        if HOP_BY_HOP.contains(&n) || drop.contains(&n) || listed.iter().any(|l| l == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// The caller's headers that may travel upstream (transparent proxy only).
+pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    without(headers, DROP_REQUEST)
 }
 
 /// Sends the call upstream and reads the whole response (bounded by `max_response`).
@@ -126,10 +160,7 @@ pub async fn forward(
                 detail: format!("the upstream of {} sent an unreadable or oversized response", function.name),
             }
         })?;
-        let mut headers = parts.headers;
-        for h in HOP_BY_HOP {
-            headers.remove(*h);
-        }
+        let mut headers = without(&parts.headers, DROP_RESPONSE);
         // The length is recomputed for the body Callgate sends back.
         headers.remove(header::CONTENT_LENGTH);
         Ok(UpstreamResponse {

@@ -300,6 +300,16 @@ impl Profile {
         out
     }
 
+    /// Whether plain text can be masked faithfully for a caller in `groups`: only when every
+    /// rule that applies to them is a detector rule. Key and path rules cannot be applied to
+    /// text, so a profile that has them reads text as it reads broken JSON — it cannot.
+    pub fn masks_text(&self, groups: &[String]) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| r.applies_to(groups))
+            .all(|r| matches!(r.select, Select::Detect(_)))
+    }
+
     /// Whether a response header must be removed.
     pub fn removes_header(&self, name: &str) -> bool {
         self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))

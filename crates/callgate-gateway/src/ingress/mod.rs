@@ -146,10 +146,17 @@ pub fn observe(shared: &Shared, trace: &Trace, status: u16, started: Instant) {
         .observe(started.elapsed().as_secs_f64());
 }
 
+/// Marks an answer that is the upstream's (already masked and recorded): the API surface
+/// passes it on as it is, whatever its status and type, instead of taking a `text/plain`
+/// error for one of its own framework's rejections ([`problem::from_rejection`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamAnswer;
+
 fn upstream_response(up: UpstreamResponse) -> Response<Body> {
     let mut resp = Response::new(Body::from(up.body));
     *resp.status_mut() = up.status;
     *resp.headers_mut() = up.headers;
+    resp.extensions_mut().insert(UpstreamAnswer);
     resp
 }
 

@@ -494,11 +494,25 @@ async fn invoke_api_builds_the_upstream_request_from_the_route() {
     let r = post_json(
         &s.gw.url("/v1/functions/items.get/invoke"),
         &s.viewer(),
-        r#"{"arguments":{"id":"pub_ 7/8"}}"#,
+        r#"{"arguments":{"id":"pub_ 7?8#"}}"#,
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(s.up.last().path_and_query, "/items/pub_%207%2F8");
+    assert_eq!(s.up.last().path_and_query, "/items/pub_%207%3F8%23");
+    // A slash or backslash in a path parameter is refused, not encoded: an upstream that
+    // decodes %2F before routing would serve another path than the one policy allowed.
+    let before = s.up.count();
+    for id in ["pub_../../admin", "pub_a\\b"] {
+        let r = post_json(
+            &s.gw.url("/v1/functions/items.get/invoke"),
+            &s.ops(),
+            &serde_json::json!({"arguments": {"id": id}}).to_string(),
+        )
+        .await;
+        let p = r.problem(422);
+        assert_eq!(p["errors"][0]["pointer"], "/id", "{p}");
+    }
+    assert_eq!(s.up.count(), before, "nothing forwarded");
     let r = post_json(
         &s.gw.url("/v1/functions/items__create/invoke"),
         &s.ops(),
@@ -698,5 +712,120 @@ async fn graceful_shutdown_drains_in_flight_calls() {
     assert!(
         tokio::net::TcpStream::connect(s.gw.addr).await.is_err(),
         "no new connections after shutdown"
+    );
+}
+
+/// An upstream answering with a plain-text error, and with headers that belong to Callgate's
+/// connection to it: cookies, a challenge, its own request id, `Connection`-listed headers.
+async fn chatty_upstream() -> String {
+    use axum::Router;
+    use axum::routing::get as route_get;
+    let app = Router::new()
+        .route(
+            "/oops/{id}",
+            route_get(|| async {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [(http::header::CONTENT_TYPE, "text/plain")],
+                    "the ledger is closed for the night",
+                )
+            }),
+        )
+        .route(
+            "/cookie/{id}",
+            route_get(|| async {
+                (
+                    [
+                        ("set-cookie", "session=upstream-session-for-callgate"),
+                        ("www-authenticate", "Basic realm=\"ledger\""),
+                        ("x-request-id", "the-upstream-own-id"),
+                        ("connection", "x-hop"),
+                        ("x-hop", "for-callgate-only"),
+                        ("x-kept", "yes"),
+                    ],
+                    axum::Json(serde_json::json!({"ok": true})),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn upstream_answers_come_back_as_they_are_without_what_belongs_to_callgate() {
+    let url = chatty_upstream().await;
+    let (key, hash) = api_key();
+    let config = format!(
+        r#"
+identity:
+  api_keys: [{{id: ops, hash: "{hash}", subject: olivia, groups: [ops]}}]
+upstreams:
+  up: {{url: "{url}"}}
+policies: [policies]
+functions:
+  - {{name: ledger.oops, upstream: up, route: "GET /oops/{{id}}"}}
+  - {{name: ledger.cookie, upstream: up, route: "GET /cookie/{{id}}"}}
+  - {{name: ledger.post, upstream: up, route: "POST /post"}}
+"#
+    );
+    let gw = TestGateway::start(
+        &config,
+        &[(
+            "main.cedar",
+            r#"permit (principal in Callgate::Group::"ops", action, resource);"#,
+        )],
+    )
+    .await;
+    let h = [("x-api-key", key.as_str())];
+    // The invoke API returns the upstream's status and body as they are, even a plain-text
+    // error: it is the function's answer, not one of Callgate's own.
+    let r = post_json(
+        &gw.url("/v1/functions/ledger.oops/invoke"),
+        &h,
+        r#"{"arguments":{"id":"1"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.text(), "the ledger is closed for the night");
+    // Headers for Callgate's connection and credential do not reach the caller, with or
+    // without a masking profile: a cookie the upstream set for Callgate's credential would
+    // be a standing credential for the backend.
+    for r in [
+        get(&gw.url("/cookie/1"), &h).await,
+        post_json(
+            &gw.url("/v1/functions/ledger.cookie/invoke"),
+            &h,
+            r#"{"arguments":{"id":"1"}}"#,
+        )
+        .await,
+    ] {
+        assert_eq!(r.status, 200);
+        for gone in ["set-cookie", "www-authenticate", "x-hop"] {
+            assert!(r.header(gone).is_none(), "{gone} reached the caller");
+        }
+        assert_eq!(r.header("x-kept"), Some("yes"));
+        let id = r.header("x-request-id").unwrap();
+        assert_ne!(id, "the-upstream-own-id", "the call keeps Callgate's id");
+        assert_eq!(id.len(), 36, "{id}");
+    }
+    // A coded request body is refused, not guessed at.
+    let r = send(
+        Method::POST,
+        &gw.url("/post"),
+        &[
+            ("x-api-key", key.as_str()),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        Some(br#"{"a":1}"#),
+    )
+    .await;
+    let p = r.problem(400);
+    assert!(
+        p["detail"].as_str().unwrap().contains("Content-Encoding"),
+        "{p}"
     );
 }

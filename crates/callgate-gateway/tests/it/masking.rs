@@ -45,6 +45,15 @@ async fn pii_upstream() -> String {
             route_get(|| async { "ssn 123-45-6789 for ada@example.com" }),
         )
         .route(
+            "/csv",
+            route_get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/csv")],
+                    "name,password,ssn\nada,hunter2,123-45-6789\n",
+                )
+            }),
+        )
+        .route(
             "/json-as-text",
             route_get(|| async {
                 (
@@ -144,10 +153,15 @@ masking:
     strict:
       rules:
         - {{path: "$.card", strategy: redact}}
+    content:
+      rules:
+        - {{detect: [email], strategy: hash}}
+        - {{detect: [aws_key, us_ssn], strategy: redact}}
 functions:
   - {{name: profile.get, upstream: up, route: GET /profile, mask: pii}}
   - {{name: broken.get, upstream: up, route: GET /broken, mask: pii}}
-  - {{name: text.get, upstream: up, route: GET /text, mask: pii}}
+  - {{name: text.get, upstream: up, route: GET /text, mask: content}}
+  - {{name: csv.get, upstream: up, route: GET /csv, mask: pii}}
   - {{name: binary.get, upstream: up, route: GET /binary, mask: pii}}
   - {{name: jsontext.get, upstream: up, route: GET /json-as-text, mask: pii}}
   - {{name: gzip.get, upstream: up, route: GET /gzip, mask: pii}}
@@ -208,7 +222,7 @@ async fn responses_are_masked_by_profile_clearance_and_policy() {
     ] {
         assert!(!text.contains(raw), "{raw} reached the audit log");
     }
-    // Plain text is masked by content.
+    // Plain text is masked by content, by a profile of detectors.
     let r = get(&gw.url("/text"), &[("x-api-key", &alice)]).await;
     let t = String::from_utf8_lossy(&r.body).to_string();
     assert!(t.starts_with("ssn [REDACTED] for hmac:"), "{t}");
@@ -230,7 +244,8 @@ async fn responses_are_masked_by_profile_clearance_and_policy() {
 #[tokio::test]
 async fn unreadable_bodies_fail_closed() {
     let (gw, alice, _, _) = setup("reject").await;
-    for path in ["/broken", "/binary", "/gzip"] {
+    // ... text under a profile with key and path rules (which text cannot honour) too.
+    for path in ["/broken", "/binary", "/gzip", "/csv"] {
         let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
         let p = r.problem(502);
         assert!(
@@ -243,7 +258,7 @@ async fn unreadable_bodies_fail_closed() {
         assert!(!String::from_utf8_lossy(&r.body).contains("123-45"));
     }
     let (gw, alice, _, _) = setup("redact").await;
-    for path in ["/broken", "/binary", "/gzip"] {
+    for path in ["/broken", "/binary", "/gzip", "/csv"] {
         let r = get(&gw.url(path), &[("x-api-key", &alice)]).await;
         assert_eq!(r.status, 200);
         assert_eq!(&r.body[..], b"\"[REDACTED]\"");
