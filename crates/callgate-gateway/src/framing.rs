@@ -9,9 +9,13 @@
 //! This reader sits between the socket and hyper and follows HTTP/1.1 message boundaries
 //! (header block, then a `Content-Length` body or chunked body). When a header block carries
 //! conflicting framing it appends the marker header [`MARKER`] to it; the handler refuses any
-//! request carrying the marker. Anything it does not understand (HTTP/2's preface, upgrades,
-//! malformed input, oversized headers) switches it to plain pass-through for the rest of the
-//! connection, where hyper's own strict parser still applies.
+//! request carrying the marker. Anything it does not understand (HTTP/2's preface, malformed
+//! input, a header block over [`MAX_HEAD`]) switches it to plain pass-through for the rest of
+//! the connection — input hyper's own parser refuses and closes the connection on (the server
+//! caps hyper's buffer at [`MAX_HEAD`], so a head too large for the guard is too large for
+//! hyper). Protocol upgrades are not served, so an `Upgrade` header changes nothing: the
+//! connection stays HTTP/1.1 and is followed. A chunk-size line longer than any real one ends
+//! the connection with an error rather than going unfollowed.
 
 use std::io;
 use std::pin::Pin;
@@ -22,7 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// refused the same way.
 pub const MARKER: &str = "x-callgate-ambiguous-framing";
 
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest header block followed (and the size of hyper's read buffer, set by the server).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
 
 enum State {
     Head(Vec<u8>),
@@ -32,6 +40,8 @@ enum State {
     ChunkEnd(u8),
     Trailers(Vec<u8>),
     PassThrough,
+    /// The input cannot be followed safely: the connection ends with an error.
+    Broken,
 }
 
 pub struct FramingGuard<S> {
@@ -84,6 +94,7 @@ impl<S> FramingGuard<S> {
                     self.emit(&all);
                     return;
                 }
+                State::Broken => return,
                 State::Head(head) => {
                     if head.is_empty() {
                         // Empty lines before a request line are skipped by hyper (RFC 9112
@@ -125,12 +136,12 @@ impl<S> FramingGuard<S> {
                 State::ChunkSize(line) | State::Trailers(line) => {
                     let Some(nl) = input.iter().position(|b| *b == b'\n') else {
                         line.extend_from_slice(input);
-                        let too_long = line.len() > 4096;
+                        if line.len() > MAX_CHUNK_LINE {
+                            self.state = State::Broken;
+                            return;
+                        }
                         let all = input.to_vec();
                         self.emit(&all);
-                        if too_long {
-                            self.state = State::PassThrough;
-                        }
                         return;
                     };
                     line.extend_from_slice(&input[..=nl]);
@@ -186,8 +197,7 @@ impl<S> FramingGuard<S> {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return self.pass_through(&head),
         }
-        let (mut lengths, mut te, mut upgrade, mut chunked_last) =
-            (Vec::new(), false, false, false);
+        let (mut lengths, mut te, mut chunked_last) = (Vec::new(), false, false);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 for v in String::from_utf8_lossy(h.value).split(',') {
@@ -199,8 +209,6 @@ impl<S> FramingGuard<S> {
                     .rsplit(',')
                     .next()
                     .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         let conflict = (te && !lengths.is_empty()) || lengths.len() > 1;
@@ -214,9 +222,7 @@ impl<S> FramingGuard<S> {
             return self.pass_through(&marked);
         }
         self.emit(&head);
-        self.state = if upgrade {
-            State::PassThrough
-        } else if te {
+        self.state = if te {
             if chunked_last {
                 State::ChunkSize(Vec::new())
             } else {
@@ -252,8 +258,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if matches!(self.state, State::PassThrough) {
-                return Pin::new(&mut self.inner).poll_read(cx, out);
+            match self.state {
+                State::PassThrough => return Pin::new(&mut self.inner).poll_read(cx, out),
+                State::Broken => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a chunk-size line too long to follow",
+                    )));
+                }
+                _ => {}
             }
             let mut buf = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut buf);
@@ -396,6 +409,40 @@ mod tests {
                 "{dup}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_header_does_not_stop_the_guard() {
+        let input = b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        for chunk in [1, 9, 4096] {
+            let out = String::from_utf8(run(input, chunk).await).unwrap();
+            assert_eq!(out.matches(MARKER).count(), 1, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_chunk_line_ends_the_connection() {
+        let mut input = b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1;".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 2 * MAX_CHUNK_LINE));
+        input.extend_from_slice(b"\r\nz\r\n0\r\n\r\nPOST /b HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n");
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&input).await.unwrap();
+        let mut g = FramingGuard::new(server);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut seen = Vec::new();
+        let err = loop {
+            match g.read(&mut buf).await {
+                Ok(0) => panic!("ended without an error"),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("/b"),
+            "nothing after it is served"
+        );
     }
 
     proptest! {

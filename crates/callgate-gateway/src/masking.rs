@@ -353,9 +353,58 @@ fn mask_tool_result(
                     *block = serde_json::json!({"type": "text", "text": "[REDACTED]"});
                 }
             }
-            Some("resource_link") => {}
+            // A link is metadata only (uri, name, description): masked as JSON.
+            Some("resource_link") => p.mask_json(block, groups, key),
             _ => *block = serde_json::json!({"type": "text", "text": "[REDACTED]"}),
         }
+        if let Some(meta) = block.get_mut("_meta") {
+            p.mask_json(meta, groups, key);
+        }
+    }
+    // Every other member — `_meta`, fields of a newer protocol version, a server's own
+    // additions — is masked as JSON: nothing in a result leaves unmasked for being unexpected.
+    // They are masked together as one object, so key rules see their names too.
+    let mask_others = |o: &mut serde_json::Map<String, Value>, handled: &[&str]| {
+        let names: Vec<String> = o
+            .keys()
+            .filter(|k| !handled.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let mut others = Value::Object(
+            names
+                .iter()
+                .filter_map(|n| o.remove(n).map(|v| (n.clone(), v)))
+                .collect(),
+        );
+        p.mask_json(&mut others, groups, key);
+        if let Value::Object(m) = others {
+            o.extend(m);
+        }
+    };
+    if let Some(o) = doc.as_object_mut() {
+        for c in o
+            .get_mut("contents")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = c.as_object_mut() {
+                mask_others(c, &["text"]);
+            }
+        }
+        mask_others(
+            o,
+            &[
+                "structuredContent",
+                "error",
+                "contents",
+                "content",
+                "messages",
+            ],
+        );
     }
 }
 
@@ -382,4 +431,46 @@ fn redact_whole(response: &mut UpstreamResponse) {
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callgate_masking::{Profile, Rule, RuleSpec};
+    use serde_json::json;
+
+    #[test]
+    fn every_part_of_a_tool_result_is_masked() {
+        let rule = |keys: &[&str], detect: &[&str]| {
+            Rule::compile(&RuleSpec::of(None, keys, detect, "redact")).unwrap()
+        };
+        let p = Profile {
+            rules: vec![rule(&["ssn", "password"], &[]), rule(&[], &["email"])],
+            headers: vec![],
+        };
+        let key = callgate_masking::strategy::hash_key(b"0123456789abcdef0123456789abcdef");
+        let mut doc = json!({
+            "content": [
+                {"type": "text", "text": "write to ada@example.com",
+                 "_meta": {"ssn": "123-45-6789"}},
+                {"type": "resource_link", "uri": "mailto:ada@example.com", "name": "ada",
+                 "description": "ada@example.com's file"},
+            ],
+            "contents": [{"uri": "crm://ada@example.com", "text": "ssn on file", "_meta": {"ssn": "1"}}],
+            "_meta": {"owner": {"ssn": "123-45-6789", "mail": "ada@example.com"}},
+            "password": "hunter2",
+            "isError": false,
+        });
+        mask_tool_result(&p, &mut doc, &[], &key);
+        let text = doc.to_string();
+        for raw in ["ada@example.com", "123-45-6789", "hunter2"] {
+            assert!(!text.contains(raw), "{raw} left in {text}");
+        }
+        assert_eq!(
+            doc["password"], "[REDACTED]",
+            "a top-level key is masked by name"
+        );
+        assert_eq!(doc["isError"], false);
+        assert_eq!(doc["content"][1]["name"], "ada");
+    }
 }

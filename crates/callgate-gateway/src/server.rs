@@ -30,7 +30,10 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // No header block larger than the framing guard follows reaches a handler: hyper
+        // answers 431 and closes the connection where the guard stops following it.
+        .max_buf_size(crate::framing::MAX_HEAD);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);

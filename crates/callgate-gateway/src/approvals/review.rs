@@ -106,6 +106,18 @@ pub async fn cancel(
         .approvals
         .store
         .update(id, |h| {
+            // A break-glass use already ran: reviewers acknowledge it, and the person who
+            // used it cannot withdraw it from their queue.
+            if h.kind == callgate_store::approvals::Kind::BreakGlass
+                && (h.approval.requester.is(&principal.subject)
+                    || h.approval.requester.is(&person))
+            {
+                return Err(Refusal::Conflict {
+                    detail: format!(
+                        "{id} records a break-glass call that already ran; reviewers acknowledge it, it cannot be cancelled"
+                    ),
+                });
+            }
             // The person the call is for (directly or through an agent acting for them), or
             // the very agent that asked, may cancel.
             let who = if h.approval.requester.is(&principal.subject) {

@@ -810,6 +810,14 @@ async fn break_glass_proceeds_flagged_and_leaves_an_item_to_acknowledge() {
         .clone();
     assert_eq!(item["kind"], "break_glass");
     assert_eq!(item["reason"], "prod down, INC-7");
+    // The person who broke glass cannot withdraw the item from the reviewers' queue.
+    post_json(
+        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
+        &[s.key("oncall")],
+        "",
+    )
+    .await
+    .problem(409);
     let r = s
         .review("carol", &id, "approve", r#"{"comment":"justified"}"#)
         .await;
