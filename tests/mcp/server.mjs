@@ -2,8 +2,8 @@
 //
 // Usage: node server.mjs PORT LOG_FILE [stateless|stateful|sse]
 // Tools: lookup (returns a record with PII), echo, draft (asks the agent's model: sampling);
-// resource ledger://statements/2026-10. Every request's Authorization header and
-// every tool call are appended to LOG_FILE as JSON lines, so tests see what reached it
+// resource ledger://statements/2026-10. Every request's Authorization header, session id
+// and JSON-RPC method, and every tool call, are appended to LOG_FILE as JSON lines, so tests see what reached it
 // (LOG_FILE "-" logs nothing: the benchmark's upstream, benches/mcp-load.sh).
 import http from "node:http";
 import fs from "node:fs";
@@ -77,10 +77,15 @@ const sessions = new Map();
 
 http
   .createServer(async (req, res) => {
-    log({ method: req.method, authorization: req.headers["authorization"] ?? null });
     let body = "";
     for await (const chunk of req) body += chunk;
     const parsed = body ? JSON.parse(body) : undefined;
+    log({
+      method: req.method,
+      authorization: req.headers["authorization"] ?? null,
+      session: req.headers["mcp-session-id"] ?? null,
+      rpc: (parsed && parsed.method) ?? null,
+    });
     if (stateful) {
       const sid = req.headers["mcp-session-id"];
       let transport = sid && sessions.get(sid);

@@ -214,9 +214,11 @@ impl Upstreams {
             shared,
             origin: Origin::of(call, agent),
         };
+        let owner = session_owner(rt, call);
         let result = self
             .request(
                 server,
+                &owner,
                 "tools/call",
                 params,
                 call.function.timeout,
@@ -260,9 +262,11 @@ impl Upstreams {
             shared,
             origin: Origin::of(call, agent),
         };
+        let owner = session_owner(rt, call);
         let result = self
             .request(
                 server,
+                &owner,
                 method,
                 params,
                 call.function.timeout,
@@ -330,6 +334,7 @@ impl Upstreams {
     async fn request(
         &self,
         server: &str,
+        owner: &str,
         method: &str,
         params: Value,
         timeout: Duration,
@@ -344,7 +349,7 @@ impl Upstreams {
         };
         let peer = match &srv.conn {
             Conn::Http(h) => {
-                let sent = h.rpc(server, method, params, credential, Some(&relay));
+                let sent = h.rpc(server, owner, method, params, credential, Some(&relay));
                 return tokio::time::timeout(timeout, sent)
                     .await
                     .map_err(|_| late())?;
@@ -598,6 +603,13 @@ fn record(shared: &Shared, server: &str, tools: &[Value]) {
     }
 }
 
+/// Whose upstream session a call runs in: the person and agent its credential names (as
+/// minted tokens and token exchange do).
+fn session_owner(rt: &Runtime, call: &Call) -> String {
+    let r = crate::approvals::requester_of(&call.principal, &rt.config.approvals);
+    format!("{}\0{}", r.subject, r.actor.as_deref().unwrap_or(""))
+}
+
 /// Lists an HTTP server's tools until it answers, then again on change and every minute.
 async fn keep_listed(weak: Weak<Shared>, server: Arc<Server>) {
     let mut backoff = Duration::from_millis(500);
@@ -826,11 +838,17 @@ async fn list_stdio(shared: &Shared, name: &str, peer: &Peer<RoleClient>) {
     }
 }
 
+/// Upstream sessions kept per server; past this many, the least recently used is forgotten.
+const MAX_SESSIONS: usize = 1024;
+
 /// A streamable HTTP MCP server, spoken to with Callgate's own HTTP client.
 struct HttpMcp {
     client: HttpClient,
     url: http::Uri,
-    session: tokio::sync::Mutex<Option<Session>>,
+    /// One session per identity the calls' credentials speak for (see [`session_owner`]): a
+    /// server that binds its sessions to a user, as MCP asks servers to, never sees one
+    /// person's call in another's session. Listing uses Callgate's own (`""`).
+    sessions: tokio::sync::Mutex<HashMap<String, (Session, Instant)>>,
     next_id: AtomicU64,
     max_bytes: usize,
 }
@@ -855,7 +873,7 @@ impl HttpMcp {
         Ok(HttpMcp {
             client,
             url: uri,
-            session: tokio::sync::Mutex::new(None),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_bytes: 16 << 20,
         })
@@ -888,7 +906,7 @@ impl HttpMcp {
                 None => json!({}),
             };
             let page = match self
-                .rpc_with(server, method, params, auth.clone(), None)
+                .rpc_with(server, "", method, params, auth.clone(), None)
                 .await
                 .map_err(|r| r.detail())?
             {
@@ -915,6 +933,7 @@ impl HttpMcp {
     async fn rpc(
         &self,
         server: &str,
+        owner: &str,
         method: &str,
         params: Value,
         credential: Option<Obtained>,
@@ -922,6 +941,7 @@ impl HttpMcp {
     ) -> Result<Result<Value, RpcError>, Refusal> {
         self.rpc_with(
             server,
+            owner,
             method,
             params,
             credential.and_then(|c| c.header),
@@ -933,13 +953,14 @@ impl HttpMcp {
     async fn rpc_with(
         &self,
         server: &str,
+        owner: &str,
         method: &str,
         params: Value,
         auth: Option<(HeaderName, HeaderValue)>,
         relay: Option<&Relay<'_>>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
         for attempt in 0..2 {
-            let session = self.session(server, auth.as_ref()).await?;
+            let session = self.session(server, owner, auth.as_ref()).await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
             match self
@@ -947,7 +968,7 @@ impl HttpMcp {
                 .await?
             {
                 Posted::SessionGone if attempt == 0 => {
-                    *self.session.lock().await = None;
+                    self.sessions.lock().await.remove(owner);
                 }
                 Posted::SessionGone => return Err(unreachable(server, "the session was lost")),
                 Posted::Answer(body, ctype) => {
@@ -961,14 +982,17 @@ impl HttpMcp {
         Err(unreachable(server, "the session was lost"))
     }
 
-    /// The current session, after the `initialize` handshake if there is none.
+    /// `owner`'s session, after the `initialize` handshake (with `owner`'s credential) if
+    /// there is none.
     async fn session(
         &self,
         server: &str,
+        owner: &str,
         auth: Option<&(HeaderName, HeaderValue)>,
     ) -> Result<Session, Refusal> {
-        let mut guard = self.session.lock().await;
-        if let Some(s) = guard.as_ref() {
+        let mut guard = self.sessions.lock().await;
+        if let Some((s, used)) = guard.get_mut(owner) {
+            *used = Instant::now();
             return Ok(s.clone());
         }
         let init = json!({
@@ -999,7 +1023,15 @@ impl HttpMcp {
         let session = Session { id: sid, version };
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.post(server, &note, Some(&session), auth).await?;
-        *guard = Some(session.clone());
+        if guard.len() >= MAX_SESSIONS
+            && let Some(oldest) = guard
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            guard.remove(&oldest);
+        }
+        guard.insert(owner.to_string(), (session.clone(), Instant::now()));
         Ok(session)
     }
 

@@ -475,6 +475,7 @@ async fn start_upstreams() -> Upstreams {
     let mut key_config = String::new();
     for (who, group) in [
         ("alice", "support"),
+        ("erin", "support"),
         ("bob", "eng"),
         ("carol", "approvers"),
         ("dora", "auditors"),
@@ -628,6 +629,43 @@ async fn upstream_mcp_tools_are_governed_like_functions() {
     );
     for line in ts.lines().filter(|l| l.contains("\"method\"")) {
         assert!(line.contains("Bearer ledger-secret"), "{line}");
+    }
+    // Each person's calls run in a session of their own upstream (MCP servers may bind a
+    // session to a user), and Callgate's own listing in another.
+    let out = ts_client(
+        &u.mcp(),
+        &u.key("erin"),
+        json!([{"op": "call", "name": "ledger.lookup", "arguments": {"account": "a2"}}]),
+    )
+    .await;
+    assert_eq!(
+        out[0]["result"]["structuredContent"]["account"], "a2",
+        "{}",
+        out[0]
+    );
+    let requests: Vec<Value> = std::fs::read_to_string(&u.ts_log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &Value| l["method"] == "POST")
+        .collect();
+    let sessions = |rpc: &str| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|l| l["rpc"] == rpc)
+            .map(|l| l["session"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let calls = sessions("tools/call");
+    assert_eq!(calls.len(), 3, "{requests:?}");
+    assert!(calls.iter().all(|s| !s.is_empty()), "{calls:?}");
+    assert_eq!(calls[0], calls[1], "alice's calls share her session");
+    assert_ne!(calls[1], calls[2], "erin's call is not in alice's session");
+    for listed in sessions("tools/list") {
+        assert!(
+            !calls.contains(&listed),
+            "listing shares a caller's session"
+        );
     }
 
     // A held upstream tool call, approved by a different person, runs once on the stdio server.
