@@ -28,45 +28,70 @@ use crate::Shared;
 use crate::pipeline::{self, Outcome, ToolCall, Trace};
 use crate::runtime::Runtime;
 
-/// Which server a resource URI belongs to, as the servers last listed them.
+/// Which servers claim a resource URI, as the servers last listed them. A URI is routed only
+/// when exactly one server claims it: one server listing another's URI (or a template over
+/// it) would otherwise take its reads — and put its own content before the agent as that
+/// resource.
 #[derive(Default)]
 pub struct Owners {
-    uris: RwLock<HashMap<String, String>>,
-    /// URI template prefixes (up to the first `{`) and their server, longest first.
+    /// Listed URIs and the servers that listed them.
+    uris: RwLock<HashMap<String, Vec<String>>>,
+    /// URI template prefixes (up to the first `{`) and their server.
     templates: RwLock<Vec<(String, String)>>,
 }
 
 impl Owners {
-    fn owner(&self, uri: &str) -> Option<String> {
-        if let Some(s) = self.uris.read().unwrap_or_else(|e| e.into_inner()).get(uri) {
-            return Some(s.clone());
-        }
-        self.templates
+    /// The servers claiming `uri` (by listing it, or a template over it), sorted.
+    fn claims(&self, uri: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .uris
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
-            .map(|(_, s)| s.clone())
+            .get(uri)
+            .cloned()
+            .unwrap_or_default();
+        out.extend(
+            self.templates
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
+                .map(|(_, s)| s.clone()),
+        );
+        out.sort();
+        out.dedup();
+        out
     }
 
-    fn record(&self, server: &str, uris: &[Value], templates: &[Value]) {
-        let mut map = self.uris.write().unwrap_or_else(|e| e.into_inner());
-        for r in uris {
-            if let Some(u) = r.get("uri").and_then(Value::as_str) {
-                map.insert(u.to_string(), server.to_string());
-            }
-        }
-        drop(map);
-        let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
-        for r in templates {
-            if let Some(u) = r.get("uriTemplate").and_then(Value::as_str) {
-                let prefix = u.split('{').next().unwrap_or_default().to_string();
-                if !t.iter().any(|(p, s)| *p == prefix && s == server) {
-                    t.push((prefix, server.to_string()));
+    /// Replaces `server`'s listed URIs (or templates) with those of its latest listing.
+    fn record(&self, server: &str, uris: Option<&[Value]>, templates: Option<&[Value]>) {
+        if let Some(uris) = uris {
+            let mut map = self.uris.write().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, servers| {
+                servers.retain(|s| s != server);
+                !servers.is_empty()
+            });
+            for r in uris {
+                if let Some(u) = r.get("uri").and_then(Value::as_str) {
+                    let servers = map.entry(u.to_string()).or_default();
+                    if !servers.iter().any(|s| s == server) {
+                        servers.push(server.to_string());
+                    }
                 }
             }
         }
-        t.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        if let Some(templates) = templates {
+            let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
+            t.retain(|(_, s)| s != server);
+            for r in templates {
+                if let Some(u) = r.get("uriTemplate").and_then(Value::as_str) {
+                    let prefix = u.split('{').next().unwrap_or_default().to_string();
+                    if !t.iter().any(|(p, s)| *p == prefix && s == server) {
+                        t.push((prefix, server.to_string()));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -111,9 +136,9 @@ pub async fn list_resources(shared: &Shared, caller: &McpCaller, list: &str) -> 
     let mut all = Vec::new();
     for (server, _, items) in gather(shared, &servers, list).await {
         if list == "resources/list" {
-            shared.mcp.owners.record(&server, &items, &[]);
+            shared.mcp.owners.record(&server, Some(&items), None);
         } else {
-            shared.mcp.owners.record(&server, &[], &items);
+            shared.mcp.owners.record(&server, None, Some(&items));
         }
         all.extend(items);
     }
@@ -144,14 +169,29 @@ pub async fn read(
     uri: &str,
 ) -> Result<Value, ErrorData> {
     let rt = shared.reloader.current();
-    let mut owner = shared.mcp.owners.owner(uri);
-    if owner.is_none() {
+    let mut claims = shared.mcp.owners.claims(uri);
+    if claims.is_empty() {
         // Not listed yet (or since): list the servers this caller may read from, once.
         list_resources(shared, caller, "resources/list").await;
         list_resources(shared, caller, "resources/templates/list").await;
-        owner = shared.mcp.owners.owner(uri);
+        claims = shared.mcp.owners.claims(uri);
     }
-    let Some(server) = owner else {
+    if claims.len() > 1 {
+        tracing::warn!(%uri, servers = ?claims, "a resource claimed by several MCP servers is not served");
+        let r = Refusal::Conflict {
+            detail: format!(
+                "{uri} is offered by more than one MCP server ({}), so it is not served",
+                claims.join(", ")
+            ),
+        };
+        let trace = Trace {
+            subject: Some(caller.principal.subject.clone()),
+            ..Trace::default()
+        };
+        caller.refused(shared, &trace, &r);
+        return Err(ErrorData::invalid_request(r.detail(), None));
+    }
+    let Some(server) = claims.pop() else {
         return Err(ErrorData::resource_not_found(
             format!("no upstream MCP server offers {uri}"),
             None,
@@ -286,4 +326,42 @@ async fn relay(
     };
     crate::ingress::observe(shared, &trace, status, started);
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_uri_is_routed_only_when_one_server_claims_it() {
+        let o = Owners::default();
+        o.record("crm", Some(&[json!({"uri": "crm://customers/42"})]), None);
+        o.record(
+            "crm",
+            None,
+            Some(&[json!({"uriTemplate": "crm://orders/{id}"})]),
+        );
+        assert_eq!(o.claims("crm://customers/42"), ["crm"]);
+        assert_eq!(o.claims("crm://orders/7"), ["crm"]);
+        assert!(o.claims("crm://other").is_empty());
+        // Another server listing crm's URI, or a longer template over crm's, contests it.
+        o.record(
+            "ledger",
+            Some(&[json!({"uri": "crm://customers/42"})]),
+            None,
+        );
+        o.record(
+            "ledger",
+            None,
+            Some(&[json!({"uriTemplate": "crm://orders/7{x}"})]),
+        );
+        assert_eq!(o.claims("crm://customers/42"), ["crm", "ledger"]);
+        assert_eq!(o.claims("crm://orders/7"), ["crm", "ledger"]);
+        assert_eq!(o.claims("crm://orders/8"), ["crm"]);
+        // A later listing replaces the server's earlier claims.
+        o.record("ledger", Some(&[]), Some(&[]));
+        assert_eq!(o.claims("crm://customers/42"), ["crm"]);
+        assert_eq!(o.claims("crm://orders/7"), ["crm"]);
+    }
 }
