@@ -330,6 +330,21 @@ pub(crate) fn masked_view(shared: &Shared, p: &Principal, h: &Held, outcome: boo
         let rt = shared.reloader.peek();
         rt.masking
             .mask_value(&names, &mut v["arguments"], &p.groups);
+        // The stored response was masked for the requester's clearance. Anyone else (a
+        // reviewer, an auditor) sees it masked again under their own: JSON by the same
+        // profiles, anything else not at all.
+        let me = approvals::requester_of(p, &rt.config.approvals);
+        let requester = h.approval.requester.is(&p.subject) || h.approval.requester.is(&me.subject);
+        if !requester && let Some(resp) = v.get_mut("response").and_then(Value::as_object_mut) {
+            let had_bytes = resp.remove("body_base64").is_some();
+            match resp.get_mut("body") {
+                Some(body) => rt.masking.mask_value(&names, body, &p.groups),
+                None if had_bytes => {
+                    resp.insert("body".into(), json!(callgate_masking::strategy::REDACTED));
+                }
+                None => {}
+            }
+        }
     }
     v
 }

@@ -120,7 +120,7 @@ async fn setup(on_unparsable: &str) -> (TestGateway, String, String, String) {
 }
 
 /// Keys: alice (support), bob (billing, cleared for mail), erin (auditors), carol (approvers),
-/// dave (approvers, cleared for cards).
+/// dave (approvers, cleared for cards), frank (support, cleared for cards).
 async fn setup_with(on_unparsable: &str) -> (TestGateway, Vec<String>) {
     let up = pii_upstream().await;
     let (alice, ah) = api_key();
@@ -128,6 +128,7 @@ async fn setup_with(on_unparsable: &str) -> (TestGateway, Vec<String>) {
     let (erin, eh) = api_key();
     let (carol, ch) = api_key();
     let (dave, dh) = api_key();
+    let (frank, fh) = api_key();
     let config = format!(
         r#"
 identity:
@@ -137,6 +138,7 @@ identity:
     - {{id: erin, hash: "{eh}", subject: erin, groups: [auditors]}}
     - {{id: carol, hash: "{ch}", subject: carol, groups: [approvers]}}
     - {{id: dave, hash: "{dh}", subject: dave, groups: [approvers, card-cleared]}}
+    - {{id: frank, hash: "{fh}", subject: frank, groups: [support, card-cleared]}}
 upstreams:
   up: {{url: "{up}"}}
 policies: [policies]
@@ -175,7 +177,7 @@ functions:
 "#
     );
     let gw = TestGateway::start(&config, &[("p.cedar", POLICY)]).await;
-    (gw, vec![alice, bob, erin, carol, dave])
+    (gw, vec![alice, bob, erin, carol, dave, frank])
 }
 
 #[tokio::test]
@@ -322,6 +324,42 @@ async fn arguments_are_masked_in_the_audit_log_and_for_approvers_by_their_cleara
     // ... and alice, not cleared, gets the response masked.
     assert_eq!(done["response"]["body"]["charged"], "**** **** **** 1111");
     assert_eq!(done["response"]["body"]["got_the_real_card"], true);
+    // frank is cleared for cards: his response is stored unmasked for him, and an auditor
+    // without that clearance sees it masked under her own.
+    let frank = &k[5];
+    let r = post_json(
+        &gw.url("/charge"),
+        &[("x-api-key", frank)],
+        r#"{"card":"4111 1111 1111 1111"}"#,
+    )
+    .await;
+    let fid = r.json()["id"].as_str().unwrap().to_string();
+    post_json(
+        &gw.url(&format!("/v1/approvals/{fid}/approve")),
+        &[("x-api-key", carol)],
+        "",
+    )
+    .await;
+    let status = |key: &String| {
+        let (url, key) = (gw.url(&format!("/v1/calls/{fid}")), key.clone());
+        async move {
+            get(&url, &[("x-api-key", &key), ("prefer", "wait=10")])
+                .await
+                .json()
+        }
+    };
+    let mine = status(frank).await;
+    assert_eq!(mine["state"], "succeeded", "{mine}");
+    assert_eq!(mine["response"]["body"]["charged"], "4111 1111 1111 1111");
+    let theirs = status(erin).await;
+    assert_eq!(
+        theirs["response"]["body"]["charged"], "**** **** **** 1111",
+        "{theirs}"
+    );
+    assert!(
+        !theirs.to_string().contains("4111 1111 1111 1111"),
+        "{theirs}"
+    );
     // A break-glass call runs at once; its review item shows reviewers the arguments through
     // the same profiles.
     let r = send(
