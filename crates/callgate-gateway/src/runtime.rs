@@ -519,6 +519,33 @@ fn approvals_checks(
     {
         errors.push(format!("approvals.public_url: {u:?} is not an http(s) URL"));
     }
+    // A delegation names callers and people by subject as Callgate forms it: an API key's
+    // `subject`, or an issuer's `subject_prefix` and claim. A name no caller can ever have
+    // (`bob` where every token subject is `corp:…`) would silently stop linking an agent
+    // to its person — and let the person approve what the agent asked for.
+    let issuers = &config.identity.issuers;
+    if issuers.iter().all(|i| !i.subject_prefix.is_empty()) {
+        let possible = |name: &str| {
+            config.identity.api_keys.iter().any(|k| k.subject == name)
+                || issuers.iter().any(|i| name.starts_with(&i.subject_prefix))
+        };
+        for (agent, person) in &a.delegations {
+            for (what, name) in [("agent", agent), ("person", person)] {
+                if !possible(name) {
+                    let prefixes: Vec<&str> =
+                        issuers.iter().map(|i| i.subject_prefix.as_str()).collect();
+                    errors.push(format!(
+                        "approvals.delegations: {what} {name:?} is no caller's subject: not an API key's subject{}",
+                        if prefixes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", and token subjects begin with {}", prefixes.join(" or "))
+                        }
+                    ));
+                }
+            }
+        }
+    }
     for (group, rule) in &a.grants {
         if let Err(e) = Requirement::parse(&rule.approval) {
             errors.push(format!("approvals.grants.{group}.approval: {}", e.message));

@@ -171,6 +171,30 @@ fn check_refuses_bad_approval_settings() {
         "{}",
         text(&out)
     );
+
+    // A delegation must name subjects a caller can have: with the issuer's subjects prefixed,
+    // a bare `bob` is nobody, and bob could approve what his agent asked for.
+    for (person, ok) in [("bob", false), ("\"main:bob\"", true)] {
+        let (_d, cfg) = broken_config("permit (principal, action, resource);");
+        let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
+            "groups_claim: realm_access.roles",
+            "groups_claim: realm_access.roles\n      subject_prefix: \"main:\"",
+        );
+        std::fs::write(
+            &cfg,
+            format!("{yaml}\napprovals: {{delegations: {{deploy-bot: {person}}}}}\n"),
+        )
+        .unwrap();
+        let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.success(), ok, "{person}: {}", text(&out));
+        if !ok {
+            assert!(
+                text(&out).contains("approvals.delegations: person \"bob\""),
+                "{}",
+                text(&out)
+            );
+        }
+    }
 }
 
 #[test]
