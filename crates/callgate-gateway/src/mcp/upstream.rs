@@ -74,6 +74,8 @@ struct Server {
 struct Relay<'a> {
     shared: &'a Shared,
     origin: Origin,
+    /// Whose upstream session the call runs in ([`session_owner`]).
+    owner: String,
 }
 
 /// Registers a call in progress on a stdio server, for as long as it lives.
@@ -213,12 +215,11 @@ impl Upstreams {
         let relay = Relay {
             shared,
             origin: Origin::of(call, agent),
+            owner: session_owner(rt, call),
         };
-        let owner = session_owner(rt, call);
         let result = self
             .request(
                 server,
-                &owner,
                 "tools/call",
                 params,
                 call.function.timeout,
@@ -261,12 +262,11 @@ impl Upstreams {
         let relay = Relay {
             shared,
             origin: Origin::of(call, agent),
+            owner: session_owner(rt, call),
         };
-        let owner = session_owner(rt, call);
         let result = self
             .request(
                 server,
-                &owner,
                 method,
                 params,
                 call.function.timeout,
@@ -334,7 +334,6 @@ impl Upstreams {
     async fn request(
         &self,
         server: &str,
-        owner: &str,
         method: &str,
         params: Value,
         timeout: Duration,
@@ -349,7 +348,14 @@ impl Upstreams {
         };
         let peer = match &srv.conn {
             Conn::Http(h) => {
-                let sent = h.rpc(server, owner, method, params, credential, Some(&relay));
+                let sent = h.rpc(
+                    server,
+                    &relay.owner,
+                    method,
+                    params,
+                    credential,
+                    Some(&relay),
+                );
                 return tokio::time::timeout(timeout, sent)
                     .await
                     .map_err(|_| late())?;
