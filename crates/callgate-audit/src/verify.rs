@@ -74,6 +74,8 @@ pub struct LogVerifier {
     checkpoints: Vec<(u64, String)>,
     next_checkpoint: usize,
     external: Option<String>,
+    /// The size the external checkpoint claims, if it parses.
+    external_size: Option<u64>,
     leaves: Vec<Hash>,
     frontier: Frontier,
     trusted: Vec<Verifier>,
@@ -86,7 +88,9 @@ pub struct LogVerifier {
     /// Records found without their body, to be accounted for by a prune record.
     bodiless: Vec<u64>,
     /// The index ranges the prune records seen so far list.
-    pruned_ranges: Vec<[u64; 2]>,
+    /// The index ranges prune records list, with each prune record's own index: only those
+    /// under a verified checkpoint count (anyone can append a record to the database).
+    pruned_ranges: Vec<(u64, [u64; 2])>,
     checked: usize,
 }
 
@@ -105,6 +109,11 @@ impl LogVerifier {
             origin: origin.to_string(),
             checkpoints,
             next_checkpoint: 0,
+            external_size: external
+                .as_deref()
+                .and_then(|n| Note::parse(n).ok())
+                .and_then(|n| Checkpoint::parse(&n.text).ok())
+                .map(|c| c.size),
             external,
             leaves: Vec::new(),
             frontier: Frontier::default(),
@@ -185,7 +194,8 @@ impl LogVerifier {
                             "the prune record's index ranges are not ascending ranges of earlier records",
                         ));
                     }
-                    self.pruned_ranges.extend_from_slice(&e.indexes);
+                    self.pruned_ranges
+                        .extend(e.indexes.iter().map(|r| (position, *r)));
                 }
                 if let Some(k) = record.event.announced_key() {
                     let parse = |k: &str| {
@@ -228,6 +238,16 @@ impl LogVerifier {
     }
 
     fn check_checkpoints_at(&mut self, size: u64) -> Result<(), Failure> {
+        // An external checkpoint is checked when the tree has its size, with the keys trusted
+        // then (before a stored checkpoint of that size retires a rotated key): a checkpoint
+        // published before a rotation stays verifiable with the key that signed it.
+        if self.external_size == Some(size)
+            && let Some(note) = self.external.take()
+        {
+            let last_good = self.last_good;
+            self.check_checkpoint(&note, size, "external checkpoint")?;
+            self.last_good = last_good.max(self.last_good);
+        }
         while let Some((claimed, note)) = self.checkpoints.get(self.next_checkpoint).cloned() {
             if claimed != size {
                 break;
@@ -348,30 +368,6 @@ impl LogVerifier {
     /// Finishes: checkpoints beyond the end mean truncation; the external checkpoint, if any,
     /// must match the tree at its size.
     pub fn finish(mut self) -> Result<Report, Failure> {
-        // A record without its body is accounted for only by a later prune record that lists
-        // it (the store's kind column is not evidence: it is not covered by the hash).
-        // Every prune record lists only earlier records (checked as it was read), so what
-        // matters is whether any lists the index: one sorted, merged set of ranges, searched
-        // once per body-less record.
-        let mut ranges = std::mem::take(&mut self.pruned_ranges);
-        ranges.sort_unstable();
-        let mut merged: Vec<[u64; 2]> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r[0] <= last[1].saturating_add(1) => last[1] = last[1].max(r[1]),
-                _ => merged.push(r),
-            }
-        }
-        if let Some(&at) = self
-            .bodiless
-            .iter()
-            .find(|&&at| !crate::record::ranges_cover(&merged, at))
-        {
-            return Err(Self::fail(
-                at,
-                "the record's body is gone and no prune record lists it: erased",
-            ));
-        }
         let size = self.frontier.size();
         self.check_checkpoints_at(size)?;
         if let Some((claimed, note)) = self.checkpoints.get(self.next_checkpoint).cloned() {
@@ -387,6 +383,37 @@ impl LogVerifier {
             let last_good = self.last_good;
             self.check_checkpoint(&note, claimed, "external checkpoint")?;
             self.last_good = last_good.max(self.last_good);
+        }
+        // A record without its body is accounted for only by a prune record that lists it
+        // and that a verified checkpoint covers (the store's kind column is not evidence: no
+        // hash covers it; nor is a prune record anyone could have appended since the last
+        // signature — Callgate signs a checkpoint over its prune record before it removes a
+        // body). Every prune record lists only earlier records (checked as it was read), so
+        // what matters is whether any lists the index: one sorted, merged set of ranges,
+        // searched once per body-less record.
+        let signed = self.last_good.map_or(0, |(s, _)| s);
+        let mut ranges: Vec<[u64; 2]> = std::mem::take(&mut self.pruned_ranges)
+            .into_iter()
+            .filter(|(at, _)| *at < signed)
+            .map(|(_, r)| r)
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<[u64; 2]> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r[0] <= last[1].saturating_add(1) => last[1] = last[1].max(r[1]),
+                _ => merged.push(r),
+            }
+        }
+        if let Some(&at) = self
+            .bodiless
+            .iter()
+            .find(|&&at| !crate::record::ranges_cover(&merged, at))
+        {
+            return Err(Self::fail(
+                at,
+                "the record's body is gone and no signed prune record lists it: erased",
+            ));
         }
         Ok(Report {
             tree_size: size,
@@ -597,8 +624,18 @@ mod tests {
             l.rows[at].1 = None;
             let err = verify(&l, None).unwrap_err();
             assert_eq!(err.index, at as u64, "{err}");
-            assert!(err.reason.contains("no prune record"), "{err}");
+            assert!(err.reason.contains("prune record lists it"), "{err}");
         }
+        // A prune record no verified checkpoint covers accounts for nothing: anyone with the
+        // database could have appended it (here the checkpoint after it is gone).
+        let mut l = log(20, 5);
+        for r in &mut l.rows[3..9] {
+            r.1 = None;
+        }
+        l.checkpoints.pop();
+        let err = verify(&l, None).unwrap_err();
+        assert_eq!(err.index, 3, "{err}");
+        assert!(err.reason.contains("erased"), "{err}");
         // The prune record's own body cannot go: nothing would account for what it pruned.
         let mut l = log(20, 5);
         l.rows[15].1 = None;

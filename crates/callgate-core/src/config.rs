@@ -150,9 +150,15 @@ pub struct IssuerConfig {
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: u64,
-    /// Minimum seconds between two JWKS refreshes caused by an unknown `kid`.
+    /// Minimum seconds between two JWKS refreshes caused by an unknown `kid` (or a token no
+    /// cached key verifies).
     #[serde(default = "default_refresh")]
     pub jwks_refresh_interval_secs: u64,
+    /// The JWKS is fetched again once it is this many seconds old, so a key the issuer
+    /// withdrew stops verifying without a restart. If the issuer cannot be reached then, the
+    /// keys in hand stay in use and the fetch is retried.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_secs: u64,
     /// Extra CA bundle (PEM) for reaching this issuer over TLS.
     #[serde(default)]
     pub ca_file: Option<String>,
@@ -172,6 +178,9 @@ fn default_skew() -> u64 {
 }
 fn default_refresh() -> u64 {
     30
+}
+fn default_jwks_max_age() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
             subject_prefix: String::new(),
             clock_skew_secs: 30,
             jwks_refresh_interval_secs: 30,
+            jwks_max_age_secs: 600,
             ca_file: None,
         }],
         api_keys: vec![ApiKeyConfig {

@@ -58,6 +58,21 @@ impl AuditPaths {
             publish_dir: cfg.publish_dir.as_ref().map(|d| base.join(d)),
         }
     }
+
+    /// The last checkpoint published to `publish_dir`, which the store must extend before
+    /// the log is opened (see [`LogOptions::anchor`]). None without a directory or before the
+    /// first publication.
+    pub fn anchor(&self) -> Result<Option<String>, String> {
+        let Some(dir) = &self.publish_dir else {
+            return Ok(None);
+        };
+        let path = dir.join("checkpoint");
+        match std::fs::read_to_string(&path) {
+            Ok(note) => Ok(Some(note)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 /// Reads the checkpoint key, creating it (mode 0600) on first use.
@@ -221,6 +236,7 @@ impl Audit {
             signer,
             LogOptions {
                 origin: cfg.origin.clone(),
+                anchor: paths.anchor()?,
             },
             start,
         )

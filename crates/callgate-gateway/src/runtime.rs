@@ -83,6 +83,22 @@ fn stamp(p: &Path) -> Stamp {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
+/// The watched files' contents, hashed: what tells apart two same-length edits made within
+/// one tick of the file system's clock, which leave the stamps alike.
+fn digest(files: &[PathBuf]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+            Err(_) => h.update(u64::MAX.to_le_bytes()),
+        }
+    }
+    h.finalize().into()
+}
+
 /// What a config file and its policies compile to, before any network client is built.
 pub struct Parts {
     pub config: Config,
@@ -586,13 +602,27 @@ pub struct Reloader {
     current: ArcSwap<Runtime>,
     vars: Vars,
     state: Mutex<WatchState>,
+    /// Set while a changed configuration is being loaded: requests arriving meanwhile wait
+    /// for its outcome instead of being decided by the version it replaces.
+    reloading: std::sync::atomic::AtomicBool,
     /// Called with each newly applied runtime (the audit log records reloads).
     on_reload: std::sync::OnceLock<ReloadHook>,
+}
+
+/// Clears [`Reloader::reloading`] however a reload ends.
+struct Reloading<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 struct WatchState {
     sources: Sources,
     stamps: Vec<Stamp>,
+    /// The files' [`digest`] when `stamps` were last taken for a reload (or at start).
+    contents: [u8; 32],
     /// Reports file events, so that `stamps` are compared only after one; `None` compares them
     /// on every check.
     watch: Option<Watch>,
@@ -626,16 +656,19 @@ impl Reloader {
         // The watch is set up before the stamps are taken: an edit in between shows in both.
         let watch = Watch::new(&sources.watched);
         let stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+        let contents = digest(&sources.watched);
         Reloader {
             current: ArcSwap::from_pointee(runtime),
             vars,
             state: Mutex::new(WatchState {
                 sources,
                 stamps,
+                contents,
                 watching: watch.is_some(),
                 watch,
                 retry_at: Instant::now(),
             }),
+            reloading: std::sync::atomic::AtomicBool::new(false),
             on_reload: std::sync::OnceLock::new(),
         }
     }
@@ -665,10 +698,14 @@ impl Reloader {
         self.current.load_full()
     }
 
-    /// Reloads if a watched file changed. Concurrent callers don't wait: one reloads, the
-    /// others carry on with the current runtime.
+    /// Reloads if a watched file changed. One caller checks; concurrent callers carry on with
+    /// the current runtime, unless a change is being loaded: then they wait for it, so a
+    /// tightened policy decides every request that arrives after the edit was seen.
     pub fn check(&self) -> ReloadOutcome {
         let Ok(mut st) = self.state.try_lock() else {
+            if self.reloading.load(std::sync::atomic::Ordering::Acquire) {
+                drop(self.state.lock());
+            }
             return ReloadOutcome::Unchanged;
         };
         match &st.watch {
@@ -679,15 +716,30 @@ impl Reloader {
             None => {}
         }
         let mut now: Vec<Stamp> = st.sources.watched.iter().map(|p| stamp(p)).collect();
+        // Alike stamps after a reported event: the contents decide (a same-length edit within
+        // one clock tick of the last reload). Without a watch, stamps alone (every request).
+        let mut contents = None;
         if now == st.stamps {
-            return ReloadOutcome::Unchanged;
+            if st.watch.is_none() {
+                return ReloadOutcome::Unchanged;
+            }
+            let c = digest(&st.sources.watched);
+            if c == st.contents {
+                return ReloadOutcome::Unchanged;
+            }
+            contents = Some(c);
         }
+        self.reloading
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _reloading = Reloading(&self.reloading);
         if st.watch.is_some() {
             // A watched file changed: watch afresh (a replaced inode, a swapped symlink), then
             // look again, so an edit made from here on is reported by the next check.
             st.rewatch();
             now = st.sources.watched.iter().map(|p| stamp(p)).collect();
         }
+        // Taken before the files are read, like `now`.
+        let contents = contents.unwrap_or_else(|| digest(&st.sources.watched));
         // `now` was taken before the files are read: an edit made while they are read leaves
         // it behind, and the next check reloads again.
         let config_path = st.sources.config.clone();
@@ -714,11 +766,13 @@ impl Reloader {
                 }
                 if sources.watched == st.sources.watched {
                     st.stamps = now;
+                    st.contents = contents;
                 } else {
                     // Files came or went: stamp the new set; the next check watches it, before
                     // it compares stamps.
                     st.watch = None;
                     st.stamps = sources.watched.iter().map(|p| stamp(p)).collect();
+                    st.contents = digest(&sources.watched);
                 }
                 st.sources = sources;
                 if let Some(f) = self.on_reload.get() {
@@ -730,6 +784,7 @@ impl Reloader {
             Err(e) => {
                 // Remember the broken version so it is reported once, not on every request.
                 st.stamps = now;
+                st.contents = contents;
                 for line in &e.0 {
                     tracing::error!(config = %config_path.display(), "configuration rejected, the previous version stays in force: {line}");
                 }
@@ -742,6 +797,92 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two same-length edits within one tick of the file system's clock leave the stamps
+    /// alike (mtime, length, inode); the watched event and the contents still tell.
+    #[test]
+    fn a_same_length_edit_within_one_clock_tick_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        let policy = dir.path().join("p/a.cedar");
+        std::fs::write(&policy, "permit (principal, action, resource);").unwrap();
+        let cfg = dir.path().join("callgate.yaml");
+        std::fs::write(
+            &cfg,
+            "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\npolicies: [p]\nfunctions: [{name: a.b, upstream: u, route: GET /a}]\n",
+        )
+        .unwrap();
+        let vars = env_vars(HashMap::new());
+        let (rt, sources) = load(&cfg, &vars, None).unwrap();
+        let reloader = Reloader::new(rt, sources, vars);
+        assert!(reloader.watching(), "inotify watches the files");
+        let before = reloader.peek().policy_hash.clone();
+        let mtime = std::fs::metadata(&policy).unwrap().modified().unwrap();
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&policy)
+                .unwrap();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.write_all(b"forbid").unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        assert_eq!(reloader.check(), ReloadOutcome::Reloaded);
+        assert_ne!(reloader.peek().policy_hash, before);
+        assert_eq!(reloader.check(), ReloadOutcome::Unchanged);
+    }
+
+    /// A request arriving while a changed configuration is loaded waits for it, rather than
+    /// being decided by the version being replaced.
+    #[test]
+    fn requests_during_a_reload_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        std::fs::write(
+            dir.path().join("p/a.cedar"),
+            "permit (principal, action, resource);",
+        )
+        .unwrap();
+        let cfg = dir.path().join("callgate.yaml");
+        std::fs::write(
+            &cfg,
+            "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\npolicies: [p]\nfunctions: [{name: a.b, upstream: u, route: GET /a}]\n",
+        )
+        .unwrap();
+        let vars = env_vars(HashMap::new());
+        let (rt, sources) = load(&cfg, &vars, None).unwrap();
+        let reloader = Arc::new(Reloader::new(rt, sources, vars.clone()));
+        let first = reloader.current();
+        // A reload in progress (another request holds the check and has seen a change).
+        let st = reloader.state.lock().unwrap();
+        reloader
+            .reloading
+            .store(true, std::sync::atomic::Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = reloader.clone();
+        let waiter = std::thread::spawn(move || tx.send(r.current()).unwrap());
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a request went ahead during the reload"
+        );
+        let (newer, _) = load(&cfg, &vars, None).unwrap();
+        reloader.current.store(Arc::new(newer));
+        reloader
+            .reloading
+            .store(false, std::sync::atomic::Ordering::Release);
+        drop(st);
+        let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        waiter.join().unwrap();
+        assert!(!Arc::ptr_eq(&got, &first), "it got the reloaded runtime");
+        // Without a reload in progress, a check in another request holds nobody up.
+        let st = reloader.state.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = reloader.clone();
+        std::thread::spawn(move || tx.send(r.current()).unwrap());
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+        drop(st);
+    }
 
     /// A reload that changes a start-only setting is named, so the operator is told it waits
     /// for a restart; settings that reload live are not.

@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
             signer,
             LogOptions {
                 origin: ORIGIN.into(),
+                anchor: None,
             },
             StartEvent {
                 time_ms: 0,

@@ -42,6 +42,10 @@ pub fn now_ms() -> u64 {
 pub struct LogOptions {
     /// The checkpoint origin line, also the key name.
     pub origin: String,
+    /// A checkpoint of this log kept outside the store (the last one published): the store
+    /// must extend it, or the log is not opened — so a store rolled back or rewritten since
+    /// is not signed again, even when its own checkpoints were rewritten with it.
+    pub anchor: Option<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -106,6 +110,47 @@ mod arc_swap_free {
             *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
         }
     }
+}
+
+/// Whether the log (its tree so far, `frontier`) extends `anchor`, a checkpoint kept outside
+/// the store. The signature is not needed: a forged anchor can only stop the log opening.
+async fn check_anchor<S: AuditStore>(
+    store: &S,
+    frontier: &Frontier,
+    anchor: &str,
+    origin: &str,
+) -> Result<(), StoreError> {
+    let bad = |why: String| StoreError::Inconsistent(why);
+    let cp = callgate_audit::note::Note::parse(anchor)
+        .ok()
+        .and_then(|n| Checkpoint::parse(&n.text).ok())
+        .ok_or_else(|| bad("the checkpoint published outside the store cannot be read".into()))?;
+    if cp.origin != origin {
+        return Err(bad(format!(
+            "the checkpoint published outside the store is of the log {:?}, not {origin:?}",
+            cp.origin
+        )));
+    }
+    let size = frontier.size();
+    if cp.size > size {
+        return Err(bad(format!(
+            "the store holds {size} records but the checkpoint published outside it covers {}: records were removed; run `callgate audit verify --from-checkpoint`",
+            cp.size
+        )));
+    }
+    let root = if cp.size == size {
+        frontier.root()
+    } else {
+        let leaves = store.leaf_hashes().await?;
+        merkle::root(&leaves[..cp.size as usize])
+    };
+    if root != cp.root {
+        return Err(bad(format!(
+            "the first {} records no longer match the checkpoint published outside the store: the log was rewritten; run `callgate audit verify --from-checkpoint`",
+            cp.size
+        )));
+    }
+    Ok(())
 }
 
 fn closed<T>(_: T) -> StoreError {
@@ -173,6 +218,24 @@ impl<S: AuditStore + Clone> AuditLog<S> {
             }
             None => (0, Frontier::default()),
         };
+        // A rotation retires the key it replaces: a store whose last rotation named another
+        // key is not signed with this one again (a rotation interrupted before the key files
+        // were swapped would otherwise go on signing with the retired key, and every later
+        // checkpoint would fail verification).
+        if let Some(at) = store.last_of_kind("admin.key_rotation").await?
+            && let Some(row) = store.rows(at, 1).await?.into_iter().next()
+            && let Some(body) = &row.body
+        {
+            let record = parse_record(at, body)
+                .map_err(|e| StoreError::Inconsistent(format!("record {at}: {e}")))?;
+            if let Some(k) = record.event.announced_key()
+                && k != signer.verifier().to_string()
+            {
+                return Err(StoreError::Inconsistent(format!(
+                    "the log's key was rotated to {k} (record {at}); the configured key is the retired one — install the new key (a rotation interrupted before it swapped the key files left it beside the old one, as .key.new)"
+                )));
+            }
+        }
         let mut from = signed;
         loop {
             let rows = store.rows(from, 10_000).await?;
@@ -219,6 +282,9 @@ impl<S: AuditStore + Clone> AuditLog<S> {
                 "the store holds records up to index {} but they are not contiguous; run `callgate audit verify`",
                 size.saturating_sub(1)
             )));
+        }
+        if let Some(anchor) = &opts.anchor {
+            check_anchor(&store, &frontier, anchor, &opts.origin).await?;
         }
         let mut boot = Vec::new();
         if frontier.size() > 0 {
@@ -326,8 +392,8 @@ impl<S: AuditStore + Clone> AuditLog<S> {
     /// Retention: removes the bodies of call records older than `before_ms`, at most `limit`
     /// of them. Each candidate's body is checked first (its leaf hash, and that it is a
     /// `call…` record), then an `admin.prune` record listing the pruned indexes is made
-    /// durable, and only then are the bodies removed — so verification can tell a pruned body
-    /// from an erased one. Returns how many bodies were removed.
+    /// durable and a checkpoint covering it signed, and only then are the bodies removed — so
+    /// verification can tell a pruned body from an erased one. Returns how many bodies were removed.
     pub async fn prune(&self, before_ms: u64, limit: u32) -> Result<u64, StoreError> {
         let candidates = self.store.prune_candidates(before_ms, limit).await?;
         let mut indexes = Vec::with_capacity(candidates.len());
@@ -356,6 +422,9 @@ impl<S: AuditStore + Clone> AuditLog<S> {
         .encode()
         .map_err(|e| StoreError::Record(e.to_string()))?;
         self.append(vec![event]).await?;
+        // A checkpoint over the prune record before any body goes: verification honours only
+        // prune records a signature covers, since anyone with the database could append one.
+        self.checkpoint().await?;
         self.store.prune_bodies(&indexes).await
     }
 
@@ -551,22 +620,20 @@ impl<S: AuditStore> Writer<S> {
         }
     }
 
-    /// After a failed commit: if the store holds more records than the frontier (the commit
-    /// reported an error but landed), rebuild the frontier so indexes are never reused.
+    /// After a failed commit that did not land: a store holding more records than the tree
+    /// has rows this writer never wrote (its own commits are recognised by [`Self::landed`]).
+    /// They are not adopted into the tree — the next checkpoint would vouch for them — and
+    /// every later commit clashes with their indexes, so calls stay refused until an operator
+    /// looks (`callgate audit verify`).
     async fn resync(&mut self) {
-        match self.store.size().await {
-            Ok(size) if size == self.frontier.size() => {}
-            Ok(size) => {
-                tracing::error!(
-                    store = size,
-                    writer = self.frontier.size(),
-                    "a failed audit commit reached the store; rebuilding the tree from it"
-                );
-                if let Ok(leaves) = self.store.leaf_hashes().await {
-                    self.frontier = Frontier::from_leaves(&leaves);
-                }
-            }
-            Err(_) => {}
+        if let Ok(size) = self.store.size().await
+            && size != self.frontier.size()
+        {
+            tracing::error!(
+                store = size,
+                writer = self.frontier.size(),
+                "the audit store holds records this gateway did not write; they are not signed, and calls are refused; run `callgate audit verify`"
+            );
         }
     }
 

@@ -41,6 +41,7 @@ async fn open(path: &std::path::Path) -> Result<AuditLog<SqliteStore>, StoreErro
         signer(),
         LogOptions {
             origin: ORIGIN.into(),
+            anchor: None,
         },
         start(),
     )
@@ -194,6 +195,25 @@ async fn key_rotation_is_recorded_and_the_new_key_is_trusted() {
 }
 
 #[tokio::test]
+async fn a_retired_key_cannot_sign_the_log_again() {
+    // A rotation interrupted right after it was recorded (before the key files were
+    // swapped): its checkpoint is signed by both keys, so the old key still opens it — but
+    // the log names the new key, and opening with the retired one is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = open(&path).await.unwrap();
+    log.append(vec![event(1)]).await.unwrap();
+    log.rotate(Signer::from_seed(ORIGIN, [6; 32]).unwrap())
+        .await
+        .unwrap();
+    let store = log.store().clone();
+    drop(log);
+    store.close().await;
+    let err = open(&path).await.err().expect("the retired key is refused");
+    assert!(err.to_string().contains("rotated"), "{err}");
+}
+
+#[tokio::test]
 async fn pruning_bodies_keeps_the_log_verifiable() {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +307,7 @@ async fn a_store_refuses_to_open_with_a_key_that_did_not_sign_it_or_an_unsigned_
         other,
         LogOptions {
             origin: ORIGIN.into(),
+            anchor: None,
         },
         start,
     )
@@ -415,6 +436,7 @@ async fn a_commit_that_reports_an_error_after_landing_is_neither_refused_nor_sto
         signer(),
         LogOptions {
             origin: ORIGIN.into(),
+            anchor: None,
         },
         start(),
     )
@@ -435,4 +457,84 @@ async fn a_commit_that_reports_an_error_after_landing_is_neither_refused_nor_sto
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn rows_planted_in_the_store_are_never_signed() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = open(&path).await.unwrap();
+    log.append(vec![event(1)]).await.unwrap();
+    let signed = log.checkpoint().await.unwrap().unwrap().size;
+    // Someone with the database writes a row at the next index while the gateway runs.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO records (idx, kind, time_ms, body, leaf_hash) VALUES (?, 'admin.stop', 0, x'00', zeroblob(32))",
+    )
+    .bind(signed as i64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // The gateway's next record clashes with it: refused, and the planted row is not taken
+    // into the tree — no checkpoint ever covers it.
+    assert!(log.append(vec![event(2)]).await.is_err());
+    assert!(!log.healthy());
+    assert!(log.append(vec![event(3)]).await.is_err());
+    let cp = log.checkpoint().await.unwrap();
+    assert!(cp.as_ref().is_none_or(|c| c.size == signed), "{cp:?}");
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_extend_the_published_checkpoint_is_not_opened() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = open(&path).await.unwrap();
+    for i in 1..=5 {
+        log.append(vec![event(i)]).await.unwrap();
+    }
+    let published = log.checkpoint().await.unwrap().unwrap();
+    log.close("test").await.unwrap();
+    log.store().close().await;
+    let reopen = |anchor: Option<String>| {
+        let path = path.clone();
+        async move {
+            let store = SqliteStore::open(&path, Duration::from_millis(200))
+                .await
+                .unwrap();
+            let r = AuditLog::open(
+                store.clone(),
+                signer(),
+                LogOptions {
+                    origin: ORIGIN.into(),
+                    anchor,
+                },
+                start(),
+            )
+            .await;
+            if let Ok(log) = &r {
+                log.close("test").await.unwrap();
+            }
+            store.close().await;
+            r.err()
+        }
+    };
+    // Intact: it extends the published checkpoint (and grows past it).
+    assert!(reopen(Some(published.note.clone())).await.is_none());
+    // The tail deleted together with every checkpoint that covered it: the store alone is
+    // consistent, but it no longer extends what was published.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM records WHERE idx >= 3; DELETE FROM checkpoints WHERE size > 3")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = reopen(Some(published.note.clone())).await.expect("refused");
+    assert!(err.to_string().contains("published outside"), "{err}");
+    // Without the anchor, the store's own checkpoints cannot tell.
+    assert!(reopen(None).await.is_none());
 }

@@ -332,6 +332,7 @@ async fn rotate(cfg: &AuditConfig, paths: &AuditPaths) -> anyhow::Result<ExitCod
         old,
         LogOptions {
             origin: cfg.origin.clone(),
+            anchor: paths.anchor().map_err(|e| anyhow!("{e}"))?,
         },
         start,
     )
@@ -345,13 +346,15 @@ async fn rotate(cfg: &AuditConfig, paths: &AuditPaths) -> anyhow::Result<ExitCod
     let _ = std::fs::remove_file(&staged);
     write_private(&staged, new_text.as_bytes())?;
     let cp = log.rotate(new).await?;
-    log.close("key rotation").await?;
-    store.close().await;
+    // The log now names the new key: it replaces the old one on disk at once, before anything
+    // else can fail (the log refuses to be signed again with a key it has retired).
     let retired = paths
         .key
         .with_extension(format!("key.retired-{}", now_ms()));
     std::fs::rename(&paths.key, &retired)?;
     std::fs::rename(&staged, &paths.key)?;
+    log.close("key rotation").await?;
+    store.close().await;
     outln!(
         "rotated: checkpoint at size {} is signed by both keys",
         cp.size

@@ -354,6 +354,21 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
         "the new key is trusted: {}",
         text(&out)
     );
+    // A checkpoint published before the rotation, signed by the old key only, still checks
+    // out against the log with the key that signed it.
+    let before = std::fs::read_to_string(&published).unwrap();
+    assert!(ops::open_checkpoint(&before, &verifier).is_ok());
+    let out = audit(
+        &config,
+        &[
+            "verify",
+            "--key",
+            &vkey,
+            "--from-checkpoint",
+            published.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
     let rotations = audit(&config, &["search", "--kind", "admin.key_rotation"]);
     assert_eq!(
         String::from_utf8_lossy(&rotations.stdout).lines().count(),

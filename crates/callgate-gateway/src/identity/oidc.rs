@@ -121,6 +121,28 @@ impl IssuerVerifier {
         Ok(())
     }
 
+    /// Fetches the JWKS again once it is older than `jwks_max_age_secs`. One request does it
+    /// (inline, within the refresh interval's limit); concurrent ones carry on with the keys
+    /// in hand. A failed fetch keeps them.
+    async fn refresh_if_old(&self) {
+        let seen = self.keys.load().fetched_at;
+        let max_age = Duration::from_secs(self.cfg.jwks_max_age_secs);
+        if !seen.is_some_and(|t| t.elapsed() >= max_age) {
+            return;
+        }
+        let Ok(last_attempt) = self.refresh.try_lock() else {
+            return;
+        };
+        let min = Duration::from_secs(self.cfg.jwks_refresh_interval_secs);
+        if last_attempt.is_some_and(|t| t.elapsed() < min) {
+            return;
+        }
+        drop(last_attempt);
+        if let Err(e) = self.refresh_keys(seen).await {
+            tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS refresh failed; the keys in hand stay in use");
+        }
+    }
+
     /// Verifies the token's signature, fetching or refreshing keys when needed.
     async fn verify_signature(&self, token: &str) -> Result<jws::Verified, Refusal> {
         if self.keys.load().fetched_at.is_none()
@@ -131,10 +153,13 @@ impl IssuerVerifier {
                 detail: "the token issuer's keys could not be fetched".into(),
             });
         }
+        self.refresh_if_old().await;
         let keys = self.keys.load_full();
         let first = jws::verify(token, &keys.keys, &self.algorithms);
         let result = match first {
-            Err(JwsError::UnknownKey(_)) => {
+            // A key the cache does not have — named by `kid`, or (without one) none that
+            // verifies — may be a rotation at the issuer: look once more, rate-limited.
+            Err(JwsError::UnknownKey(_) | JwsError::NoKey | JwsError::BadSignature) => {
                 if let Err(e) = self.refresh_keys(keys.fetched_at).await {
                     tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS refresh failed");
                 }
@@ -275,6 +300,7 @@ mod tests {
             subject_prefix: prefix.into(),
             clock_skew_secs: 30,
             jwks_refresh_interval_secs: 30,
+            jwks_max_age_secs: 600,
             ca_file: None,
         })
         .unwrap()

@@ -10,6 +10,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const POLICY: &str = r#"
 permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"items.create", resource);
@@ -413,4 +414,45 @@ async fn rotated_keys_are_picked_up() {
     let hits = jwks.hits.load(Ordering::SeqCst);
     assert_eq!(call(&gw, &t2).await.status, 200);
     assert_eq!(jwks.hits.load(Ordering::SeqCst), hits);
+}
+
+#[tokio::test]
+async fn a_withdrawn_key_stops_verifying_once_the_jwks_is_old() {
+    let (pair, jwks, gw, _up) =
+        own_issuer("      jwks_refresh_interval_secs: 0\n      jwks_max_age_secs: 1\n").await;
+    let token = |jti: &str| {
+        signed(
+            &pair,
+            json!({"alg": "EdDSA", "kid": "k1"}),
+            claims(ISS, json!({"jti": jti})),
+        )
+    };
+    assert_eq!(call(&gw, &token("a")).await.status, 200);
+    // The issuer withdraws k1 (compromised, say) and publishes k2 only.
+    let new = Ed25519KeyPair::from_pkcs8(&key()).unwrap();
+    *jwks.keys.lock().unwrap() = json!({"keys": [jwk(&new, "k2")]});
+    // Within the JWKS's age the cached keys are used; once it is older, it is fetched again
+    // and a new token signed with k1 is refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    call(&gw, &token("b")).await.problem(401);
+}
+
+#[tokio::test]
+async fn a_token_without_kid_from_a_rotated_key_refreshes_the_jwks() {
+    let (pair, jwks, gw, _up) = own_issuer("      jwks_refresh_interval_secs: 0\n").await;
+    let first = signed(
+        &pair,
+        json!({"alg": "EdDSA", "kid": "k1"}),
+        claims(ISS, json!({})),
+    );
+    assert_eq!(call(&gw, &first).await.status, 200);
+    let new = Ed25519KeyPair::from_pkcs8(&key()).unwrap();
+    *jwks.keys.lock().unwrap() = json!({"keys": [jwk(&new, "k2")]});
+    // No kid, and no cached key verifies it: the keys are looked up once more.
+    let t = signed(
+        &new,
+        json!({"alg": "EdDSA"}),
+        claims(ISS, json!({"jti": "no-kid"})),
+    );
+    assert_eq!(call(&gw, &t).await.status, 200);
 }
