@@ -222,7 +222,9 @@ impl<S: AuditStore + Clone> AuditLog<S> {
         // key is not signed with this one again (a rotation interrupted before the key files
         // were swapped would otherwise go on signing with the retired key, and every later
         // checkpoint would fail verification).
+        // (One past the last checkpoint is checked with every unsigned record below.)
         if let Some(at) = store.last_of_kind("admin.key_rotation").await?
+            && at < signed
             && let Some(row) = store.rows(at, 1).await?.into_iter().next()
             && let Some(body) = &row.body
         {

@@ -127,7 +127,7 @@ impl IssuerVerifier {
     async fn refresh_if_old(&self) {
         let seen = self.keys.load().fetched_at;
         let max_age = Duration::from_secs(self.cfg.jwks_max_age_secs);
-        if !seen.is_some_and(|t| t.elapsed() >= max_age) {
+        if seen.is_none_or(|t| t.elapsed() < max_age) {
             return;
         }
         let Ok(last_attempt) = self.refresh.try_lock() else {
