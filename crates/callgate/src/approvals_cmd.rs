@@ -1,6 +1,7 @@
 //! `callgate approvals|calls|grants`: reviewers and requesters talking to a running gateway.
 //!
-//! The credential comes from `--token` or `CALLGATE_TOKEN`: a Callgate API key (`cgk_...`) is
+//! The credential comes from `--token-file`, `CALLGATE_TOKEN` or `--token` (visible to other
+//! users in the process list; prefer the others): a Callgate API key (`cgk_...`) is
 //! sent as `X-API-Key`, anything else as a bearer token. Output is a short human summary, or
 //! the gateway's JSON with `--json`. A refusal prints the problem's detail and exits 1.
 
@@ -24,9 +25,14 @@ pub struct Remote {
         global = true
     )]
     gateway: String,
-    /// Bearer token or API key (default: $CALLGATE_TOKEN).
+    /// Bearer token or API key (default: $CALLGATE_TOKEN). Other users can read a command
+    /// line: prefer CALLGATE_TOKEN or --token-file.
     #[arg(long, env = "CALLGATE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// A file holding the bearer token or API key (surrounding whitespace ignored); it wins
+    /// over the others.
+    #[arg(long, global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Print the gateway's JSON instead of a summary.
     #[arg(long, global = true)]
     json: bool,
@@ -100,11 +106,16 @@ struct Client {
 
 impl Client {
     fn new(r: &Remote) -> anyhow::Result<Client> {
-        let token = r
-            .token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("no credential: pass --token or set CALLGATE_TOKEN"))?;
+        let token = match &r.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token from {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => r.token.clone().unwrap_or_default(),
+        };
+        if token.is_empty() {
+            bail!("no credential: pass --token-file, set CALLGATE_TOKEN, or pass --token");
+        }
         let auth = if token.starts_with("cgk_") {
             ("x-api-key", token)
         } else {

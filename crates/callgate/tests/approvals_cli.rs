@@ -153,6 +153,20 @@ fn reviewers_and_requesters_use_the_cli() {
     let o = callgate(&["approvals", "list"], None, &d.url);
     assert!(!o.status.success());
     assert!(text(&o).contains("CALLGATE_TOKEN"), "{}", text(&o));
+    // A token file keeps the credential out of the process list; it wins over the others.
+    let tok = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tok.path(), format!("{erin}\n")).unwrap();
+    let o = callgate(
+        &[
+            "approvals",
+            "list",
+            "--token-file",
+            tok.path().to_str().unwrap(),
+        ],
+        Some("cgk_not-a-key"),
+        &d.url,
+    );
+    assert!(o.status.success(), "{}", text(&o));
 
     let o = callgate(
         &["approvals", "approve", &id, "--comment", "FIN-9"],
