@@ -349,6 +349,20 @@ impl Registry {
                 ));
                 continue;
             }
+            // The Cedar action groups every function (`call`) and every MCP resource or prompt
+            // (`mcp`) belongs to: a function of that name would join or loop the hierarchy.
+            if f.name == "call" || f.name == "mcp" {
+                errors.push(format!(
+                    "{at}: {:?} is reserved (the Cedar action group of {})",
+                    f.name,
+                    if f.name == "call" {
+                        "every function"
+                    } else {
+                        "MCP resources and prompts"
+                    }
+                ));
+                continue;
+            }
             if reg.by_name.contains_key(&f.name) {
                 errors.push(format!("{at}: declared twice"));
                 continue;

@@ -287,10 +287,11 @@ impl Masking {
     }
 }
 
-/// Masks an MCP result. A `CallToolResult`: `structuredContent` as JSON; each text block as
-/// JSON when it is JSON, else as plain text; embedded text resources as plain text. A
-/// `ReadResourceResult`'s `contents` the same way, a `GetPromptResult`'s message blocks, and
-/// a `CreateMessageResult`'s content.
+/// Masks an MCP result. A `CallToolResult`: `structuredContent` as JSON; each text block, and
+/// each embedded resource's text, as JSON when it is JSON, else as plain text (detector rules
+/// only: prose has no keys). A `ReadResourceResult`'s `contents` the same way, a
+/// `GetPromptResult`'s message blocks, and a `CreateMessageResult`'s content. Every other
+/// member, at every level, is masked as JSON.
 /// Blocks that cannot be inspected (images, audio, binary resources) are replaced: masking
 /// never skips data. An upstream error (`{"error": ...}`) is masked as JSON.
 fn mask_tool_result(
@@ -299,72 +300,11 @@ fn mask_tool_result(
     groups: &[String],
     key: &ring::hmac::Key,
 ) {
-    use serde_json::Value;
-    if let Some(sc) = doc.get_mut("structuredContent") {
-        p.mask_json(sc, groups, key);
-    }
-    if let Some(e) = doc.get_mut("error") {
-        p.mask_json(e, groups, key);
-    }
-    if let Some(contents) = doc.get_mut("contents").and_then(Value::as_array_mut) {
-        for c in contents {
-            if let Some(text) = c.get("text").and_then(Value::as_str) {
-                c["text"] = Value::String(mask_text(p, text, groups, key));
-            } else if let Some(o) = c.as_object_mut()
-                && o.remove("blob").is_some()
-            {
-                // Binary contents cannot be inspected: replaced by a text placeholder.
-                o.insert("text".into(), Value::String("[REDACTED]".into()));
-                o.insert("mimeType".into(), Value::String("text/plain".into()));
-            }
-        }
-    }
-    let mut blocks: Vec<&mut Value> = Vec::new();
-    for (k, v) in doc.as_object_mut().into_iter().flatten() {
-        match (k.as_str(), v) {
-            ("content", Value::Array(content)) => blocks.extend(content.iter_mut()),
-            // A sampling result's single block.
-            ("content", c @ Value::Object(_)) => blocks.push(c),
-            ("messages", Value::Array(messages)) => {
-                for m in messages {
-                    match m.get_mut("content") {
-                        Some(Value::Array(parts)) => blocks.extend(parts.iter_mut()),
-                        Some(c @ Value::Object(_)) => blocks.push(c),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    for block in blocks {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => {
-                let Some(text) = block.get("text").and_then(Value::as_str) else {
-                    continue;
-                };
-                block["text"] = Value::String(mask_text(p, text, groups, key));
-            }
-            Some("resource") => {
-                if let Some(text) = block["resource"].get("text").and_then(Value::as_str) {
-                    let masked = p.mask_plain(text, groups, key);
-                    block["resource"]["text"] = Value::String(masked);
-                } else if block["resource"].get("blob").is_some() {
-                    *block = serde_json::json!({"type": "text", "text": "[REDACTED]"});
-                }
-            }
-            // A link is metadata only (uri, name, description): masked as JSON.
-            Some("resource_link") => p.mask_json(block, groups, key),
-            _ => *block = serde_json::json!({"type": "text", "text": "[REDACTED]"}),
-        }
-        if let Some(meta) = block.get_mut("_meta") {
-            p.mask_json(meta, groups, key);
-        }
-    }
-    // Every other member — `_meta`, fields of a newer protocol version, a server's own
-    // additions — is masked as JSON: nothing in a result leaves unmasked for being unexpected.
-    // They are masked together as one object, so key rules see their names too.
-    let mask_others = |o: &mut serde_json::Map<String, Value>, handled: &[&str]| {
+    use serde_json::{Map, Value};
+    // Members other than those named in `handled` are masked together as one object, so key
+    // rules see their names too: nothing in a result leaves unmasked for being unexpected
+    // (`_meta`, annotations, fields of a newer protocol version, a server's own additions).
+    let mask_others = |o: &mut Map<String, Value>, handled: &[&str]| {
         let names: Vec<String> = o
             .keys()
             .filter(|k| !handled.contains(&k.as_str()))
@@ -384,28 +324,95 @@ fn mask_tool_result(
             o.extend(m);
         }
     };
-    if let Some(o) = doc.as_object_mut() {
-        for c in o
-            .get_mut("contents")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(c) = c.as_object_mut() {
-                mask_others(c, &["text"]);
+    // A resource's contents: text as JSON or plain text; binary replaced.
+    let mask_resource = |r: &mut Value| {
+        let Some(o) = r.as_object_mut() else {
+            p.mask_json(r, groups, key);
+            return;
+        };
+        match o.get("text") {
+            Some(Value::String(text)) => {
+                let masked = mask_text(p, text, groups, key);
+                o.insert("text".into(), Value::String(masked));
+            }
+            Some(_) => {
+                o.insert("text".into(), Value::String("[REDACTED]".into()));
+            }
+            None => {}
+        }
+        if o.remove("blob").is_some() {
+            // Binary contents cannot be inspected: replaced by a text placeholder.
+            o.insert("text".into(), Value::String("[REDACTED]".into()));
+            o.insert("mimeType".into(), Value::String("text/plain".into()));
+        }
+        mask_others(o, &["text"]);
+    };
+    // One content block.
+    let mask_block = |block: &mut Value| {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => match block.get("text") {
+                Some(Value::String(text)) => {
+                    block["text"] = Value::String(mask_text(p, text, groups, key));
+                }
+                _ => block["text"] = Value::String("[REDACTED]".into()),
+            },
+            Some("resource") => mask_resource(&mut block["resource"]),
+            // A link is metadata only (uri, name, description): masked with the rest below.
+            Some("resource_link") => {}
+            _ => {
+                *block = serde_json::json!({"type": "text", "text": "[REDACTED]"});
+                return;
             }
         }
-        mask_others(
-            o,
-            &[
-                "structuredContent",
-                "error",
-                "contents",
-                "content",
-                "messages",
-            ],
-        );
+        if let Some(o) = block.as_object_mut() {
+            mask_others(o, &["type", "text", "resource"]);
+        }
+    };
+    let Some(o) = doc.as_object_mut() else {
+        p.mask_json(doc, groups, key);
+        return;
+    };
+    let mut handled = vec!["structuredContent", "error"];
+    if let Some(sc) = o.get_mut("structuredContent") {
+        p.mask_json(sc, groups, key);
     }
+    if let Some(e) = o.get_mut("error") {
+        p.mask_json(e, groups, key);
+    }
+    if let Some(Value::Array(contents)) = o.get_mut("contents") {
+        contents.iter_mut().for_each(mask_resource);
+        handled.push("contents");
+    }
+    match o.get_mut("content") {
+        Some(Value::Array(blocks)) => {
+            blocks.iter_mut().for_each(mask_block);
+            handled.push("content");
+        }
+        // A sampling result's single block.
+        Some(block @ Value::Object(_)) => {
+            mask_block(block);
+            handled.push("content");
+        }
+        _ => {}
+    }
+    if let Some(Value::Array(messages)) = o.get_mut("messages") {
+        for m in messages.iter_mut() {
+            match m.get_mut("content") {
+                Some(Value::Array(parts)) => parts.iter_mut().for_each(mask_block),
+                Some(c @ Value::Object(_)) => mask_block(c),
+                Some(other) => p.mask_json(other, groups, key),
+                None => {}
+            }
+            if let Some(m) = m.as_object_mut() {
+                mask_others(m, &["content", "role"]);
+            } else {
+                p.mask_json(m, groups, key);
+            }
+        }
+        handled.push("messages");
+    }
+    // Everything else, and members whose shape was not the expected one.
+    mask_others(o, &handled);
 }
 
 /// A text block: as JSON when it is a JSON object or array, else as plain text.
@@ -464,6 +471,21 @@ mod tests {
         mask_tool_result(&p, &mut doc, &[], &key);
         let text = doc.to_string();
         for raw in ["ada@example.com", "123-45-6789", "hunter2"] {
+            assert!(!text.contains(raw), "{raw} left in {text}");
+        }
+        // Shapes other than the expected ones, JSON inside an embedded resource, and members
+        // of prompt messages are masked too.
+        let mut odd = json!({
+            "content": "write to ada@example.com",
+            "messages": [{"role": "user", "_meta": {"ssn": "1"},
+                          "content": {"type": "resource", "resource": {
+                              "uri": "mailto:ada@example.com", "mimeType": "application/json",
+                              "text": "{\"password\": \"hunter2\"}"}}}],
+            "contents": [{"uri": "x://1", "text": {"password": "hunter2"}}],
+        });
+        mask_tool_result(&p, &mut odd, &[], &key);
+        let text = odd.to_string();
+        for raw in ["ada@example.com", "hunter2", "\"ssn\":\"1\""] {
             assert!(!text.contains(raw), "{raw} left in {text}");
         }
         assert_eq!(

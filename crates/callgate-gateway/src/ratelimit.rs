@@ -70,16 +70,18 @@ impl RateLimits {
             }),
             (a, b) => a.or(b),
         };
-        if let Some(spec) = per_fn {
-            let l = limiter(&self.per_function, (function.clone(), spec), spec);
-            admit(&l, &call.principal.subject, || {
-                format!("{function} allows {spec} per caller")
-            })?;
-        }
+        // The caller's overall limit first: a call it refuses spends nothing of the
+        // function's quota (which would otherwise refuse again, later, for calls never made).
         if let Some(spec) = cfg.per_caller {
             let l = limiter(&self.per_caller, spec, spec);
             admit(&l, &call.principal.subject, || {
                 format!("at most {spec} per caller")
+            })?;
+        }
+        if let Some(spec) = per_fn {
+            let l = limiter(&self.per_function, (function.clone(), spec), spec);
+            admit(&l, &call.principal.subject, || {
+                format!("{function} allows {spec} per caller")
             })?;
         }
         // Forget idle keys now and then so the maps don't grow without bound.

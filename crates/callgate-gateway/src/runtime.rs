@@ -275,6 +275,20 @@ pub fn load(
             ));
         }
     }
+    // A limit on a function that does not exist limits nothing: a typo would leave the real
+    // function unlimited. MCP tools are listed only once the gateway runs, so a name under a
+    // server's prefix is taken on trust.
+    for name in config.rate_limits.per_function.keys() {
+        let mcp_tool = config.mcp.servers.iter().any(|(server, s)| {
+            name.strip_prefix(s.tool_prefix(server))
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if registry.get(name).is_none() && !mcp_tool {
+            errors.push(format!(
+                "rate_limits.per_function: {name:?} is not a declared function"
+            ));
+        }
+    }
     for (m, policy) in engine.mask_profiles() {
         if !config.masking.profiles.contains_key(&m) {
             errors.push(format!("policy {policy}: @mask: no masking profile {m:?}"));

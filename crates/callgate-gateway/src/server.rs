@@ -50,6 +50,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // An IPv4 client of a dual-stack listener is known by its IPv4 address everywhere
+        // (policy, audit, X-Forwarded-For), not as `::ffff:a.b.c.d`.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let gw = gateway.clone();
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

@@ -105,9 +105,13 @@ impl Detector {
             Detector::Ipv6 => re!(
                 r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})?(?:%[0-9a-z]+)?"
             ),
-            Detector::Jwt => re!(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{10,}"),
+            // An unsigned token (`alg: none`) ends at its second dot.
+            Detector::Jwt => {
+                re!(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.(?:[A-Za-z0-9_-]{10,})?")
+            }
+            // PEM, OpenSSH and PGP armor; a block cut short (no END line) to the end of text.
             Detector::PrivateKey => re!(
-                r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+                r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"
             ),
             Detector::Bearer => re!(r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
             Detector::AwsKey => {
@@ -119,7 +123,9 @@ impl Detector {
                     r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?-u:\b)"
                 )
             }
-            Detector::SlackToken => re!(r"(?-u:\b)xox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}"),
+            Detector::SlackToken => re!(
+                r"(?-u:\b)(?:xox[abposr]-[0-9A-Za-z]{1,}-[0-9A-Za-z-]{8,}|xapp-[0-9]-[0-9A-Za-z]{6,}-[0-9]{6,}-[0-9a-f]{16,})"
+            ),
             Detector::StripeKey => {
                 re!(r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?-u:\b)")
             }
@@ -190,8 +196,15 @@ impl Detector {
             }
             Detector::Ipv6 => {
                 let addr = s.split('%').next().unwrap_or(s);
+                // A colon before it continues an address unless it follows a word that is no
+                // hex group (`peer:2001:db8::1`, a key and its value).
+                let separator = before == Some(':')
+                    && text[..m.start - 1]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_alphabetic() && !c.is_ascii_hexdigit());
                 !word(before)
-                    && before != Some(':')
+                    && (before != Some(':') || separator)
                     && !word(after)
                     && after != Some(':')
                     && addr.contains(':')
@@ -234,9 +247,10 @@ impl Detector {
             // The length and character gates are what each regex needs at the least, so the
             // substring searches run on few strings.
             Detector::Jwt => h.dot && text.len() >= 26 && text.contains("eyJ"),
-            Detector::PrivateKey => h.dash && text.len() >= 52 && text.contains("PRIVATE KEY-----"),
+            Detector::PrivateKey => h.dash && text.len() >= 32 && text.contains("PRIVATE KEY"),
             Detector::Bearer => {
-                h.space && h.upper + h.lower >= 22 && text.len() >= 23 && {
+                // `bearer`, a blank and 16 token characters (letters or digits).
+                h.space && h.upper + h.lower >= 6 && text.len() >= 23 && {
                     // Only where a `b` or `B` starts: most text has few.
                     let l = text.as_bytes();
                     (0..l.len().saturating_sub(5)).any(|i| {
@@ -251,7 +265,9 @@ impl Detector {
                     && text.len() >= 40
                     && (text.contains("gh") || text.contains("github_pat_"))
             }
-            Detector::SlackToken => h.dash && text.len() >= 15 && text.contains("xox"),
+            Detector::SlackToken => {
+                h.dash && text.len() >= 15 && (text.contains("xox") || text.contains("xapp-"))
+            }
             Detector::StripeKey => {
                 h.underscore >= 2
                     && text.len() >= 24
@@ -269,11 +285,40 @@ impl Detector {
     }
 
     fn find_unchecked(self, text: &str) -> Vec<Range<usize>> {
-        self.regex()
-            .find_iter(text)
-            .map(|m| m.range())
-            .filter(|r| self.accept(text, r.clone()))
-            .collect()
+        let re = self.regex();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at <= text.len() {
+            let Some(m) = re.find_at(text, at) else { break };
+            let r = m.range();
+            at = r.end.max(r.start + 1);
+            if self.accept(text, r.clone()) {
+                out.push(r);
+                continue;
+            }
+            // A greedy match can take in what follows the value (a card's expiry or CVV, the
+            // next word after an IBAN) and so fail validation: the longest shorter match that
+            // validates is the value.
+            if matches!(self, Detector::Card | Detector::Iban)
+                && let Some(end) = (r.start + 1..r.end).rev().find(|&end| {
+                    text.is_char_boundary(end)
+                        && re
+                            .find(&text[r.start..end])
+                            .is_some_and(|m| m.start() == 0 && m.end() == end - r.start)
+                        && self.accept(text, r.start..end)
+                })
+            {
+                out.push(r.start..end);
+                at = end;
+                continue;
+            }
+            // An address the match began one character early for (`peer:2001:db8::1` read
+            // from its colon) is looked for again from the next character.
+            if self == Detector::Ipv6 {
+                at = r.start + text[r.start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        out
     }
 }
 
@@ -553,6 +598,12 @@ mod tests {
             (Detector::Bearer, format!("Authorization: Bearer {token}")),
             (Detector::Bearer, format!("auth=BEARER\t{token}; next")),
             (Detector::Bearer, format!("bearer {token}")),
+            // A token of digits: the quick check counts `bearer`'s letters, not the token's.
+            (
+                Detector::Bearer,
+                "Bearer 0123456789abcdef0123456789abcdef".into(),
+            ),
+            (Detector::Bearer, "Bearer 1234567890123456".into()),
             (
                 Detector::StripeKey,
                 "key sk_live_4eC39HqLyjWDarjtT1zdp7dc here".into(),
@@ -591,6 +642,37 @@ mod tests {
         let h = Hints::of(&long);
         assert_eq!(h.digits, 600);
         assert!(h.at && !h.dash);
+    }
+
+    /// A greedy match that takes in what follows the value, and so fails validation, still
+    /// finds the value inside it.
+    #[test]
+    fn a_rejected_match_does_not_hide_the_value_in_it() {
+        let cases: &[(Detector, &str, &str)] = &[
+            (
+                Detector::Card,
+                "card 4111 1111 1111 1111 05/27",
+                "4111 1111 1111 1111",
+            ),
+            (Detector::Card, "4111111111111111 123", "4111111111111111"),
+            (
+                Detector::Iban,
+                "to DE89370400440532013000 BIC COBADEFFXXX",
+                "DE89370400440532013000",
+            ),
+            (
+                Detector::Iban,
+                "GB82 WEST 1234 5698 7654 32 EUR",
+                "GB82 WEST 1234 5698 7654 32",
+            ),
+            (Detector::Ipv6, "peer:2001:db8::1", "2001:db8::1"),
+        ];
+        for (d, text, want) in cases {
+            let found: Vec<&str> = d.find(text).into_iter().map(|r| &text[r]).collect();
+            assert_eq!(found, [*want], "{} in {text:?}", d.name());
+        }
+        // Numbers that are no card stay unmasked (a 13-digit millisecond timestamp).
+        assert!(Detector::Card.find("at 1763769600000 ms").is_empty());
     }
 
     #[test]

@@ -151,7 +151,8 @@ pub(crate) fn mask_whole(v: &Value, s: Strategy, key: &hmac::Key) -> Option<Valu
     match v {
         Value::String(t) => strategy::apply(s, t, key).map(Value::String),
         Value::Number(n) => strategy::apply(s, &n.to_string(), key).map(Value::String),
-        Value::Null => Some(Value::Null),
+        // Dropped, a null goes too: its key alone says the field exists.
+        Value::Null => (s != Strategy::Drop).then_some(Value::Null),
         // A selected object, array or boolean is replaced whole (or dropped).
         _ => match s {
             Strategy::Drop => None,

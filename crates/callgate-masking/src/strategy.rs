@@ -45,16 +45,21 @@ pub fn apply_in_text(strategy: Strategy, value: &str, key: &hmac::Key) -> String
 }
 
 fn partial(value: &str, keep: usize) -> String {
+    // An email address (the whole value, as the detector reads one) keeps its first letter
+    // and its domain; anything else with an `@` in it (a password, say) is masked as text.
     if let Some((local, domain)) = value.split_once('@')
         && !local.is_empty()
-        && domain.contains('.')
+        && crate::detect::Detector::Email.find(value) == [0..value.len()]
     {
-        let mut chars = local.chars();
-        let first = chars.next().unwrap_or('*');
-        return format!("{first}{}@{domain}", "*".repeat(chars.count()));
+        let n = local.chars().count();
+        // The first letter is kept only when there is more to hide.
+        let first = local.chars().next().filter(|_| n > 1).unwrap_or('*');
+        return format!("{first}{}@{domain}", "*".repeat(n - 1));
     }
+    // At most half the letters and digits are kept, whatever `keep` says: a short value is
+    // never shown whole.
     let total = value.chars().filter(|c| c.is_alphanumeric()).count();
-    let star_until = total.saturating_sub(keep);
+    let star_until = total - keep.min(total / 2);
     let mut seen = 0;
     value
         .chars()
@@ -88,6 +93,16 @@ mod tests {
             apply(Strategy::Partial { keep: 4 }, "123-45-6789", &k).unwrap(),
             "***-**-6789"
         );
+        // A value no longer than twice what is kept shows at most half of itself.
+        let p = |v: &str| apply(Strategy::Partial { keep: 4 }, v, &k).unwrap();
+        assert_eq!(p("1234"), "**34");
+        assert_eq!(p("12345678"), "****5678");
+        assert_eq!(p("p@$$w0rd"), "*@$$**rd");
+        // An email address keeps its domain, and its first letter when there is more.
+        assert_eq!(p("ada@example.com"), "a**@example.com");
+        assert_eq!(p("p@ss.word"), "*@ss.word");
+        // Anything else with an `@` in it is masked as text.
+        assert_eq!(p("p@ssw0rd!"), "*@***0rd!");
         assert_eq!(
             apply(Strategy::Partial { keep: 4 }, "4111 1111 1111 1111", &k).unwrap(),
             "**** **** **** 1111"
@@ -98,7 +113,8 @@ mod tests {
         );
         assert_eq!(
             apply(Strategy::Partial { keep: 9 }, "ab", &k).unwrap(),
-            "ab"
+            "*b",
+            "never shown whole"
         );
         let a = apply(Strategy::Hash, "ada@example.com", &k).unwrap();
         assert_eq!(a, apply(Strategy::Hash, "ada@example.com", &k).unwrap());

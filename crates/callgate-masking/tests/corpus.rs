@@ -193,11 +193,31 @@ fn corpus() -> Vec<(String, Option<(String, Detector)>)> {
             "xoxp-1111111111-2222222222-333333333333-abcdef0123456789abcdef0123456789",
             Detector::SlackToken,
         ),
+        (
+            "xapp-1-A0123456789-1234567890123-0123456789abcdef0123456789abcdef",
+            Detector::SlackToken,
+        ),
+        // Unsigned (`alg: none`), a PGP key block, and a key cut short.
+        (
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0NTY3ODkwIn0.",
+            Detector::Jwt,
+        ),
+        (
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF2xXq0BCAC7Gm1Q3mZqFQYtq8Jk1hQ\n-----END PGP PRIVATE KEY BLOCK-----",
+            Detector::PrivateKey,
+        ),
         ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", Detector::StripeKey),
         ("rk_test_51H8zXfD0n3Q2yP0abcdEFGH", Detector::StripeKey),
     ] {
         pos(v.to_string(), d, "value: {} end");
     }
+    // A key cut short (no END line) is masked to the end of the text.
+    pos(
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5oFL5f3nI7lZ"
+            .into(),
+        Detector::PrivateKey,
+        "key: {}",
+    );
     // Generated emails, phone numbers and addresses in several shapes.
     let names = [
         "ada",

@@ -39,7 +39,24 @@ fn decimal_literal(n: &serde_json::Number) -> Option<String> {
     if frac.len() > 4 || int.trim_start_matches('-').len() > 15 {
         return None;
     }
+    // Cedar keeps a decimal as a 64-bit count of ten-thousandths.
+    let units: i128 = int.trim_start_matches('-').parse::<i128>().ok()? * 10_000
+        + format!("{frac:0<4}").parse::<i128>().ok()?;
+    let units = if int.starts_with('-') { -units } else { units };
+    if i64::try_from(units).is_err() {
+        return None;
+    }
     Some(format!("{int}.{frac}"))
+}
+
+/// Whether values of `ty` reach policy at all: not when their type is unknown (`Any`), also
+/// as the items of an array — the Cedar schema leaves such arguments out.
+fn in_policy(ty: &ArgType) -> bool {
+    match ty {
+        ArgType::Any => false,
+        ArgType::Array(item) => in_policy(item),
+        _ => true,
+    }
 }
 
 /// Converts one value of type `ty` at `pointer`.
@@ -48,6 +65,9 @@ pub fn to_cedar(
     v: &Value,
     ty: &ArgType,
 ) -> Result<Option<RestrictedExpression>, Refusal> {
+    if !in_policy(ty) {
+        return Ok(None);
+    }
     Ok(Some(match (ty, v) {
         (_, Value::Null) | (ArgType::Any, _) => return Ok(None),
         (ArgType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),

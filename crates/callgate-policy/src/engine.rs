@@ -361,13 +361,16 @@ impl PolicyEngine {
                 detail: format!("function {} has no policy slice", call.function.name),
             })?;
         let principal = uid(&self.user_type, &call.principal.subject);
+        // Each part is length-prefixed: no subject or group, whatever bytes it holds, can
+        // make one caller's key another's.
         let mut key = String::with_capacity(64);
         for part in [call.function.name.as_str(), call.principal.subject.as_str()]
             .into_iter()
             .chain(call.principal.groups.iter().map(String::as_str))
         {
+            key.push_str(&part.len().to_string());
+            key.push(':');
             key.push_str(part);
-            key.push('\0');
         }
         let entities = cached(&self.entity_cache, key, || {
             // Group entities and the `call` action group need not exist in the store: parents
@@ -387,7 +390,13 @@ impl PolicyEngine {
                 })
         })?;
         let arguments = context::record("", &call.arguments, &call.function.fields)?;
-        let ip: IpAddr = call.meta.source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`: policy sees the
+        // IPv4 address, so IPv4 ranges and `isLoopback` hold for it.
+        let ip: IpAddr = call
+            .meta
+            .source
+            .map(|ip| ip.to_canonical())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let request = RestrictedExpression::new_record([
             (
                 "time".to_string(),
