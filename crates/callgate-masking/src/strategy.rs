@@ -49,7 +49,8 @@ fn partial(value: &str, keep: usize) -> String {
     // and its domain; anything else with an `@` in it (a password, say) is masked as text.
     if let Some((local, domain)) = value.split_once('@')
         && !local.is_empty()
-        && crate::detect::Detector::Email.find(value) == [0..value.len()]
+        && crate::detect::Detector::Email.find(value).as_slice()
+            == std::slice::from_ref(&(0..value.len()))
     {
         let n = local.chars().count();
         // The first letter is kept only when there is more to hide.

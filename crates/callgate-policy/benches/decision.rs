@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
             .unwrap()
             .clone(),
         expect: Expect::Allow,
+        request: Default::default(),
     };
     let (reg, eng) = engine(1000);
     assert_eq!(eng.len(), 5000);

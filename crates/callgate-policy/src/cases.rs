@@ -44,6 +44,35 @@ pub struct Case {
     #[serde(default)]
     pub arguments: serde_json::Map<String, serde_json::Value>,
     pub expect: Expect,
+    /// `context.request` as the gateway would build it; each defaults to a typical request.
+    #[serde(default, flatten)]
+    pub request: CaseRequest,
+}
+
+/// The request a case's call arrives with: what policies read in `context.request`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseRequest {
+    /// `time`, Unix seconds (default: now).
+    #[serde(default)]
+    pub time: Option<u64>,
+    /// `source_ip` (default 127.0.0.1).
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// `ingress`: `proxy`, `invoke` (default) or `mcp`.
+    #[serde(default)]
+    pub ingress: Option<Ingress>,
+    /// `auth_method`: `oidc` (default) or `api_key`.
+    #[serde(default)]
+    pub auth: Option<CaseAuth>,
+}
+
+/// How a case's caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseAuth {
+    Oidc,
+    ApiKey,
 }
 
 /// The result of one case.
@@ -53,11 +82,13 @@ pub struct CaseResult {
     pub expected: Expect,
     pub actual: Expect,
     pub detail: String,
+    /// The case names a function the registry does not have.
+    pub unknown_function: bool,
 }
 
 impl CaseResult {
     pub fn passed(&self) -> bool {
-        self.expected == self.actual
+        !self.unknown_function && self.expected == self.actual
     }
 }
 
@@ -67,13 +98,23 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
         .get(&case.function)
         .ok_or_else(|| format!("unknown function {:?}", case.function))?
         .clone();
+    let r = &case.request;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Ok(Call {
         request_id: "test".into(),
         principal: Arc::new(Principal {
             subject: case.subject.clone(),
             groups: case.groups.clone(),
-            auth: AuthMethod::Oidc {
-                issuer: "callgate-test".into(),
+            auth: match r.auth {
+                Some(CaseAuth::ApiKey) => AuthMethod::ApiKey {
+                    key_id: "callgate-test".into(),
+                },
+                _ => AuthMethod::Oidc {
+                    issuer: "callgate-test".into(),
+                },
             },
             token_id: None,
             actor: None,
@@ -84,9 +125,9 @@ pub fn case_call(reg: &Registry, case: &Case) -> Result<Call, String> {
         function,
         arguments: case.arguments.clone(),
         meta: CallMeta {
-            ingress: Ingress::Invoke,
-            source: Some([127, 0, 0, 1].into()),
-            received_at: 0,
+            ingress: r.ingress.unwrap_or(Ingress::Invoke),
+            source: Some(r.source_ip.unwrap_or([127, 0, 0, 1].into())),
+            received_at: r.time.unwrap_or(now),
             session: None,
             reason: None,
             break_glass: None,
@@ -106,6 +147,9 @@ pub fn run(reg: &Registry, engine: &PolicyEngine, cases: &[Case]) -> Vec<CaseRes
             let name = case.name.clone().unwrap_or_else(|| {
                 format!("case {} ({} → {})", i + 1, case.subject, case.function)
             });
+            // A function that does not exist is the suite's mistake (a typo), never an
+            // expected outcome: the case fails whatever it expects.
+            let known = reg.get(&case.function).is_some();
             let (actual, detail) = match case_call(reg, case) {
                 Err(e) => (Expect::Invalid, e),
                 Ok(call) => match args::validate(&call.function, &call.arguments)
@@ -135,6 +179,7 @@ pub fn run(reg: &Registry, engine: &PolicyEngine, cases: &[Case]) -> Vec<CaseRes
                 expected: case.expect,
                 actual,
                 detail,
+                unknown_function: !known,
             }
         })
         .collect()

@@ -138,3 +138,45 @@ pub fn record(
         detail: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn untyped_arrays_stay_out_of_policy() {
+        let untyped = ArgType::Array(Box::new(ArgType::Any));
+        assert!(
+            to_cedar("/tags", &json!(["a", 1]), &untyped)
+                .unwrap()
+                .is_none()
+        );
+        let nested = ArgType::Array(Box::new(untyped));
+        assert!(to_cedar("/t", &json!([["a"]]), &nested).unwrap().is_none());
+        // A typed array still reaches policy, and a null inside it is refused.
+        let typed = ArgType::Array(Box::new(ArgType::String));
+        assert!(to_cedar("/t", &json!(["a"]), &typed).unwrap().is_some());
+        assert!(to_cedar("/t", &json!(["a", null]), &typed).is_err());
+    }
+
+    #[test]
+    fn decimals_beyond_cedars_range_are_refused_as_arguments() {
+        for ok in [json!(1.5), json!(-3), json!(-922337203685477_i64)] {
+            assert!(
+                to_cedar("/a", &ok, &ArgType::Number).unwrap().is_some(),
+                "{ok}"
+            );
+        }
+        assert!(decimal_literal(&serde_json::Number::from(922337203685477_i64)).is_some());
+        for bad in [
+            serde_json::Number::from(999999999999999_i64),
+            serde_json::Number::from(-999999999999999_i64),
+            serde_json::Number::from(922337203685478_i64),
+        ] {
+            assert_eq!(decimal_literal(&bad), None, "{bad}");
+            let r = to_cedar("/amount", &Value::Number(bad), &ArgType::Number).unwrap_err();
+            assert_eq!(r.status(), 422);
+        }
+    }
+}

@@ -68,6 +68,7 @@ fn decisions_name_their_policies_and_obligations() {
         function: function.into(),
         arguments: args.as_object().unwrap().clone(),
         expect: cases::Expect::Allow,
+        request: Default::default(),
     };
     let call = cases::case_call(
         &reg,
@@ -121,6 +122,7 @@ fn approval_obligations_merge_to_the_strictest() {
             .unwrap()
             .clone(),
         expect: cases::Expect::Held,
+        request: Default::default(),
     };
     let d = engine.decide(&cases::case_call(&reg, &c).unwrap()).unwrap();
     assert!(d.allowed());
@@ -149,6 +151,7 @@ fn forbid_wins_and_is_named() {
             .unwrap()
             .clone(),
         expect: cases::Expect::Deny,
+        request: Default::default(),
     };
     let d = engine.decide(&cases::case_call(&reg, &c).unwrap()).unwrap();
     assert!(!d.allowed());
@@ -275,4 +278,45 @@ fn load_errors_have_file_and_line() {
         assert_eq!(e.line, *line, "{text}: {e}");
         assert!(e.message.contains(needle), "{text}: {e}");
     }
+}
+
+#[test]
+fn cases_set_the_request_context_and_unknown_functions_fail() {
+    let reg = demo_registry();
+    let engine = load(
+        r#"@id("after-2033") forbid (principal, action, resource) when { context.request.time > 2000000000 };
+@id("no-files-over-mcp") forbid (principal, action == Callgate::Action::"files.read", resource) when { context.request.ingress == "mcp" };
+@id("keys-only-inside") forbid (principal, action, resource) when { context.request.auth_method == "api_key" && !context.request.source_ip.isInRange(ip("10.0.0.0/8")) };"#,
+    )
+    .unwrap();
+    let file: CaseFile = yaml_serde::from_str(
+        r#"
+cases:
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, expect: allow}
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, time: 2000000001, expect: deny}
+  - {as: alice, groups: [support], function: files.read, arguments: {path: /srv/reports/q3.csv}, ingress: mcp, expect: deny}
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, auth: api_key, expect: deny}
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, auth: api_key, source_ip: 10.1.2.3, expect: allow}
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, auth: api_key, source_ip: "::ffff:10.1.2.3", expect: allow}
+  - {as: alice, groups: [support], function: users.get, arguments: {id: u_1}, auth: api_key, source_ip: "::ffff:192.0.2.7", expect: deny}
+  - {as: alice, groups: [support], function: users.gte, expect: invalid}
+"#,
+    )
+    .unwrap();
+    let r = cases::run(&reg, &engine, &file.cases);
+    // (An IPv4 client of a dual-stack listener, `::ffff:a.b.c.d`, is in its IPv4 ranges.)
+    for c in &r[..7] {
+        assert!(c.passed(), "{c:?}");
+    }
+    assert!(
+        !r[7].passed(),
+        "an unknown function fails the case whatever it expects"
+    );
+    // A misspelt field is an error, not a silently typical request.
+    assert!(
+        yaml_serde::from_str::<CaseFile>(
+            "cases: [{as: a, function: users.get, expect: allow, tme: 1}]"
+        )
+        .is_err()
+    );
 }

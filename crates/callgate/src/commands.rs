@@ -149,12 +149,14 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn explain(
     config: &Path,
     subject: String,
     groups: Vec<String>,
     function: &str,
     arguments: &str,
+    request: cases::CaseRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let runtime::Parts {
@@ -169,6 +171,7 @@ pub fn explain(
         function: function.to_string(),
         arguments: args,
         expect: cases::Expect::Allow,
+        request,
     };
     let call = cases::case_call(&registry, &case).map_err(anyhow::Error::msg)?;
     if let Err(r) = callgate_core::args::validate(&call.function, &call.arguments) {
@@ -179,9 +182,19 @@ pub fn explain(
         );
         return Ok(ExitCode::from(2));
     }
-    let decision = engine
-        .decide(&call)
-        .map_err(|r| anyhow!("{}", r.detail()))?;
+    let decision = match engine.decide(&call) {
+        Ok(d) => d,
+        // Arguments policy cannot represent (a number beyond Cedar's range, say): refused
+        // before any policy decides, as the gateway would.
+        Err(r) => {
+            println!(
+                "decision: invalid (the call would be refused with {} before policy)\nreason:   {}",
+                r.status(),
+                r.detail()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&decision)?);
     } else {

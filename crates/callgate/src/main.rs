@@ -68,6 +68,18 @@ enum Command {
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
+        /// `context.request.time`, Unix seconds (default: now).
+        #[arg(long)]
+        time: Option<u64>,
+        /// `context.request.source_ip` (default 127.0.0.1).
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+        /// `context.request.ingress`: proxy, invoke (default) or mcp.
+        #[arg(long, value_parser = ["proxy", "invoke", "mcp"])]
+        ingress: Option<String>,
+        /// `context.request.auth_method`: oidc (default) or api_key.
+        #[arg(long, value_parser = ["oidc", "api_key"])]
+        auth: Option<String>,
         function: String,
         /// Arguments as a JSON object.
         #[arg(default_value = "{}")]
@@ -188,9 +200,30 @@ fn main() -> ExitCode {
                 subject,
                 groups,
                 json,
+                time,
+                source_ip,
+                ingress,
+                auth,
                 function,
                 arguments,
-            } => commands::explain(&config, subject, groups, &function, &arguments, json),
+            } => {
+                let request = callgate_policy::cases::CaseRequest {
+                    time,
+                    source_ip,
+                    ingress: ingress.map(|i| match i.as_str() {
+                        "proxy" => callgate_core::Ingress::Proxy,
+                        "mcp" => callgate_core::Ingress::Mcp,
+                        _ => callgate_core::Ingress::Invoke,
+                    }),
+                    auth: auth.map(|a| match a.as_str() {
+                        "api_key" => callgate_policy::cases::CaseAuth::ApiKey,
+                        _ => callgate_policy::cases::CaseAuth::Oidc,
+                    }),
+                };
+                commands::explain(
+                    &config, subject, groups, &function, &arguments, request, json,
+                )
+            }
             Command::Test { cases, config } => commands::test(&cases, config.as_deref()),
             Command::Schema => commands::schema(),
             Command::Keygen => commands::keygen(),

@@ -172,6 +172,37 @@ fn check_refuses_bad_approval_settings() {
         text(&out)
     );
 
+    // A function named like a Cedar action group.
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "functions:\n",
+        "functions:\n  - {name: call, upstream: orders, route: GET /call}\n",
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"call\" is reserved"),
+        "{}",
+        text(&out)
+    );
+    // A rate limit on a function that does not exist (a typo would leave the real one free).
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{yaml}\nrate_limits: {{per_function: {{orders.refnud: 3/minute}}}}\n"),
+    )
+    .unwrap();
+    let out = callgate(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .contains("rate_limits.per_function: \"orders.refnud\" is not a declared function"),
+        "{}",
+        text(&out)
+    );
+
     // A delegation must name subjects a caller can have: with the issuer's subjects prefixed,
     // a bare `bob` is nobody, and bob could approve what his agent asked for.
     for (person, ok) in [("bob", false), ("\"main:bob\"", true)] {

@@ -134,11 +134,22 @@ async fn catalog(
         Err(e) => return problem::response(&Refusal::bad_request(e.body_text()), &id.0),
     };
     let empty_schema = json!({"type": "object", "properties": {}});
+    // As `tools/list` does: an upstream tool whose definition changed is not offered until it
+    // is approved, and a group a grant gives the caller for a function counts for it.
     let visible = rt
         .registry
         .iter()
         .filter(|f| f.backend.is_callable())
-        .filter(|f| rt.engine.could_allow(&principal, f));
+        .filter(|f| match &f.backend {
+            callgate_core::Backend::McpTool { server, tool } => {
+                !shared.mcp.is_blocked(server, tool)
+            }
+            _ => true,
+        })
+        .filter(|f| {
+            let (p, _) = shared.approvals.grants.apply(principal.clone(), &f.name);
+            rt.engine.could_allow(&p, f)
+        });
     let body = match format.as_deref() {
         None | Some("callgate") => json!({
             "functions": visible.map(|f| json!({

@@ -121,10 +121,19 @@ impl ServerHandler for CallgateMcp {
                 callgate_core::Backend::McpMethod { .. }
                 | callgate_core::Backend::McpServerRequest { .. } => false,
             };
-            if !exposed || !rt.engine.could_allow(&caller.principal, f) {
+            if !exposed {
                 continue;
             }
-            holdable |= rt.engine.may_hold(&caller.principal, f);
+            // A group a grant gives the caller for this function counts, as when it is called.
+            let (principal, _) = self
+                .shared
+                .approvals
+                .grants
+                .apply(caller.principal.clone(), &f.name);
+            if !rt.engine.could_allow(&principal, f) {
+                continue;
+            }
+            holdable |= rt.engine.may_hold(&principal, f);
             let tool = serde_json::from_value(json!({
                 "name": f.name,
                 "description": f.description,

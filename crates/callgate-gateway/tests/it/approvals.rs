@@ -702,6 +702,19 @@ async fn grants_are_seen_by_policy_only_while_active_and_never_approve() {
         async move { get(&url, &[("x-api-key", &key)]).await }
     };
     read("bob").await.problem(403);
+    let catalog = || {
+        let (url, key) = (s.gw.url("/v1/functions"), s.keys["bob"].clone());
+        async move {
+            let v = get(&url, &[("x-api-key", &key)]).await.json();
+            v["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!catalog().await.contains(&"users.get".to_string()));
     let ask = |body: &'static str| {
         let (url, key) = (s.gw.url("/v1/grants"), s.keys["bob"].clone());
         async move { post_json(&url, &[("x-api-key", &key)], body).await }
@@ -722,6 +735,8 @@ async fn grants_are_seen_by_policy_only_while_active_and_never_approve() {
     s.review("carol", &id, "approve", "").await;
     let r = read("bob").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The catalog offers what the grant allows, as policy decides calls.
+    assert!(catalog().await.contains(&"users.get".to_string()));
     let mine = get(&s.gw.url("/v1/grants"), &[s.key("bob")]).await.json();
     assert_eq!(mine["grants"][0]["active"], true);
     // A reviewer revokes it: the very next request is denied.

@@ -1078,6 +1078,18 @@ async fn a_crashed_stdio_server_restarts_and_a_changed_tool_is_blocked_until_app
             .unwrap()
             .contains("blocked")
     );
+    // Nor does the catalog offer it.
+    let catalog = get(&u.gw.url("/v1/functions"), &[("x-api-key", alice.as_str())])
+        .await
+        .json();
+    let listed: Vec<&str> = catalog["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(listed.contains(&"crm.crm_lookup"), "{listed:?}");
+    assert!(!listed.contains(&"crm.echo"), "{listed:?}");
     let echoes_while_blocked = u.calls().iter().filter(|c| c["tool"] == "echo").count();
 
     // An administrator reviews and approves the new definition (as `callgate tools approve`).
