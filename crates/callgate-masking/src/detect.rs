@@ -114,9 +114,12 @@ impl Detector {
                 r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"
             ),
             Detector::Bearer => re!(r"(?i)(?-u:\b)bearer[ \t]+[A-Za-z0-9._~+/=-]{16,}"),
-            Detector::AwsKey => {
-                re!(r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)")
-            }
+            // An access key id by its prefix; a secret access key (40 base64 characters, no
+            // prefix of its own) only where it is named, as in credentials files and
+            // environment dumps — the secret itself is what is masked.
+            Detector::AwsKey => re!(
+                r#"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)|(?i:aws_?secret_?access_?key|secret_?access_?key)["']?[ \t]*[:=][ \t]*["']?[A-Za-z0-9/+]{40}(?-u:\b)"#
+            ),
             Detector::GcpKey => re!(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
             Detector::GithubToken => {
                 re!(
@@ -293,7 +296,12 @@ impl Detector {
             let r = m.range();
             at = r.end.max(r.start + 1);
             if self.accept(text, r.clone()) {
-                out.push(r);
+                // A secret found by the name before it: the secret alone.
+                out.push(if self == Detector::AwsKey && r.len() > 40 {
+                    r.end - 40..r.end
+                } else {
+                    r
+                });
                 continue;
             }
             // A greedy match can take in what follows the value (a card's expiry or CVV, the

@@ -211,6 +211,18 @@ fn corpus() -> Vec<(String, Option<(String, Detector)>)> {
     ] {
         pos(v.to_string(), d, "value: {} end");
     }
+    // An AWS secret access key where it is named (credentials file, environment dump).
+    for ctx in [
+        "aws_secret_access_key = {}",
+        "AWS_SECRET_ACCESS_KEY={}",
+        "\"SecretAccessKey\": \"{}\"",
+    ] {
+        pos(
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            Detector::AwsKey,
+            ctx,
+        );
+    }
     // A key cut short (no END line) is masked to the end of the text.
     pos(
         "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5oFL5f3nI7lZ"
