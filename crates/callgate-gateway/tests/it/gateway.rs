@@ -588,6 +588,30 @@ async fn rate_limits_answer_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_call_the_callers_limit_refuses_spends_nothing_of_the_functions() {
+    let up = Upstream::start().await;
+    let (ops, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let config = config(&up.url(), &ops_hash, &viewer_hash)
+        .replace("rate_limits:\n", "rate_limits:\n  per_caller: 2/second\n");
+    let gw = TestGateway::start(&config, &[("main.cedar", POLICY)]).await;
+    let url = gw.url("/items");
+    let key = [("x-api-key", ops.as_str())];
+    let create = || post_json(&url, &key, r#"{"name":"x","qty":1}"#);
+    // items.create allows 3 a minute; the caller 2 a second.
+    assert_eq!(create().await.status, 200);
+    assert_eq!(create().await.status, 200);
+    let r = create().await;
+    let p = r.problem(429);
+    assert!(p["detail"].as_str().unwrap().contains("per caller"), "{p}");
+    // Once the caller's limit lets a call through again, the function still has its third.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = create().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
 async fn hot_reload_tightens_at_once_and_survives_broken_edits() {
     let s = setup().await;
     let watching = || s.gw.gateway.shared.reloader.watching();
