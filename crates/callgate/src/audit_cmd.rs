@@ -102,9 +102,13 @@ pub struct FilterArgs {
     /// End of the time range (same forms).
     #[arg(long)]
     until: Option<String>,
-    #[arg(long, default_value_t = 1000)]
-    limit: u32,
+    /// At most this many records (search: 1000 unless given; export: all unless given).
+    #[arg(long)]
+    limit: Option<u32>,
 }
+
+/// Records `audit search` shows unless `--limit` says otherwise.
+const SEARCH_LIMIT: u32 = 1000;
 
 fn parse_time(s: &str) -> anyhow::Result<u64> {
     if let Ok(ms) = s.parse::<u64>() {
@@ -132,7 +136,7 @@ impl FilterArgs {
             kind: self.kind.clone(),
             since_ms: self.since.as_deref().map(parse_time).transpose()?,
             until_ms: self.until.as_deref().map(parse_time).transpose()?,
-            limit: self.limit,
+            limit: self.limit.unwrap_or(SEARCH_LIMIT),
             ..Default::default()
         })
     }
@@ -237,8 +241,15 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Search { filter, json } => {
-            let records = store.search(&filter.filter()?).await?;
+            let f = filter.filter()?;
+            let records = store.search(&f).await?;
             print_lines(&records, json)?;
+            if records.len() as u64 == u64::from(f.limit) {
+                eprintln!(
+                    "(the first {} matches; narrow with --since/--until, or raise --limit)",
+                    f.limit
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Tail {
@@ -249,11 +260,16 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let size = store.size().await?;
             let mut next = size.saturating_sub(lines as u64);
             loop {
-                let records = store.rows(next, 10_000).await?;
-                if let Some(last) = records.last() {
+                // Page by page up to the end of the log as it is now.
+                loop {
+                    let records = store.rows(next, 10_000).await?;
+                    let Some(last) = records.last() else { break };
                     next = last.index + 1;
+                    print_lines(&records, json)?;
+                    if records.len() < 10_000 {
+                        break;
+                    }
                 }
-                print_lines(&records, json)?;
                 if !follow {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -261,17 +277,32 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AuditCommand::Export { format, filter } => {
-            let records = store.search(&filter.filter()?).await?;
-            for r in &records {
-                let line = match format.as_str() {
-                    "jsonl" => ops::record_json(r),
-                    "ocsf" => match ocsf(r) {
-                        Some(v) => v,
-                        None => continue,
-                    },
-                    other => bail!("unknown format {other:?} (jsonl, ocsf)"),
-                };
-                outln!("{}", serde_json::to_string(&line)?);
+            if !matches!(format.as_str(), "jsonl" | "ocsf") {
+                bail!("unknown format {format:?} (jsonl, ocsf)");
+            }
+            // Every matching record, a page at a time (up to --limit when given).
+            let mut left = filter.limit.map_or(u64::MAX, u64::from);
+            let mut f = filter.filter()?;
+            while left > 0 {
+                f.limit = left.min(1000) as u32;
+                let records = store.search(&f).await?;
+                for r in &records {
+                    let line = match format.as_str() {
+                        "jsonl" => ops::record_json(r),
+                        _ => match ocsf(r) {
+                            Some(v) => v,
+                            None => continue,
+                        },
+                    };
+                    outln!("{}", serde_json::to_string(&line)?);
+                }
+                left -= records.len() as u64;
+                match records.last() {
+                    Some(last) if records.len() as u32 == f.limit => {
+                        f.after_index = Some(last.index)
+                    }
+                    _ => break,
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -409,7 +440,11 @@ fn summary(r: &StoredRecord) -> String {
         ),
         Event::Prune(p) => format!(
             "prune: bodies of {} call records older than {} removed",
-            p.indexes.iter().map(|r| r[1] - r[0] + 1).sum::<u64>(),
+            // Ranges from the database, which is not trusted: a reversed one counts nothing.
+            p.indexes
+                .iter()
+                .map(|r| r[1].checked_sub(r[0]).map_or(0, |n| n.saturating_add(1)))
+                .fold(0u64, u64::saturating_add),
             callgate_core::time::rfc3339(p.before_ms)
         ),
         Event::Forward(f) => format!(
@@ -659,44 +694,73 @@ fn story(records: &[StoredRecord]) -> String {
                 }
             }
             Some(other) => push(r.kind.as_str(), format!("{:?}", other.kind())),
-            None => push(r.kind.as_str(), "(body pruned by retention)".into()),
+            None if r.body.is_none() => push(r.kind.as_str(), "(body pruned by retention)".into()),
+            // A body that is there but does not read as a record: not pruned — altered.
+            None => push(
+                r.kind.as_str(),
+                "(the body does not read as this record: altered? run `callgate audit verify`)"
+                    .into(),
+            ),
         }
     }
     out
 }
 
 /// An OCSF API Activity (class 6003) event for a call record; other records are skipped.
+/// Fields OCSF types (a status code, an address) are left out rather than null when the record
+/// has no value for them; `status` is the caption of `status_id`.
 fn ocsf(r: &StoredRecord) -> Option<Value> {
     let e = event(r)?;
-    let (time, request_id, subject, groups, function, source, status_id, status, code, unmapped) =
-        match e {
-            Event::Call(c) => (
-                c.time_ms,
-                c.request_id,
-                Some(c.caller.subject),
-                c.caller.groups,
-                c.function,
-                c.source,
-                if c.decision.effect == "deny" { 2 } else { 1 },
-                c.decision.effect.clone(),
-                None,
-                json!({"decision": c.decision.effect, "policies": c.decision.policies, "arguments": c.arguments, "session": c.session}),
-            ),
-            Event::Refused(x) => (
-                x.time_ms,
-                x.request_id,
-                x.subject,
-                vec![],
-                x.function.unwrap_or_default(),
-                x.source,
-                2,
-                "refused".into(),
-                Some(x.status),
-                json!({"code": x.code, "detail": x.detail, "session": x.session}),
-            ),
-            _ => return None,
-        };
-    Some(json!({
+    let (time, request_id, subject, groups, function, source, status_id, code, unmapped) = match e {
+        Event::Call(c) => (
+            c.time_ms,
+            c.request_id,
+            Some(c.caller.subject),
+            c.caller.groups,
+            c.function,
+            c.source,
+            match c.decision.effect.as_str() {
+                "allow" => 1,
+                "deny" => 2,
+                // Held for approval: neither yet.
+                _ => 99,
+            },
+            None,
+            json!({"decision": c.decision.effect, "policies": c.decision.policies, "arguments": c.arguments, "session": c.session}),
+        ),
+        Event::Refused(x) => (
+            x.time_ms,
+            x.request_id,
+            x.subject,
+            vec![],
+            x.function.unwrap_or_default(),
+            x.source,
+            2,
+            Some(x.status),
+            json!({"code": x.code, "detail": x.detail, "session": x.session}),
+        ),
+        _ => return None,
+    };
+    let status = match status_id {
+        1 => "Success",
+        2 => "Failure",
+        _ => "Other",
+    };
+    let mut user = json!({
+        "name": subject.unwrap_or_else(|| "anonymous".into()),
+        "groups": groups.iter().map(|g| json!({"name": g})).collect::<Vec<_>>(),
+    });
+    if user["groups"].as_array().is_some_and(Vec::is_empty) {
+        user.as_object_mut().map(|u| u.remove("groups"));
+    }
+    let mut api = json!({
+        "operation": if function.is_empty() { "unknown".to_string() } else { function },
+        "request": {"uid": request_id},
+    });
+    if let Some(code) = code {
+        api["response"] = json!({"code": code});
+    }
+    let mut v = json!({
         "class_uid": 6003,
         "class_name": "API Activity",
         "category_uid": 6,
@@ -708,12 +772,15 @@ fn ocsf(r: &StoredRecord) -> Option<Value> {
         "time": time,
         "status_id": status_id,
         "status": status,
-        "actor": {"user": {"name": subject, "groups": groups.iter().map(|g| json!({"name": g})).collect::<Vec<_>>()}},
-        "api": {"operation": function, "request": {"uid": request_id}, "response": {"code": code}},
-        "src_endpoint": {"ip": source},
+        "actor": {"user": user},
+        "api": api,
         "metadata": {"version": "1.3.0", "uid": r.index.to_string(), "product": {"name": "Callgate", "vendor_name": "Callgate"}},
         "unmapped": unmapped,
-    }))
+    });
+    if let Some(ip) = source {
+        v["src_endpoint"] = json!({"ip": ip});
+    }
+    Some(v)
 }
 
 /// `refused: …` → `REFUSED: …`, so refused attempts stand out in a story.

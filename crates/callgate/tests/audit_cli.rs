@@ -200,8 +200,33 @@ fn auditor_commands_read_the_log(config: &Path, ids: &[String]) {
     assert_eq!(first["class_uid"], 6003);
     assert_eq!(first["actor"]["user"]["name"], "olivia");
     assert_eq!(
-        ok(&["export", "--format", "jsonl"]).lines().count(),
-        ok(&["tail", "-n", "1000"]).lines().count()
+        (&first["status_id"], &first["status"]),
+        (&serde_json::json!(1), &serde_json::json!("Success"))
+    );
+    // No nulls where OCSF types a field: left out when the record has no value.
+    for line in ocsf.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            !v["api"]["response"]["code"].is_null() || v["api"].get("response").is_none(),
+            "{v}"
+        );
+        assert!(v["actor"]["user"]["name"].is_string(), "{v}");
+    }
+    // Export pages through the whole log; search says when it stops at its limit.
+    let all = ok(&["export", "--format", "jsonl"]).lines().count();
+    assert_eq!(all, ok(&["tail", "-n", "1000"]).lines().count());
+    assert_eq!(
+        ok(&["export", "--format", "jsonl", "--limit", "5"])
+            .lines()
+            .count(),
+        5
+    );
+    let capped = audit(config, &["search", "--limit", "3"]);
+    assert_eq!(String::from_utf8_lossy(&capped.stdout).lines().count(), 3);
+    assert!(
+        text(&capped).contains("the first 3 matches"),
+        "{}",
+        text(&capped)
     );
     let replay = ok(&["replay", "s-cli"]);
     assert!(replay.starts_with("session s-cli: 24 records"), "{replay}");
