@@ -304,8 +304,7 @@ impl Approvals {
             .await
             .map_err(|e| e.to_string())?;
         for h in approved {
-            let (shared, id) = (shared.clone(), h.id.clone());
-            tokio::spawn(async move { execute(&shared, &id).await });
+            super::spawn_execute(shared, h.id);
         }
         Ok(())
     }
@@ -340,8 +339,7 @@ async fn retry_released(shared: &Arc<Shared>) {
     {
         Ok(approved) => {
             for h in approved {
-                let (shared, id) = (shared.clone(), h.id.clone());
-                tokio::spawn(async move { execute(&shared, &id).await });
+                super::spawn_execute(shared, h.id);
             }
         }
         Err(e) => {

@@ -195,9 +195,55 @@ pub struct Approvals {
     /// Set when an approved call was given back because the audit log could not record its
     /// forward; the sweeper then tries the approved calls again.
     retry: std::sync::atomic::AtomicBool,
+    /// Approved calls being executed now: shutdown waits for them (and their records).
+    executing: std::sync::atomic::AtomicUsize,
+}
+
+/// One execution in progress, counted in [`Approvals::executing`] for as long as it lives.
+struct Executing(Arc<Shared>);
+
+impl Drop for Executing {
+    fn drop(&mut self) {
+        self.0
+            .approvals
+            .executing
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Executes approved call `id` in the background, unless the gateway is shutting down: then
+/// it stays approved and runs after the next start ([`Approvals::resume`]).
+pub(crate) fn spawn_execute(shared: &Arc<Shared>, id: String) {
+    use std::sync::atomic::Ordering;
+    // Counted before the check: shutdown sets `draining` and then waits for the count, so
+    // either this sees `draining` or shutdown sees this execution.
+    shared.approvals.executing.fetch_add(1, Ordering::AcqRel);
+    let guard = Executing(shared.clone());
+    if shared.draining.load(Ordering::Acquire) {
+        tracing::info!(request_id = %id, "shutting down: the approved call runs after the next start");
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _counted = guard;
+        execute(&shared, &id).await
+    });
 }
 
 impl Approvals {
+    /// Waits (until `deadline`) for the approved calls being executed to finish, their
+    /// records included. Returns how many are still running.
+    pub async fn wait_executions(&self, deadline: tokio::time::Instant) -> usize {
+        use std::sync::atomic::Ordering;
+        loop {
+            let n = self.executing.load(Ordering::Acquire);
+            if n == 0 || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Opens the approvals store named by the config at `config_path`.
     pub async fn open(rt: &Runtime, config_path: &std::path::Path) -> Result<Approvals, String> {
         let base = config_path.parent().unwrap_or(std::path::Path::new("."));
@@ -212,6 +258,7 @@ impl Approvals {
             notifier: webhook::Notifier::new(),
             grants,
             retry: Default::default(),
+            executing: Default::default(),
         })
     }
 
@@ -317,8 +364,7 @@ pub(crate) fn after_change(shared: &Arc<Shared>, rt: &Runtime, held: &Held) {
                 .approvals
                 .notifier
                 .send(rt, webhook::Notice::resolved(held, &rt.config.approvals));
-            let (shared, id) = (shared.clone(), held.id.clone());
-            tokio::spawn(async move { execute(&shared, &id).await });
+            spawn_execute(shared, held.id.clone());
         }
         (_, s) if s.is_final() || s == State::Approved => {
             shared

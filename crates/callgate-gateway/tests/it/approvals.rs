@@ -4,6 +4,7 @@
 
 use crate::common::*;
 use callgate_approvals::{Reviewer, Verdict};
+use callgate_store::AuditStore;
 use callgate_store::approvals::ApprovalStore;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -1108,4 +1109,73 @@ async fn an_approved_call_waits_for_the_audit_log_and_then_runs() {
         "{reads:#?}"
     );
     assert!(reads.iter().all(|r| r["event"]["subject"] != "bob"));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_an_approved_call_being_executed() {
+    let up = Upstream::start().await;
+    let mut keys = HashMap::new();
+    let mut hashes = HashMap::new();
+    for (who, _) in PEOPLE {
+        let (k, h) = api_key();
+        keys.insert(*who, k);
+        hashes.insert(*who, h);
+    }
+    // The upstream answers `/slow/...` after 3 s; the grace period is 5 s.
+    let cfg = config(&up.url(), &hashes, "").replace(
+        "functions:\n",
+        "functions:\n  - {name: billing.slow, upstream: up, route: POST /slow/reset, approval: finance-approvers}\n",
+    );
+    let mut gw = TestGateway::start(
+        &cfg,
+        &[
+            ("p.cedar", POLICY),
+            (
+                "q.cedar",
+                r#"permit (principal in Callgate::Group::"billing-ops", action == Callgate::Action::"billing.slow", resource);"#,
+            ),
+        ],
+    )
+    .await;
+    let r = post_json(&gw.url("/slow/reset"), &[("x-api-key", &keys["bob"])], "{}").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = post_json(
+        &gw.url(&format!("/v1/approvals/{id}/approve")),
+        &[("x-api-key", &keys["carol"])],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The call is on its way upstream, with no connection of its own to drain.
+    for _ in 0..100 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.count(), 1);
+    gw.shutdown();
+    gw.stopped().await;
+    // Its answer was recorded before the log was closed: response record, then stop.
+    let store = callgate_store::SqliteStore::open_read_only(&gw.path("callgate-data/audit.db"))
+        .await
+        .unwrap();
+    let records = callgate_store::ops::call_records(&store, &id)
+        .await
+        .unwrap();
+    let response = records
+        .iter()
+        .find(|r| r.kind == "call.response")
+        .unwrap_or_else(|| panic!("no response record: {records:?}"));
+    let stop = store
+        .last_of_kind("admin.stop")
+        .await
+        .unwrap()
+        .expect("a stop record");
+    assert!(
+        response.index < stop,
+        "{} after the stop at {stop}",
+        response.index
+    );
 }

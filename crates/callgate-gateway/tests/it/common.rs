@@ -180,6 +180,13 @@ impl TestGateway {
             let _ = tx.send(());
         }
     }
+
+    /// Waits until the server has stopped (after [`Self::shutdown`]).
+    pub async fn stopped(&mut self) {
+        if let Some(join) = self.join.take() {
+            join.await.unwrap();
+        }
+    }
 }
 
 /// A response as a test sees it.
