@@ -31,29 +31,40 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     Ok(Arc::new(ck))
 }
 
+/// How long after a failed reload the files are read again, changed or not (a renewal caught
+/// half-written, or rewritten in place within one tick of the file system's clock).
+const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug)]
 struct Reloading {
     cert: PathBuf,
     key: PathBuf,
-    state: Mutex<(Stamp, Stamp, Arc<CertifiedKey>)>,
+    /// The files' stamps when last loaded successfully, the certificate, and when a failed
+    /// reload may be tried again.
+    state: Mutex<(Stamp, Stamp, Arc<CertifiedKey>, Option<std::time::Instant>)>,
 }
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (c, k) = (stamp(&self.cert), stamp(&self.key));
-        if (c, k) != (st.0, st.1) {
+        let retry_due = st.3.is_none_or(|at| std::time::Instant::now() >= at);
+        if (c, k) != (st.0, st.1) && retry_due {
             match load(&self.cert, &self.key) {
                 Ok(ck) => {
                     tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
                     st.2 = ck;
+                    st.0 = c;
+                    st.1 = k;
+                    st.3 = None;
                 }
+                // The stamps stay as they were: the files are read again a little later,
+                // whether or not they change once more.
                 Err(e) => {
-                    tracing::error!(error = %e, "TLS certificate reload failed; serving the previous one")
+                    tracing::error!(error = %e, "TLS certificate reload failed; serving the previous one");
+                    st.3 = Some(std::time::Instant::now() + RETRY_FAILED);
                 }
             }
-            st.0 = c;
-            st.1 = k;
         }
         Some(st.2.clone())
     }
@@ -65,7 +76,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     let resolver = Reloading {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        state: Mutex::new((stamp(cert), stamp(key), ck)),
+        state: Mutex::new((stamp(cert), stamp(key), ck, None)),
     };
     let mut cfg = ServerConfig::builder_with_provider(crate::http_client::crypto_provider())
         .with_safe_default_protocol_versions()

@@ -210,6 +210,31 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     write(gw.dir.path(), "cert.pem", "not a certificate");
     let (third, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
     assert_eq!(second, third);
+    // A renewal caught half done (the new certificate beside the old key), then finished by
+    // rewriting the key in place within one tick of the clock — same length, same mtime: the
+    // failed reload is tried again a little later, and the new pair is served.
+    let (cert3, key3) = leaf(&ca, "gateway-3");
+    write(gw.dir.path(), "cert.pem", &cert3);
+    let (fourth, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(
+        second, fourth,
+        "a certificate without its key is not served"
+    );
+    let key_path = gw.dir.path().join("key.pem");
+    let mtime = std::fs::metadata(&key_path).unwrap().modified().unwrap();
+    assert_eq!(key3.len(), key2.len());
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&key_path)
+            .unwrap();
+        f.write_all(key3.as_bytes()).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (fifth, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_ne!(fifth, second, "the finished renewal is served");
 }
 
 #[tokio::test]
