@@ -38,6 +38,8 @@ pub struct TokenVerifier {
     pub issuer: String,
     pub audience: String,
     keys: Mutex<(HashMap<String, DecodingKey>, Option<Instant>)>,
+    /// How long a fetched key set is trusted before it is fetched again.
+    max_age: Duration,
     seen: Mutex<HashMap<String, u64>>,
     client: crate::http_client::HttpClient,
 }
@@ -49,21 +51,31 @@ impl TokenVerifier {
             issuer,
             audience,
             keys: Mutex::default(),
+            max_age: Duration::from_secs(60),
             seen: Mutex::default(),
             client: crate::http_client::build_client(None, Duration::from_secs(2))
                 .expect("a plain HTTP client builds"),
         }
     }
 
+    /// Trusts a fetched key set for `max_age` (default a minute).
+    pub fn keys_max_age(mut self, max_age: Duration) -> TokenVerifier {
+        self.max_age = max_age;
+        self
+    }
+
     async fn key(&self, kid: &str) -> Option<DecodingKey> {
         {
             let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(key) = k.0.get(kid) {
-                return Some(key.clone());
+            // Keys are trusted for `max_age` after they were last published: a key Callgate
+            // withdrew (its rotation overlap over) stops verifying without a restart.
+            let cached = k.0.get(kid).cloned();
+            if cached.is_some() && k.1.is_some_and(|t| t.elapsed() < self.max_age) {
+                return cached;
             }
-            // An unknown kid refetches, at most once a second.
+            // An unknown kid (or an old set) refetches, at most once a second.
             if k.1.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return None;
+                return cached;
             }
         }
         let req = http::Request::get(&self.jwks_url)
@@ -75,15 +87,18 @@ impl TokenVerifier {
             .ok()?
             .to_bytes();
         let jwks: Value = serde_json::from_slice(&body).ok()?;
-        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        k.1 = Some(Instant::now());
+        // The published set replaces the cached one: what is no longer published is no
+        // longer trusted.
+        let mut published = HashMap::new();
         for j in jwks["keys"].as_array()? {
             if let (Some(id), Some(x)) = (j["kid"].as_str(), j["x"].as_str())
                 && let Ok(key) = DecodingKey::from_ed_components(x)
             {
-                k.0.insert(id.to_string(), key);
+                published.insert(id.to_string(), key);
             }
         }
+        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        *k = (published, Some(Instant::now()));
         k.0.get(kid).cloned()
     }
 
@@ -98,6 +113,7 @@ impl TokenVerifier {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.validate_nbf = true;
         v.leeway = 0;
         let claims = jsonwebtoken::decode::<Value>(token, &key, &v)
             .map_err(|e| format!("invalid token: {e}"))?

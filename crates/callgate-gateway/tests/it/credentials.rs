@@ -208,6 +208,39 @@ functions:
     let expired = verifier.verify(&short).await.unwrap_err();
     assert!(expired.contains("xpired"), "{expired}");
     assert!(verifier.verify("not.a.jwt").await.is_err());
+
+    // A key no longer published stops verifying once the verifier's key set is old: a JWKS
+    // that first publishes Callgate's keys, then none.
+    let published = std::sync::Arc::new(std::sync::Mutex::new(
+        get(&gw.url("/.well-known/jwks.json"), &[]).await.json(),
+    ));
+    let p = published.clone();
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let p = p.clone();
+            async move { axum::Json(p.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let verifier = callgate_gateway::demo::bank_ops::TokenVerifier::new(
+        jwks,
+        "callgate".into(),
+        "https://up.example".into(),
+    )
+    .keys_max_age(std::time::Duration::from_secs(1));
+    call("bob").await;
+    assert!(verifier.verify(&bearer(&up.last())).await.is_ok());
+    *published.lock().unwrap() = serde_json::json!({"keys": []});
+    call("bob").await;
+    let in_time = bearer(&up.last());
+    assert!(verifier.verify(&in_time).await.is_ok(), "within its age");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    call("bob").await;
+    let late = verifier.verify(&bearer(&up.last())).await.unwrap_err();
+    assert!(late.contains("unknown signing key"), "{late}");
 }
 
 #[tokio::test]
