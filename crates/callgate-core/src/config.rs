@@ -375,7 +375,7 @@ pub fn expand_vars(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Str
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            .ok_or_else(|| "unterminated ${ (a reference is ${NAME})".to_string())?;
         let name = &after[..end];
         let value = vars(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);

@@ -209,6 +209,26 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
     })
 }
 
+/// A configured URL as an error message may show it: no query, fragment or user info (where
+/// `${VAR}` references put secrets), so `check` never prints a credential.
+fn shown_url(u: &str) -> String {
+    let cut = u.split(['?', '#']).next().unwrap_or("");
+    let shown = match cut.split_once("://") {
+        Some((scheme, rest)) => {
+            format!(
+                "{scheme}://{}",
+                rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+            )
+        }
+        None => cut.to_string(),
+    };
+    if shown.len() < u.len() {
+        format!("{shown:?} (query and credentials not shown)")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
 /// Loads a full runtime. `previous` lets identity (and its JWKS cache) carry over when the
 /// identity configuration did not change.
 pub fn load(
@@ -248,8 +268,8 @@ pub fn load(
             || up.url.parse::<http::Uri>().is_err()
         {
             errors.push(format!(
-                "upstreams.{name}.url: {:?} is not an http(s) URL",
-                up.url
+                "upstreams.{name}.url: {} is not an http(s) URL",
+                shown_url(&up.url)
             ));
             continue;
         }
@@ -506,7 +526,8 @@ fn credential_checks(
                     || token_url.parse::<http::Uri>().is_err()
                 {
                     errors.push(format!(
-                        "{at}: oauth.token_url {token_url:?} is not an http(s) URL"
+                        "{at}: oauth.token_url {} is not an http(s) URL",
+                        shown_url(token_url)
                     ));
                 }
                 if let Some(s) = read_secret(
@@ -547,7 +568,10 @@ fn approvals_checks(
     if let Some(u) = &a.public_url
         && !is_url(u)
     {
-        errors.push(format!("approvals.public_url: {u:?} is not an http(s) URL"));
+        errors.push(format!(
+            "approvals.public_url: {} is not an http(s) URL",
+            shown_url(u)
+        ));
     }
     // A delegation names callers and people by subject as Callgate forms it: an API key's
     // `subject`, or an issuer's `subject_prefix` and claim. A name no caller can ever have
@@ -587,9 +611,9 @@ fn approvals_checks(
     let mut secrets = Vec::new();
     for (i, w) in a.webhooks.iter().enumerate() {
         if !is_url(&w.url) {
+            // A webhook URL often is the secret (chat services put the token in the path).
             errors.push(format!(
-                "approvals.webhooks[{i}].url: {:?} is not an http(s) URL",
-                w.url
+                "approvals.webhooks[{i}].url is not an http(s) URL (not shown: it may hold a token)"
             ));
         }
         let secret = match (&w.secret_env, &w.secret_file) {

@@ -172,6 +172,27 @@ fn check_refuses_bad_approval_settings() {
         text(&out)
     );
 
+    // A URL that does not check out is named without its query or credentials: `${VAR}`
+    // references put secrets there.
+    let (_d, cfg) = broken_config("permit (principal, action, resource);");
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "url: https://orders.internal.example.com",
+        "url: \"${ORDERS_URL}\"",
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .env(
+            "ORDERS_URL",
+            "ftp://svc:pa55word@orders.internal/?key=k3y-s3cret",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("\"ftp://orders.internal/\""), "{t}");
+    assert!(!t.contains("pa55word") && !t.contains("k3y-s3cret"), "{t}");
+
     // A function named like a Cedar action group.
     let (_d, cfg) = broken_config("permit (principal, action, resource);");
     let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
