@@ -66,10 +66,24 @@ fn pretty(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// Above this many lines by lines, the two definitions are shown whole rather than diffed
+/// (the table is lines × lines: a server's huge definitions must not exhaust memory).
+const MAX_DIFF_CELLS: usize = 4_000_000;
+
 /// A line diff of two texts (longest common subsequence; definitions are small).
 fn diff(a: &str, b: &str) -> String {
     let a: Vec<&str> = a.lines().collect();
     let b: Vec<&str> = b.lines().collect();
+    if (a.len() + 1).saturating_mul(b.len() + 1) > MAX_DIFF_CELLS {
+        let mut out = format!(
+            "(too large to diff: {} lines before, {} after; both shown whole)\n",
+            a.len(),
+            b.len()
+        );
+        out.extend(a.iter().map(|l| format!("- {l}\n")));
+        out.extend(b.iter().map(|l| format!("+ {l}\n")));
+        return out;
+    }
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
@@ -166,5 +180,19 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_lines_and_shows_huge_definitions_whole() {
+        assert_eq!(diff("a\nb\nc", "a\nc\nd"), "  a\n- b\n  c\n+ d\n");
+        let big: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+        let out = diff(&big, &big.replace("line 7\n", "line seven\n"));
+        assert!(out.starts_with("(too large to diff"), "{}", &out[..80]);
+        assert_eq!(out.lines().count(), 1 + 3000 + 3000);
     }
 }
