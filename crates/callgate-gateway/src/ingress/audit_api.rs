@@ -183,9 +183,31 @@ async fn proof(
     }
 }
 
+/// The most records one answer holds; a page that is full names where the next one starts
+/// (`next`, given back as `after`). Records can be large (response bodies), so pages are
+/// bounded rather than the log read whole.
+const PAGE_MAX: u32 = 1000;
+
+/// `next` for a page of `rs` asked with `limit`: the last index when the page is full.
+fn next_page(rs: &[callgate_store::StoredRecord], limit: u32) -> Value {
+    match rs.last() {
+        Some(last) if rs.len() as u64 >= u64::from(limit) => json!(last.index),
+        _ => Value::Null,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    /// Only records after this index (the previous page's `next`).
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
 async fn session(
     State(shared): State<Arc<Shared>>,
     session: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     access: Access,
 ) -> Response<Body> {
     let id = match admit(&shared, &access).await {
@@ -196,18 +218,28 @@ async fn session(
         Ok(p) => p,
         Err(r) => return problem::response(&r, &id),
     };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return problem::response(&Refusal::bad_request(e.body_text()), &id),
+    };
+    let limit = q.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     let filter = Filter {
         session: Some(session.clone()),
-        limit: 100_000,
+        after_index: q.after,
+        limit,
         ..Default::default()
     };
     match shared.audit.log().store().search(&filter).await {
-        Ok(rs) if rs.is_empty() => {
+        Ok(rs) if rs.is_empty() && q.after.is_none() => {
             not_found(format!("no record belongs to session {session:?}"), &id)
         }
         Ok(rs) => json(
             StatusCode::OK,
-            &json!({"session": session, "records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
+            &json!({
+                "session": session,
+                "records": rs.iter().map(ops::record_json).collect::<Vec<_>>(),
+                "next": next_page(&rs, limit),
+            }),
         ),
         Err(e) => store_error(e, &id),
     }
@@ -252,12 +284,15 @@ async fn search(
         until_ms: q.until,
         after_index: q.after,
         request_id: None,
-        limit: q.limit.unwrap_or(100).min(10_000),
+        limit: q.limit.unwrap_or(100).clamp(1, PAGE_MAX),
     };
     match shared.audit.log().store().search(&filter).await {
         Ok(rs) => json(
             StatusCode::OK,
-            &json!({"records": rs.iter().map(ops::record_json).collect::<Vec<_>>()}),
+            &json!({
+                "records": rs.iter().map(ops::record_json).collect::<Vec<_>>(),
+                "next": next_page(&rs, filter.limit),
+            }),
         ),
         Err(e) => store_error(e, &id),
     }

@@ -230,6 +230,21 @@ async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
     );
     let session = get(&gw.url("/v1/audit/sessions/sess-1"), &auditor).await;
     assert_eq!(session.json()["records"].as_array().unwrap().len(), 2);
+    assert!(session.json()["next"].is_null());
+    // A page at a time: a full page names where the next one starts.
+    let first = get(&gw.url("/v1/audit/sessions/sess-1?limit=1"), &auditor)
+        .await
+        .json();
+    assert_eq!(first["records"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_u64().expect("a full page names the next");
+    let second = get(
+        &gw.url(&format!("/v1/audit/sessions/sess-1?limit=1&after={next}")),
+        &auditor,
+    )
+    .await
+    .json();
+    assert_eq!(second["records"].as_array().unwrap().len(), 1);
+    assert_ne!(second["records"][0]["index"], first["records"][0]["index"]);
     let found = get(
         &gw.url("/v1/audit/records?caller=olivia&decision=allow"),
         &auditor,
@@ -245,14 +260,14 @@ async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
     let key = get(&gw.url("/v1/audit/key"), &auditor).await;
     assert!(String::from_utf8_lossy(&key.body).starts_with("callgate.local/audit+"));
     // Every read and every refused attempt is in the log: first the unauthenticated one, then
-    // olivia's, then ada's nine reads.
+    // olivia's, then ada's eleven reads.
     let reads = get(
         &gw.url("/v1/audit/records?kind=admin.audit_read&limit=100"),
         &auditor,
     )
     .await;
     let reads = reads.json()["records"].as_array().unwrap().clone();
-    assert_eq!(reads.len(), 11, "{reads:#?}");
+    assert_eq!(reads.len(), 13, "{reads:#?}");
     assert_eq!(reads[0]["event"]["refused"], "unauthenticated");
     assert!(reads[0]["event"].get("subject").is_none());
     assert_eq!(reads[1]["event"]["refused"], "forbidden");
