@@ -108,6 +108,13 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn checkpoints(&self)
     -> impl Future<Output = Result<Vec<StoredCheckpoint>, StoreError>> + Send;
+    /// The newest checkpoint (by default the last of [`Self::checkpoints`]; a store with an
+    /// index does it without reading them all).
+    fn last_checkpoint(
+        &self,
+    ) -> impl Future<Output = Result<Option<StoredCheckpoint>, StoreError>> + Send {
+        async move { Ok(self.checkpoints().await?.pop()) }
+    }
     /// Rows `from..from + limit` in index order.
     fn rows(
         &self,

@@ -176,11 +176,11 @@ impl<S: AuditStore + Clone> AuditLog<S> {
             Some(_) => {}
             None => store.set_meta("origin", &opts.origin).await?,
         }
-        let checkpoints = store.checkpoints().await?;
+        let last_checkpoint = store.last_checkpoint().await?;
         let size = store.size().await?;
         // Before signing anything, make sure this key and this store belong together and that
         // nothing unsigned smuggles in a key: the next checkpoint would vouch for it.
-        let (signed, mut frontier) = match checkpoints.last() {
+        let (signed, mut frontier) = match &last_checkpoint {
             Some(last) => {
                 if last.size > size {
                     return Err(StoreError::Inconsistent(format!(
@@ -316,7 +316,7 @@ impl<S: AuditStore + Clone> AuditLog<S> {
             origin: opts.origin.clone(),
             signer,
             frontier,
-            last_checkpoint: checkpoints.last().map(|c| c.size),
+            last_checkpoint: last_checkpoint.as_ref().map(|c| c.size),
             retry: VecDeque::new(),
             healthy: healthy.clone(),
             stats: stats.clone(),

@@ -90,7 +90,7 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
         .into_iter()
         .next()
         .ok_or_else(|| ProveError::NotFound(request_id.to_string()))?;
-    let cp = store.checkpoints().await?.into_iter().next_back();
+    let cp = store.last_checkpoint().await?;
     let size = cp.as_ref().map(|c| c.size).unwrap_or(0);
     let cp = match cp {
         Some(cp) if rec.index < cp.size => cp,

@@ -309,6 +309,24 @@ impl AuditStore for SqliteStore {
             .collect()
     }
 
+    async fn last_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT size, note, time_ms, frontier FROM checkpoints ORDER BY size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unreadable)?;
+        row.map(|r| {
+            Ok(StoredCheckpoint {
+                size: col_at::<i64>(&r, 0)? as u64,
+                note: col_at(&r, 1)?,
+                time_ms: col_at::<i64>(&r, 2)? as u64,
+                frontier: col_at::<Option<Vec<u8>>>(&r, 3)?.unwrap_or_default(),
+            })
+        })
+        .transpose()
+    }
+
     async fn rows(&self, from: u64, limit: u32) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM records WHERE idx >= ? ORDER BY idx LIMIT ?"

@@ -300,11 +300,9 @@ async fn search(
 
 /// The latest signed checkpoint as text.
 async fn latest_note(shared: &Shared, id: &str) -> Response<Body> {
-    match shared.audit.log().store().checkpoints().await {
-        Ok(cps) => match cps.into_iter().next_back() {
-            Some(cp) => text(cp.note),
-            None => not_found("no checkpoint yet".into(), id),
-        },
+    match shared.audit.log().store().last_checkpoint().await {
+        Ok(Some(cp)) => text(cp.note),
+        Ok(None) => not_found("no checkpoint yet".into(), id),
         Err(e) => store_error(e, id),
     }
 }
