@@ -349,23 +349,30 @@ fn mask_tool_result(
     };
     // One content block.
     let mask_block = |block: &mut Value| {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => match block.get("text") {
-                Some(Value::String(text)) => {
-                    block["text"] = Value::String(mask_text(p, text, groups, key));
+        // What was masked here is left out below; everything else goes through the profile.
+        let handled: &[&str] = match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                match block.get("text") {
+                    Some(Value::String(text)) => {
+                        block["text"] = Value::String(mask_text(p, text, groups, key));
+                    }
+                    _ => block["text"] = Value::String("[REDACTED]".into()),
                 }
-                _ => block["text"] = Value::String("[REDACTED]".into()),
-            },
-            Some("resource") => mask_resource(&mut block["resource"]),
+                &["type", "text"]
+            }
+            Some("resource") => {
+                mask_resource(&mut block["resource"]);
+                &["type", "resource"]
+            }
             // A link is metadata only (uri, name, description): masked with the rest below.
-            Some("resource_link") => {}
+            Some("resource_link") => &["type"],
             _ => {
                 *block = serde_json::json!({"type": "text", "text": "[REDACTED]"});
                 return;
             }
-        }
+        };
         if let Some(o) = block.as_object_mut() {
-            mask_others(o, &["type", "text", "resource"]);
+            mask_others(o, handled);
         }
     };
     let Some(o) = doc.as_object_mut() else {
@@ -459,7 +466,8 @@ mod tests {
         let mut doc = json!({
             "content": [
                 {"type": "text", "text": "write to ada@example.com",
-                 "_meta": {"ssn": "123-45-6789"}},
+                 "_meta": {"ssn": "123-45-6789"}, "resource": {"password": "hunter2"}},
+                {"type": "resource_link", "uri": "x://1", "text": "mail ada@example.com"},
                 {"type": "resource_link", "uri": "mailto:ada@example.com", "name": "ada",
                  "description": "ada@example.com's file"},
             ],
@@ -493,6 +501,6 @@ mod tests {
             "a top-level key is masked by name"
         );
         assert_eq!(doc["isError"], false);
-        assert_eq!(doc["content"][1]["name"], "ada");
+        assert_eq!(doc["content"][2]["name"], "ada");
     }
 }

@@ -661,6 +661,9 @@ struct WatchState {
     stamps: Vec<Stamp>,
     /// The files' [`digest`] when `stamps` were last taken for a reload (or at start).
     contents: [u8; 32],
+    /// When `stamps` were taken: only a file modified shortly before can have been edited again
+    /// within the same clock tick, so only then are contents compared.
+    taken_at: SystemTime,
     /// Reports file events, so that `stamps` are compared only after one; `None` compares them
     /// on every check.
     watch: Option<Watch>,
@@ -702,6 +705,7 @@ impl Reloader {
                 sources,
                 stamps,
                 contents,
+                taken_at: SystemTime::now(),
                 watching: watch.is_some(),
                 watch,
                 retry_at: Instant::now(),
@@ -758,7 +762,15 @@ impl Reloader {
         // one clock tick of the last reload). Without a watch, stamps alone (every request).
         let mut contents = None;
         if now == st.stamps {
-            if st.watch.is_none() {
+            // Files last modified well before their stamps were taken cannot hide a second
+            // edit behind alike stamps: the event was a neighbour's (a log in the same
+            // directory, say), and nothing is read.
+            let recent = st.stamps.iter().flatten().any(|(m, _, _)| {
+                st.taken_at
+                    .duration_since(*m)
+                    .map_or(true, |d| d < Duration::from_secs(2))
+            });
+            if st.watch.is_none() || !recent {
                 return ReloadOutcome::Unchanged;
             }
             let c = digest(&st.sources.watched);
@@ -778,6 +790,7 @@ impl Reloader {
         }
         // Taken before the files are read, like `now`.
         let contents = contents.unwrap_or_else(|| digest(&st.sources.watched));
+        let taken_at = SystemTime::now();
         // `now` was taken before the files are read: an edit made while they are read leaves
         // it behind, and the next check reloads again.
         let config_path = st.sources.config.clone();
@@ -802,6 +815,7 @@ impl Reloader {
                 for section in start_only_changes(&old.config, &rt.config) {
                     tracing::warn!(config = %config_path.display(), section, "this setting changed but is read only at start: it takes effect after a restart");
                 }
+                st.taken_at = taken_at;
                 if sources.watched == st.sources.watched {
                     st.stamps = now;
                     st.contents = contents;
@@ -823,6 +837,7 @@ impl Reloader {
                 // Remember the broken version so it is reported once, not on every request.
                 st.stamps = now;
                 st.contents = contents;
+                st.taken_at = taken_at;
                 for line in &e.0 {
                     tracing::error!(config = %config_path.display(), "configuration rejected, the previous version stays in force: {line}");
                 }

@@ -118,7 +118,7 @@ impl Detector {
             // prefix of its own) only where it is named, as in credentials files and
             // environment dumps — the secret itself is what is masked.
             Detector::AwsKey => re!(
-                r#"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)|(?i:aws_?secret_?access_?key|secret_?access_?key)["']?[ \t]*[:=][ \t]*["']?[A-Za-z0-9/+]{40}(?-u:\b)"#
+                r#"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)|(?i:aws_?secret_?access_?key|secret_?access_?key)["']?[ \t]*[:=][ \t]*["']?[A-Za-z0-9/+]{40}"#
             ),
             Detector::GcpKey => re!(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
             Detector::GithubToken => {
@@ -226,9 +226,13 @@ impl Detector {
                 };
                 !word(before) && is_obj(parts.next()) && is_obj(parts.next())
             }
+            // A secret access key is exactly 40 characters: not part of a longer run.
+            Detector::AwsKey => {
+                s.len() == 20
+                    || !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '+')
+            }
             Detector::PrivateKey
             | Detector::Bearer
-            | Detector::AwsKey
             | Detector::GcpKey
             | Detector::GithubToken
             | Detector::SlackToken
@@ -309,7 +313,9 @@ impl Detector {
             // validates is the value.
             if matches!(self, Detector::Card | Detector::Iban)
                 && let Some(end) = (r.start + 1..r.end).rev().find(|&end| {
-                    text.is_char_boundary(end)
+                    // Only where a group ends (a separator follows): a run of digits is not
+                    // tried at every length.
+                    text[end..].starts_with([' ', '-'])
                         && re
                             .find(&text[r.start..end])
                             .is_some_and(|m| m.start() == 0 && m.end() == end - r.start)
@@ -679,6 +685,25 @@ mod tests {
             let found: Vec<&str> = d.find(text).into_iter().map(|r| &text[r]).collect();
             assert_eq!(found, [*want], "{} in {text:?}", d.name());
         }
+        // A secret access key ending in `/` or `+`, at the end of the text or a line, is the
+        // whole 40 characters; one inside a longer run is none.
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEK+/";
+        for text in [
+            format!("aws_secret_access_key = {secret}"),
+            format!("aws_secret_access_key = \"{secret}\"\nnext = 1"),
+        ] {
+            let found: Vec<&str> = Detector::AwsKey
+                .find(&text)
+                .into_iter()
+                .map(|r| &text[r])
+                .collect();
+            assert_eq!(found, [secret], "{text:?}");
+        }
+        assert!(
+            Detector::AwsKey
+                .find(&format!("secret_access_key={secret}A"))
+                .is_empty()
+        );
         // Numbers that are no card stay unmasked (a 13-digit millisecond timestamp).
         assert!(Detector::Card.find("at 1763769600000 ms").is_empty());
     }

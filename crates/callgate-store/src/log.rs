@@ -606,20 +606,32 @@ impl<S: AuditStore> Writer<S> {
 
     /// Whether `rows`, appended at `base`, are in the store after all: it holds exactly them
     /// past `base`, with their leaf hashes.
+    /// Whether `rows` are in the store after all; `None` when the store could not be read.
+    async fn landed_once(&self, base: u64, rows: &[NewRecord]) -> Option<bool> {
+        if self.store.size().await.ok()? != base + rows.len() as u64 {
+            return Some(false);
+        }
+        let leaves = self.store.leaf_hashes().await.ok()?;
+        Some(
+            leaves.len() as u64 == base + rows.len() as u64
+                && leaves[base as usize..]
+                    .iter()
+                    .zip(rows)
+                    .all(|(l, r)| *l == r.leaf_hash),
+        )
+    }
+
+    /// Whether a commit that reported an error is in the store after all. A store that cannot
+    /// be read (busy, say) is asked again a few times, since a landed commit that is not
+    /// recognised would leave its rows outside the tree and every later commit clashing.
     async fn landed(&self, base: u64, rows: &[NewRecord]) -> bool {
-        if self.store.size().await.ok() != Some(base + rows.len() as u64) {
-            return false;
-        }
-        match self.store.leaf_hashes().await {
-            Ok(leaves) => {
-                leaves.len() as u64 == base + rows.len() as u64
-                    && leaves[base as usize..]
-                        .iter()
-                        .zip(rows)
-                        .all(|(l, r)| *l == r.leaf_hash)
+        for pause_ms in [0, 20, 100, 500] {
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            if let Some(answer) = self.landed_once(base, rows).await {
+                return answer;
             }
-            Err(_) => false,
         }
+        false
     }
 
     /// After a failed commit that did not land: a store holding more records than the tree

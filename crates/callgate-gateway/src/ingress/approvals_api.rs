@@ -333,9 +333,10 @@ pub(crate) fn masked_view(shared: &Shared, p: &Principal, h: &Held, outcome: boo
         // The stored response was masked for the requester's clearance. Anyone else (a
         // reviewer, an auditor) sees it masked again under their own: JSON by the same
         // profiles, anything else not at all.
-        let me = approvals::requester_of(p, &rt.config.approvals);
-        let requester = h.approval.requester.is(&p.subject) || h.approval.requester.is(&me.subject);
-        if !requester && let Some(resp) = v.get_mut("response").and_then(Value::as_object_mut) {
+        // Masked for exactly the credential that made the call: an agent's, when one asked.
+        let r = &h.approval.requester;
+        let caller = r.actor.as_deref().unwrap_or(&r.subject) == p.subject;
+        if !caller && let Some(resp) = v.get_mut("response").and_then(Value::as_object_mut) {
             let had_bytes = resp.remove("body_base64").is_some();
             match resp.get_mut("body") {
                 Some(body) => rt.masking.mask_value(&names, body, &p.groups),

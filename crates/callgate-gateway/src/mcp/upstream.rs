@@ -854,10 +854,15 @@ struct HttpMcp {
     /// One session per identity the calls' credentials speak for (see [`session_owner`]): a
     /// server that binds its sessions to a user, as MCP asks servers to, never sees one
     /// person's call in another's session. Listing uses Callgate's own (`""`).
-    sessions: tokio::sync::Mutex<HashMap<String, (Session, Instant)>>,
+    /// Each owner's slot is locked on its own while its handshake runs, so one person's slow
+    /// `initialize` holds up nobody else.
+    sessions: std::sync::Mutex<HashMap<String, (SessionSlot, Instant)>>,
     next_id: AtomicU64,
     max_bytes: usize,
 }
+
+/// One owner's session, once its handshake is done.
+type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
 #[derive(Clone)]
 struct Session {
@@ -879,7 +884,7 @@ impl HttpMcp {
         Ok(HttpMcp {
             client,
             url: uri,
-            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            sessions: std::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_bytes: 16 << 20,
         })
@@ -974,7 +979,10 @@ impl HttpMcp {
                 .await?
             {
                 Posted::SessionGone if attempt == 0 => {
-                    self.sessions.lock().await.remove(owner);
+                    self.sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(owner);
                 }
                 Posted::SessionGone => return Err(unreachable(server, "the session was lost")),
                 Posted::Answer(body, ctype) => {
@@ -996,9 +1004,27 @@ impl HttpMcp {
         owner: &str,
         auth: Option<&(HeaderName, HeaderValue)>,
     ) -> Result<Session, Refusal> {
-        let mut guard = self.sessions.lock().await;
-        if let Some((s, used)) = guard.get_mut(owner) {
-            *used = Instant::now();
+        let slot = {
+            let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((slot, used)) = map.get_mut(owner) {
+                *used = Instant::now();
+                slot.clone()
+            } else {
+                if map.len() >= MAX_SESSIONS
+                    && let Some(oldest) = map
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
+                let slot = SessionSlot::default();
+                map.insert(owner.to_string(), (slot.clone(), Instant::now()));
+                slot
+            }
+        };
+        let mut guard = slot.lock().await;
+        if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
         let init = json!({
@@ -1029,15 +1055,7 @@ impl HttpMcp {
         let session = Session { id: sid, version };
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.post(server, &note, Some(&session), auth).await?;
-        if guard.len() >= MAX_SESSIONS
-            && let Some(oldest) = guard
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-        {
-            guard.remove(&oldest);
-        }
-        guard.insert(owner.to_string(), (session.clone(), Instant::now()));
+        *guard = Some(session.clone());
         Ok(session)
     }
 
