@@ -851,20 +851,30 @@ impl Reloader {
 mod tests {
     use super::*;
 
-    /// Two same-length edits within one tick of the file system's clock leave the stamps
-    /// alike (mtime, length, inode); the watched event and the contents still tell.
-    #[test]
-    fn a_same_length_edit_within_one_clock_tick_is_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("p")).unwrap();
-        let policy = dir.path().join("p/a.cedar");
-        std::fs::write(&policy, "permit (principal, action, resource);").unwrap();
-        let cfg = dir.path().join("callgate.yaml");
+    /// A config with one function and a permit-all policy (`p/a.cedar`) in `dir`; its path.
+    fn one_function_config(dir: &Path) -> PathBuf {
+        std::fs::create_dir(dir.join("p")).unwrap();
+        std::fs::write(
+            dir.join("p/a.cedar"),
+            "permit (principal, action, resource);",
+        )
+        .unwrap();
+        let cfg = dir.join("callgate.yaml");
         std::fs::write(
             &cfg,
             "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\npolicies: [p]\nfunctions: [{name: a.b, upstream: u, route: GET /a}]\n",
         )
         .unwrap();
+        cfg
+    }
+
+    /// Two same-length edits within one tick of the file system's clock leave the stamps
+    /// alike (mtime, length, inode); the watched event and the contents still tell.
+    #[test]
+    fn a_same_length_edit_within_one_clock_tick_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = one_function_config(dir.path());
+        let policy = dir.path().join("p/a.cedar");
         let vars = env_vars(HashMap::new());
         let (rt, sources) = load(&cfg, &vars, None).unwrap();
         let reloader = Reloader::new(rt, sources, vars);
@@ -891,18 +901,7 @@ mod tests {
     #[test]
     fn requests_during_a_reload_wait_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("p")).unwrap();
-        std::fs::write(
-            dir.path().join("p/a.cedar"),
-            "permit (principal, action, resource);",
-        )
-        .unwrap();
-        let cfg = dir.path().join("callgate.yaml");
-        std::fs::write(
-            &cfg,
-            "upstreams: {u: {url: \"http://127.0.0.1:9\"}}\npolicies: [p]\nfunctions: [{name: a.b, upstream: u, route: GET /a}]\n",
-        )
-        .unwrap();
+        let cfg = one_function_config(dir.path());
         let vars = env_vars(HashMap::new());
         let (rt, sources) = load(&cfg, &vars, None).unwrap();
         let reloader = Arc::new(Reloader::new(rt, sources, vars.clone()));

@@ -162,6 +162,16 @@ impl Setup {
         .await
     }
 
+    /// `who` withdraws call `id` (`POST /v1/calls/{id}/cancel`).
+    async fn cancel(&self, who: &str, id: &str) -> Resp {
+        post_json(
+            &self.gw.url(&format!("/v1/calls/{id}/cancel")),
+            &[self.key(who)],
+            "",
+        )
+        .await
+    }
+
     async fn status(&self, who: &str, id: &str, wait: Option<u64>) -> Resp {
         let w = wait.map(|w| format!("wait={w}"));
         let mut h = vec![self.key(who)];
@@ -550,19 +560,8 @@ async fn expiry_cancellation_and_revocation() {
 
     // Only the requester cancels; others learn nothing.
     let id = held_id(&s.reset("bob", "acct_c", &[]).await);
-    post_json(
-        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
-        &[s.key("carol")],
-        "",
-    )
-    .await
-    .problem(404);
-    let r = post_json(
-        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
-        &[s.key("bob")],
-        "",
-    )
-    .await;
+    s.cancel("carol", &id).await.problem(404);
+    let r = s.cancel("bob", &id).await;
     assert_eq!(r.json()["state"], "cancelled");
     s.review("carol", &id, "approve", "").await;
     assert_eq!(s.settled(&id).await["state"], "cancelled");
@@ -586,12 +585,7 @@ async fn a_delegated_caller_counts_as_the_person() {
     s.review("bob", &id, "approve", "").await.problem(403);
     // bob sees and may cancel his agent's call.
     assert_eq!(s.status("bob", &id, None).await.status, 200);
-    let r = post_json(
-        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
-        &[s.key("bob")],
-        "",
-    )
-    .await;
+    let r = s.cancel("bob", &id).await;
     assert_eq!(r.json()["state"], "cancelled");
 }
 
@@ -827,13 +821,7 @@ async fn break_glass_proceeds_flagged_and_leaves_an_item_to_acknowledge() {
     assert_eq!(item["kind"], "break_glass");
     assert_eq!(item["reason"], "prod down, INC-7");
     // The person who broke glass cannot withdraw the item from the reviewers' queue.
-    post_json(
-        &s.gw.url(&format!("/v1/calls/{id}/cancel")),
-        &[s.key("oncall")],
-        "",
-    )
-    .await
-    .problem(409);
+    s.cancel("oncall", &id).await.problem(409);
     let r = s
         .review("carol", &id, "approve", r#"{"comment":"justified"}"#)
         .await;
