@@ -288,12 +288,14 @@ impl Detector {
         if !self.might_match(text, &Hints::of(text)) {
             return Vec::new();
         }
-        self.find_unchecked(text)
+        let mut out = Vec::new();
+        self.find_unchecked(text, &mut |r| out.push(r));
+        out
     }
 
-    fn find_unchecked(self, text: &str) -> Vec<Range<usize>> {
+    /// Every accepted match, each handed to `found` in order, without the quick check.
+    fn find_unchecked(self, text: &str, found: &mut impl FnMut(Range<usize>)) {
         let re = self.regex();
-        let mut out = Vec::new();
         let mut at = 0;
         while at <= text.len() {
             let Some(m) = re.find_at(text, at) else { break };
@@ -301,7 +303,7 @@ impl Detector {
             at = r.end.max(r.start + 1);
             if self.accept(text, r.clone()) {
                 // A secret found by the name before it: the secret alone.
-                out.push(if self == Detector::AwsKey && r.len() > 40 {
+                found(if self == Detector::AwsKey && r.len() > 40 {
                     r.end - 40..r.end
                 } else {
                     r
@@ -322,7 +324,7 @@ impl Detector {
                         && self.accept(text, r.start..end)
                 })
             {
-                out.push(r.start..end);
+                found(r.start..end);
                 at = end;
                 continue;
             }
@@ -332,7 +334,6 @@ impl Detector {
                 at = r.start + text[r.start..].chars().next().map_or(1, char::len_utf8);
             }
         }
-        out
     }
 }
 
@@ -344,7 +345,7 @@ pub struct Finding {
 }
 
 /// Byte counts every detector's quick check uses, computed once per text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hints {
     digits: usize,
     upper: usize,
@@ -358,8 +359,39 @@ pub struct Hints {
     space: bool,
 }
 
+/// For each byte: 1 in the 16-bit lane of each count it adds to (digits, upper, lower,
+/// underscore, lowest lane first).
+static COUNTS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = (c.is_ascii_digit() as u64)
+            | (c.is_ascii_uppercase() as u64) << 16
+            | (c.is_ascii_lowercase() as u64) << 32
+            | ((c == b'_') as u64) << 48;
+        b += 1;
+    }
+    t
+};
+
+/// For each byte: its bit among `@ - . :` and blank (space or tab).
+static FLAGS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'@' as usize] = 1;
+    t[b'-' as usize] = 2;
+    t[b'.' as usize] = 4;
+    t[b':' as usize] = 8;
+    t[b' ' as usize] = 16;
+    t[b'\t' as usize] = 16;
+    t
+};
+
 impl Hints {
     pub fn of(text: &str) -> Hints {
+        if text.len() < 64 {
+            return Hints::of_short(text.as_bytes());
+        }
         // Independent, branch-free counters vectorize; a histogram indexed by each byte's
         // class does not (each increment waits on the last one through memory). Byte-wide
         // counters over chunks of at most 255 bytes keep sixteen bytes to a vector step.
@@ -401,6 +433,29 @@ impl Hints {
         }
         h
     }
+
+    /// A short text (most values), where a vector step's setup and sums would cost more than
+    /// the bytes: one table lookup per byte adds to four counts packed in one register (each
+    /// below 64, so no lane carries into the next) and sets the flags.
+    fn of_short(b: &[u8]) -> Hints {
+        let (mut counts, mut flags) = (0u64, 0u8);
+        for &c in b {
+            counts += COUNTS[usize::from(c)];
+            flags |= FLAGS[usize::from(c)];
+        }
+        let lane = |i: u32| (counts >> (16 * i) & 0xFFFF) as usize;
+        Hints {
+            digits: lane(0),
+            upper: lane(1),
+            lower: lane(2),
+            underscore: lane(3),
+            at: flags & 1 != 0,
+            dash: flags & 2 != 0,
+            dot: flags & 4 != 0,
+            colon: flags & 8 != 0,
+            space: flags & 16 != 0,
+        }
+    }
 }
 
 /// Runs `detectors` over `text`; overlapping findings keep the earliest (then longest) one.
@@ -410,15 +465,15 @@ pub fn scan(text: &str, detectors: &[Detector]) -> Vec<Finding> {
 
 /// [`scan`] with the text's hints already counted.
 pub(crate) fn scan_with(text: &str, detectors: &[Detector], hints: &Hints) -> Vec<Finding> {
-    let mut all: Vec<Finding> = detectors
-        .iter()
-        .filter(|d| d.might_match(text, hints))
-        .flat_map(|&d| {
-            d.find_unchecked(text)
-                .into_iter()
-                .map(move |range| Finding { detector: d, range })
-        })
-        .collect();
+    let mut all: Vec<Finding> = Vec::new();
+    for &d in detectors {
+        if d.might_match(text, hints) {
+            d.find_unchecked(text, &mut |range| all.push(Finding { detector: d, range }));
+        }
+    }
+    if all.len() <= 1 {
+        return all;
+    }
     all.sort_by(|a, b| {
         a.range
             .start
@@ -656,6 +711,48 @@ mod tests {
         let h = Hints::of(&long);
         assert_eq!(h.digits, 600);
         assert!(h.at && !h.dash);
+    }
+
+    /// The counts byte by byte, as the quick checks mean them.
+    fn hints_by_byte(text: &str) -> Hints {
+        let b = text.as_bytes();
+        let n = |f: fn(&u8) -> bool| b.iter().filter(|c| f(c)).count();
+        Hints {
+            digits: n(u8::is_ascii_digit),
+            upper: n(u8::is_ascii_uppercase),
+            lower: n(u8::is_ascii_lowercase),
+            at: b.contains(&b'@'),
+            dash: b.contains(&b'-'),
+            dot: b.contains(&b'.'),
+            colon: b.contains(&b':'),
+            underscore: n(|c| *c == b'_'),
+            space: b.contains(&b' ') || b.contains(&b'\t'),
+        }
+    }
+
+    proptest::proptest! {
+        /// The vectorized counts are what a byte-by-byte pass gives, for every length and for
+        /// bytes outside ASCII (whose low seven bits may look like a digit or a letter).
+        #[test]
+        fn hints_count_every_byte(
+            text in "[0-9A-Za-z@._:\\- \t\u{80}-\u{10FFFF}]{0,600}",
+        ) {
+            proptest::prop_assert_eq!(Hints::of(&text), hints_by_byte(&text));
+        }
+    }
+
+    #[test]
+    fn hints_of_bytes_with_the_high_bit_set() {
+        // U+00B0 is C2 B0: B0 has the low seven bits of '0'; U+00C1 is C3 81, 81 those of
+        // SOH; U+00E0 is C3 A0, A0 those of a space.
+        for text in [
+            "\u{b0}\u{b0}\u{b0}",
+            "\u{c1}\u{e0}",
+            &"\u{b0}".repeat(40),
+            "a\u{e0}1",
+        ] {
+            assert_eq!(Hints::of(text), hints_by_byte(text), "{text:?}");
+        }
     }
 
     /// A greedy match that takes in what follows the value, and so fails validation, still

@@ -188,7 +188,12 @@ fn mask_text_with(
     let mut at = 0;
     for f in found {
         out.push_str(&text[at..f.range.start]);
-        out.push_str(&strategy::apply_in_text(s, &text[f.range.clone()], key));
+        out.push_str(&strategy::apply_to_finding(
+            s,
+            &text[f.range.clone()],
+            f.detector,
+            key,
+        ));
         at = f.range.end;
     }
     out.push_str(&text[at..]);
@@ -429,13 +434,19 @@ pub(crate) fn mask_string(s: &str, rules: &[&Rule], key: &hmac::Key) -> Option<S
     // One pass over the bytes rules most strings out for every detector at once.
     let mut hints = Hints::of(s);
     let mut out: Option<String> = None;
-    for r in rules {
+    for (i, r) in rules.iter().enumerate() {
         let cur = out.as_deref().unwrap_or(s);
         if let Select::Detect(ds) = &r.select
             && ds.iter().any(|d| d.might_match(cur, &hints))
             && let Some(m) = mask_text_with(cur, ds, r.strategy, key, &hints)
         {
-            hints = Hints::of(&m);
+            // Counted again only for a detector rule still to come.
+            if rules[i + 1..]
+                .iter()
+                .any(|r| matches!(r.select, Select::Detect(_)))
+            {
+                hints = Hints::of(&m);
+            }
             out = Some(m);
         }
     }

@@ -1,5 +1,6 @@
 //! Masking strategies: what a selected value becomes.
 
+use crate::detect::Detector;
 use ring::hmac;
 
 /// The text a redacted value is replaced with.
@@ -44,21 +45,64 @@ pub fn apply_in_text(strategy: Strategy, value: &str, key: &hmac::Key) -> String
     apply(strategy, value, key).unwrap_or_else(|| REDACTED.to_string())
 }
 
+/// [`apply_in_text`] for a value `detector` found in text: an email the email detector found
+/// is known to be one whole address, so `partial` does not look for it again.
+pub(crate) fn apply_to_finding(
+    strategy: Strategy,
+    value: &str,
+    detector: crate::detect::Detector,
+    key: &hmac::Key,
+) -> String {
+    match strategy {
+        Strategy::Partial { keep } => partial_as(value, keep, detector == Detector::Email),
+        _ => apply_in_text(strategy, value, key),
+    }
+}
+
 fn partial(value: &str, keep: usize) -> String {
+    partial_as(value, keep, false)
+}
+
+/// `email`: the value is already known to be one whole email address.
+fn partial_as(value: &str, keep: usize, email: bool) -> String {
     // An email address (the whole value, as the detector reads one) keeps its first letter
     // and its domain; anything else with an `@` in it (a password, say) is masked as text.
     if let Some((local, domain)) = value.split_once('@')
         && !local.is_empty()
-        && crate::detect::Detector::Email.find(value).as_slice()
-            == std::slice::from_ref(&(0..value.len()))
+        && (email
+            || Detector::Email.find(value).as_slice() == std::slice::from_ref(&(0..value.len())))
     {
         let n = local.chars().count();
         // The first letter is kept only when there is more to hide.
         let first = local.chars().next().filter(|_| n > 1).unwrap_or('*');
-        return format!("{first}{}@{domain}", "*".repeat(n - 1));
+        let mut out = String::with_capacity(value.len());
+        out.push(first);
+        out.extend(std::iter::repeat_n('*', n - 1));
+        out.push('@');
+        out.push_str(domain);
+        return out;
     }
     // At most half the letters and digits are kept, whatever `keep` says: a short value is
     // never shown whole.
+    if value.is_ascii() {
+        // Byte by byte (most values): the same result without decoding characters.
+        let b = value.as_bytes();
+        let total = b.iter().filter(|c| c.is_ascii_alphanumeric()).count();
+        let star_until = total - keep.min(total / 2);
+        let mut seen = 0;
+        let out: Vec<u8> = b
+            .iter()
+            .map(|&c| {
+                if c.is_ascii_alphanumeric() {
+                    seen += 1;
+                    if seen <= star_until { b'*' } else { c }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        return String::from_utf8(out).unwrap_or_default();
+    }
     let total = value.chars().filter(|c| c.is_alphanumeric()).count();
     let star_until = total - keep.min(total / 2);
     let mut seen = 0;
@@ -104,6 +148,8 @@ mod tests {
         assert_eq!(p("p@ss.word"), "*@ss.word");
         // Anything else with an `@` in it is masked as text.
         assert_eq!(p("p@ssw0rd!"), "*@***0rd!");
+        // Letters outside ASCII count as letters.
+        assert_eq!(p("Zoë 12345"), "*** *2345");
         assert_eq!(
             apply(Strategy::Partial { keep: 4 }, "4111 1111 1111 1111", &k).unwrap(),
             "**** **** **** 1111"
