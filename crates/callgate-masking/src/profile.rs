@@ -436,8 +436,8 @@ pub(crate) fn mask_string(s: &str, rules: &[&Rule], key: &hmac::Key) -> Option<S
     let mut out: Option<String> = None;
     for (i, r) in rules.iter().enumerate() {
         let cur = out.as_deref().unwrap_or(s);
+        // The scan runs only the detectors whose quick check passes.
         if let Select::Detect(ds) = &r.select
-            && ds.iter().any(|d| d.might_match(cur, &hints))
             && let Some(m) = mask_text_with(cur, ds, r.strategy, key, &hints)
         {
             // Counted again only for a detector rule still to come.
