@@ -6,6 +6,7 @@
 //! §2.1.4.2 and is checked against the transparency-dev vectors in the tests.
 
 use sha2::{Digest, Sha256};
+use std::ops::Range;
 use thiserror::Error;
 
 /// A SHA-256 digest.
@@ -55,57 +56,93 @@ pub fn root(leaves: &[Hash]) -> Hash {
 ///
 /// Returns `None` when `index` is outside the tree.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    if index >= leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    path(leaves, index, &mut proof);
-    Some(proof)
-}
-
-fn path(leaves: &[Hash], m: usize, out: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
-    }
-    let k = split(n);
-    if m < k {
-        path(&leaves[..k], m, out);
-        out.push(root(&leaves[k..]));
-    } else {
-        path(&leaves[k..], m - k, out);
-        out.push(root(&leaves[..k]));
-    }
+    let ranges = inclusion_ranges(leaves.len() as u64, index as u64)?;
+    Some(ranges.into_iter().map(|r| range_root(leaves, r)).collect())
 }
 
 /// The consistency proof between the tree of the first `size1` leaves and the tree of all
 /// `leaves` (RFC 6962 `PROOF`). Returns `None` when `size1` exceeds the tree.
 pub fn consistency_proof(leaves: &[Hash], size1: usize) -> Option<Vec<Hash>> {
-    if size1 > leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    if size1 > 0 && size1 < leaves.len() {
-        subproof(leaves, size1, true, &mut proof);
-    }
-    Some(proof)
+    let ranges = consistency_ranges(leaves.len() as u64, size1 as u64)?;
+    Some(ranges.into_iter().map(|r| range_root(leaves, r)).collect())
 }
 
-fn subproof(leaves: &[Hash], m: usize, complete: bool, out: &mut Vec<Hash>) {
-    let n = leaves.len();
+fn range_root(leaves: &[Hash], r: Range<u64>) -> Hash {
+    root(&leaves[r.start as usize..r.end as usize])
+}
+
+/// The audit path for leaf `index` in a tree of `size` leaves, as the leaf ranges whose
+/// Merkle tree hashes make it up, in proof order. A store that keeps the roots of large
+/// subtrees (or reads leaves a block at a time) proves a record without reading the whole
+/// log. `None` when `index` is outside the tree.
+pub fn inclusion_ranges(size: u64, index: u64) -> Option<Vec<Range<u64>>> {
+    if index >= size {
+        return None;
+    }
+    let mut out = Vec::new();
+    path(0..size, index, &mut out);
+    Some(out)
+}
+
+fn path(r: Range<u64>, m: u64, out: &mut Vec<Range<u64>>) {
+    let n = r.end - r.start;
+    if n <= 1 {
+        return;
+    }
+    let k = split(n as usize) as u64;
+    let mid = r.start + k;
+    if m < k {
+        path(r.start..mid, m, out);
+        out.push(mid..r.end);
+    } else {
+        path(mid..r.end, m - k, out);
+        out.push(r.start..mid);
+    }
+}
+
+/// The consistency proof between the trees of `size1` and `size` leaves, as leaf ranges (see
+/// [`inclusion_ranges`]). `None` when `size1` exceeds `size`.
+pub fn consistency_ranges(size: u64, size1: u64) -> Option<Vec<Range<u64>>> {
+    if size1 > size {
+        return None;
+    }
+    let mut out = Vec::new();
+    if size1 > 0 && size1 < size {
+        subproof(0..size, size1, true, &mut out);
+    }
+    Some(out)
+}
+
+fn subproof(r: Range<u64>, m: u64, complete: bool, out: &mut Vec<Range<u64>>) {
+    let n = r.end - r.start;
     if m == n {
         if !complete {
-            out.push(root(leaves));
+            out.push(r);
         }
         return;
     }
-    let k = split(n);
+    let k = split(n as usize) as u64;
+    let mid = r.start + k;
     if m <= k {
-        subproof(&leaves[..k], m, complete, out);
-        out.push(root(&leaves[k..]));
+        subproof(r.start..mid, m, complete, out);
+        out.push(mid..r.end);
     } else {
-        subproof(&leaves[k..], m - k, false, out);
-        out.push(root(&leaves[..k]));
+        subproof(mid..r.end, m - k, false, out);
+        out.push(r.start..mid);
+    }
+}
+
+/// How the Merkle tree hash of the leaves in `r` is made: `Ok(level)` when `r` is one perfect
+/// subtree aligned to its size (`2^level` leaves starting at a multiple of `2^level`: such a
+/// subtree never changes once its leaves exist, so its root can be kept), else `Err(mid)`,
+/// the split point: `MTH(r) = node_hash(MTH(start..mid), MTH(mid..end))`. Every range a
+/// proof above names splits into aligned perfect subtrees this way. `r` must not be empty.
+pub fn range_shape(r: &Range<u64>) -> Result<u32, u64> {
+    let n = r.end - r.start;
+    if n.is_power_of_two() && r.start.is_multiple_of(n) {
+        Ok(n.trailing_zeros())
+    } else {
+        Err(r.start + split(n as usize) as u64)
     }
 }
 
@@ -372,6 +409,30 @@ mod tests {
             }
             prop_assert_eq!(g.root(), root(&l));
             prop_assert!(Frontier::from_bytes(n as u64 + 1, &f.to_bytes()).is_none() || (n + 1).count_ones() == n.count_ones());
+        }
+
+        #[test]
+        fn ranges_split_into_aligned_perfect_subtrees(n in 1u64..300, i in 0u64..300, m in 0u64..300) {
+            fn mth(l: &[Hash], r: Range<u64>) -> Hash {
+                match range_shape(&r) {
+                    Ok(level) => {
+                        assert_eq!(r.end - r.start, 1 << level);
+                        assert_eq!(r.start % (1 << level), 0);
+                        root(&l[r.start as usize..r.end as usize])
+                    }
+                    Err(mid) => node_hash(&mth(l, r.start..mid), &mth(l, mid..r.end)),
+                }
+            }
+            let l = leaves(n as usize);
+            prop_assert_eq!(mth(&l, 0..n), root(&l));
+            let i = i % n;
+            for r in inclusion_ranges(n, i).unwrap() {
+                prop_assert_eq!(mth(&l, r.clone()), root(&l[r.start as usize..r.end as usize]));
+            }
+            let m = m % (n + 1);
+            for r in consistency_ranges(n, m).unwrap() {
+                prop_assert_eq!(mth(&l, r.clone()), root(&l[r.start as usize..r.end as usize]));
+            }
         }
 
         #[test]

@@ -7,6 +7,8 @@
 //! - [`log`]: the single writer that assigns leaf indexes, group-commits records (one fsync
 //!   for every record that arrived while the previous commit was in flight), keeps the Merkle
 //!   frontier and signs checkpoints.
+//! - [`tree`]: Merkle tree hashes of ranges of the log for proofs, from blocks of leaves and
+//!   cached roots of large subtrees, without reading every leaf.
 //! - [`approvals`]: held calls and grants, updated by compare-and-swap so racing reviews and
 //!   executors resolve to exactly one outcome.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod approvals;
 pub mod log;
 pub mod ops;
 pub mod sqlite;
+pub mod tree;
 
 pub use log::{AuditLog, LogOptions};
 pub use sqlite::SqliteStore;
@@ -98,6 +101,35 @@ pub struct StoredCheckpoint {
 pub trait AuditStore: Send + Sync + 'static {
     /// The leaf hashes of the whole log in index order (to rebuild the frontier on start).
     fn leaf_hashes(&self) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send;
+    /// The leaf hashes of records `from..to` in index order (fewer when the store holds
+    /// fewer).
+    fn leaf_hashes_range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send {
+        async move {
+            let all = self.leaf_hashes().await?;
+            let end = (to as usize).min(all.len());
+            Ok(all.get(from as usize..end).unwrap_or_default().to_vec())
+        }
+    }
+    /// A cached root of the perfect subtree of `2^level` leaves starting at leaf
+    /// `index · 2^level` (see [`tree`]). `None` when not cached or the cache cannot be read:
+    /// the caller computes it.
+    fn subtree(&self, level: u32, index: u64) -> impl Future<Output = Option<Hash>> + Send {
+        let _ = (level, index);
+        async { None }
+    }
+    /// Caches subtree roots `(level, index, root)`; `replace` overwrites roots cached before.
+    fn put_subtrees(
+        &self,
+        roots: &[(u32, u64, Hash)],
+        replace: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (roots, replace);
+        async { Ok(()) }
+    }
     /// How many records the store holds (one more than the highest index).
     fn size(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Stores a batch durably, in one transaction.

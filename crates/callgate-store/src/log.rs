@@ -23,6 +23,7 @@ use callgate_audit::record::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::tree::Tree;
 use crate::{AuditStore, NewRecord, StoreError, StoredCheckpoint};
 
 /// How many records one transaction takes at most.
@@ -140,9 +141,15 @@ async fn check_anchor<S: AuditStore>(
     }
     let root = if cp.size == size {
         frontier.root()
+    } else if cp.size == 0 {
+        merkle::empty_root()
     } else {
-        let leaves = store.leaf_hashes().await?;
-        merkle::root(&leaves[..cp.size as usize])
+        // From the leaves, never from cached subtree roots: this is the check that the records
+        // were not rewritten, and the cache sits in the same store.
+        let mut tree = Tree::without_cache(store, cp.size);
+        let root = tree.root(0..cp.size).await?;
+        tree.save().await;
+        root
     };
     if root != cp.root {
         return Err(bad(format!(
@@ -611,14 +618,9 @@ impl<S: AuditStore> Writer<S> {
         if self.store.size().await.ok()? != base + rows.len() as u64 {
             return Some(false);
         }
-        let leaves = self.store.leaf_hashes().await.ok()?;
-        Some(
-            leaves.len() as u64 == base + rows.len() as u64
-                && leaves[base as usize..]
-                    .iter()
-                    .zip(rows)
-                    .all(|(l, r)| *l == r.leaf_hash),
-        )
+        let end = base + rows.len() as u64;
+        let leaves = self.store.leaf_hashes_range(base, end).await.ok()?;
+        Some(leaves.len() == rows.len() && leaves.iter().zip(rows).all(|(l, r)| *l == r.leaf_hash))
     }
 
     /// Whether a commit that reported an error is in the store after all. A store that cannot

@@ -3,12 +3,14 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use callgate_audit::Hash;
 use callgate_audit::merkle;
-use callgate_audit::note::{Checkpoint, Verifier};
+use callgate_audit::note::{Checkpoint, Note, Verifier};
 use callgate_audit::record::parse_record;
 use callgate_audit::verify::{Failure, LogVerifier, Report, Row, RowColumns};
 use serde_json::{Value, json};
 
+use crate::tree::Tree;
 use crate::{AuditStore, Filter, StoreError, StoredRecord};
 
 /// Rows read per query while verifying.
@@ -102,22 +104,50 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
         }
     };
     let body = rec.body.clone().ok_or(ProveError::Pruned)?;
-    let leaves = store.leaf_hashes().await?;
-    let leaves = leaves
-        .get(..cp.size as usize)
-        .ok_or_else(|| ProveError::Inconsistent("fewer records than the checkpoint".into()))?;
-    let proof = merkle::inclusion_proof(leaves, rec.index as usize)
-        .ok_or_else(|| ProveError::Inconsistent("index outside the tree".into()))?;
+    let signed_root = Note::parse(&cp.note)
+        .ok()
+        .and_then(|n| Checkpoint::parse(&n.text).ok())
+        .ok_or_else(|| ProveError::Inconsistent("the latest checkpoint cannot be read".into()))?
+        .root;
+    let leaf = merkle::leaf_hash(&body);
+    // From cached subtree roots first; if that proof does not lead to the checkpoint's root,
+    // once more from the leaves alone (which also mends the cache).
+    let mut proof = inclusion_proof(Tree::new(store, cp.size), rec.index).await?;
+    if merkle::verify_inclusion(rec.index, cp.size, &leaf, &proof, &signed_root).is_err() {
+        proof = inclusion_proof(Tree::without_cache(store, cp.size), rec.index).await?;
+        if merkle::verify_inclusion(rec.index, cp.size, &leaf, &proof, &signed_root).is_err() {
+            return Err(ProveError::Inconsistent(format!(
+                "record {} does not lead to the root of the checkpoint at {}; run `callgate audit verify`",
+                rec.index, cp.size
+            )));
+        }
+    }
     let record = parse_record(rec.index, &body)
         .map_err(|e| ProveError::Inconsistent(format!("record {}: {e}", rec.index)))?;
     Ok(json!({
         "leaf_index": rec.index,
         "tree_size": cp.size,
-        "leaf_hash": STANDARD.encode(merkle::leaf_hash(&body)),
+        "leaf_hash": STANDARD.encode(leaf),
         "proof": proof.iter().map(|h| STANDARD.encode(h)).collect::<Vec<_>>(),
         "checkpoint": cp.note,
         "record": record.json,
     }))
+}
+
+/// The audit path of leaf `index` in `tree`, from the ranges the RFC names; caches what it
+/// computed.
+async fn inclusion_proof<S: AuditStore>(
+    mut tree: Tree<'_, S>,
+    index: u64,
+) -> Result<Vec<Hash>, ProveError> {
+    let ranges = merkle::inclusion_ranges(tree.size(), index)
+        .ok_or_else(|| ProveError::Inconsistent("index outside the tree".into()))?;
+    let mut proof = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        proof.push(tree.root(r).await?);
+    }
+    tree.save().await;
+    Ok(proof)
 }
 
 /// Every record of one call, in log order.

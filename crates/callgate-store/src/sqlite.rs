@@ -48,6 +48,13 @@ const SCHEMA: &[&str] = &[
         frontier BLOB
     )",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    // Roots of perfect subtrees of the log, cached by proofs (see `crate::tree`).
+    "CREATE TABLE IF NOT EXISTS subtrees (
+        level INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID",
 ];
 
 /// Rows per INSERT statement (10 parameters each, well under SQLite's limit of 32,766).
@@ -246,6 +253,69 @@ impl AuditStore for SqliteStore {
             })?);
         }
         Ok(out)
+    }
+
+    async fn leaf_hashes_range(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, leaf_hash FROM records WHERE idx >= ? AND idx < ? ORDER BY idx",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unreadable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            let want = from + i as u64;
+            let idx: i64 = col_at(&row, 0)?;
+            if idx as u64 != want {
+                return Err(StoreError::Inconsistent(format!(
+                    "record {want} is missing (found {idx} in its place); run `callgate audit verify`"
+                )));
+            }
+            let h: Vec<u8> = col_at(&row, 1)?;
+            out.push(h.as_slice().try_into().map_err(|_| {
+                StoreError::Inconsistent(format!("record {want} has a malformed leaf hash"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn subtree(&self, level: u32, index: u64) -> Option<Hash> {
+        // A store made by an earlier build, opened read-only, has no such table: a miss.
+        let row = sqlx::query("SELECT hash FROM subtrees WHERE level = ? AND idx = ?")
+            .bind(i64::from(level))
+            .bind(index as i64)
+            .fetch_optional(&self.reader)
+            .await
+            .ok()??;
+        let h: Vec<u8> = row.try_get(0).ok()?;
+        h.as_slice().try_into().ok()
+    }
+
+    async fn put_subtrees(
+        &self,
+        roots: &[(u32, u64, Hash)],
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        for chunk in roots.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(if replace {
+                "INSERT OR REPLACE INTO subtrees (level, idx, hash) "
+            } else {
+                "INSERT OR IGNORE INTO subtrees (level, idx, hash) "
+            });
+            q.push_values(chunk, |mut b, (level, idx, hash)| {
+                b.push_bind(i64::from(*level))
+                    .push_bind(*idx as i64)
+                    .push_bind(hash.to_vec());
+            });
+            q.build().execute(&mut *conn).await.map_err(unwritable)?;
+        }
+        Ok(())
     }
 
     async fn size(&self) -> Result<u64, StoreError> {
