@@ -37,7 +37,9 @@ fn response(i: u64) -> callgate_audit::record::EncodedEvent {
 }
 
 async fn log_of_calls(path: &std::path::Path) -> AuditLog<SqliteStore> {
-    let store = SqliteStore::open(path, Duration::from_secs(1)).await.unwrap();
+    let store = SqliteStore::open(path, Duration::from_secs(1))
+        .await
+        .unwrap();
     let start = StartEvent {
         time_ms: 1,
         version: "test".into(),
@@ -75,7 +77,13 @@ async fn prove_and_check(store: &SqliteStore, i: u64) -> u64 {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .map(|h| {
+            STANDARD
+                .decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         merkle::verify_inclusion(index, size, &leaf, &proof, &root),
@@ -108,17 +116,14 @@ async fn proofs_use_cached_subtrees_and_survive_a_wrong_one() {
 
     // The cache is what a proof reads: a wrong root planted there is what a tree built with
     // the cache returns ...
-    store
-        .put_subtrees(&[(12, 0, [9; 32])], true)
-        .await
-        .unwrap();
+    store.put_subtrees(&[(12, 0, [9; 32])], true).await.unwrap();
     let size = leaves.len() as u64;
+    assert_eq!(Tree::new(store, size).root(0..4096).await.unwrap(), [9; 32]);
     assert_eq!(
-        Tree::new(store, size).root(0..4096).await.unwrap(),
-        [9; 32]
-    );
-    assert_eq!(
-        Tree::without_cache(store, size).root(0..4096).await.unwrap(),
+        Tree::without_cache(store, size)
+            .root(0..4096)
+            .await
+            .unwrap(),
         first_4096
     );
     // ... yet the proof served still leads to the signed root (a record past the planted

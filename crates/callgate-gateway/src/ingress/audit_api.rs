@@ -188,11 +188,39 @@ async fn proof(
 /// bounded rather than the log read whole.
 const PAGE_MAX: u32 = 1000;
 
-/// `next` for a page of `rs` asked with `limit`: the last index when the page is full.
-fn next_page(rs: &[callgate_store::StoredRecord], limit: u32) -> Value {
-    match rs.last() {
-        Some(last) if rs.len() as u64 >= u64::from(limit) => json!(last.index),
-        _ => Value::Null,
+/// The most record bytes one answer holds (at least one record, however large): a page of
+/// records with large bodies ends early, with `next`.
+const PAGE_BYTES: usize = 8 << 20;
+
+/// Records read from the store per query while filling a page, so a page of large records is
+/// never held twice over in memory.
+const READ_CHUNK: u32 = 64;
+
+/// One page of the records `filter` selects: at most `filter.limit` records and about
+/// [`PAGE_BYTES`]; `next` is the last index on the page when more may follow, else null.
+async fn page(shared: &Shared, mut filter: Filter) -> Result<(Vec<Value>, Value), StoreError> {
+    let limit = filter.limit as usize;
+    let (mut records, mut bytes, mut last) = (Vec::new(), 0usize, None);
+    loop {
+        filter.limit = READ_CHUNK.min((limit - records.len()) as u32);
+        let rs = shared.audit.log().store().search(&filter).await?;
+        let exhausted = rs.len() < filter.limit as usize;
+        for r in &rs {
+            let size = r.body.as_ref().map_or(0, Vec::len);
+            if !records.is_empty() && bytes + size > PAGE_BYTES {
+                return Ok((records, json!(last)));
+            }
+            bytes += size;
+            records.push(ops::record_json(r));
+            last = Some(r.index);
+        }
+        filter.after_index = last;
+        if records.len() >= limit {
+            return Ok((records, json!(last)));
+        }
+        if exhausted {
+            return Ok((records, Value::Null));
+        }
     }
 }
 
@@ -229,17 +257,13 @@ async fn session(
         limit,
         ..Default::default()
     };
-    match shared.audit.log().store().search(&filter).await {
-        Ok(rs) if rs.is_empty() && q.after.is_none() => {
+    match page(&shared, filter).await {
+        Ok((records, _)) if records.is_empty() && q.after.is_none() => {
             not_found(format!("no record belongs to session {session:?}"), &id)
         }
-        Ok(rs) => json(
+        Ok((records, next)) => json(
             StatusCode::OK,
-            &json!({
-                "session": session,
-                "records": rs.iter().map(ops::record_json).collect::<Vec<_>>(),
-                "next": next_page(&rs, limit),
-            }),
+            &json!({"session": session, "records": records, "next": next}),
         ),
         Err(e) => store_error(e, &id),
     }
@@ -286,14 +310,8 @@ async fn search(
         request_id: None,
         limit: q.limit.unwrap_or(100).clamp(1, PAGE_MAX),
     };
-    match shared.audit.log().store().search(&filter).await {
-        Ok(rs) => json(
-            StatusCode::OK,
-            &json!({
-                "records": rs.iter().map(ops::record_json).collect::<Vec<_>>(),
-                "next": next_page(&rs, filter.limit),
-            }),
-        ),
+    match page(&shared, filter).await {
+        Ok((records, next)) => json(StatusCode::OK, &json!({"records": records, "next": next})),
         Err(e) => store_error(e, &id),
     }
 }

@@ -192,6 +192,65 @@ async fn prove_output_verifies_with_an_independent_rfc6962_verifier() {
 }
 
 #[tokio::test]
+async fn audit_pages_of_large_records_end_early_and_lose_nothing() {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let (auditor_key, auditor_hash) = api_key();
+    let cfg = config(&up.url(), &ops_hash, &viewer_hash)
+        .replace("max_body_bytes: 2048", "max_body_bytes: 2000000")
+        .replace(
+            "    - {id: viewer,",
+            &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
+        );
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    // Six calls of ~1.5 MB each: their `call` records alone are ~9 MB, over one page's bytes.
+    let blob = "x".repeat(1_500_000);
+    for i in 0..6 {
+        let r = post_json(
+            &gw.url("/echo"),
+            &[("x-api-key", &ops_key)],
+            &format!(r#"{{"n": {i}, "blob": "{blob}"}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    settle(&gw).await;
+    let auditor = [("x-api-key", auditor_key.as_str())];
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut after = String::new();
+    loop {
+        let page = get(
+            &gw.url(&format!("/v1/audit/records?kind=call&limit=1000{after}")),
+            &auditor,
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        assert!(
+            page.body.len() < 12_000_000,
+            "a page of {} bytes",
+            page.body.len()
+        );
+        let page = page.json();
+        for r in page["records"].as_array().unwrap() {
+            assert_eq!(
+                r["event"]["arguments"]["blob"].as_str().unwrap().len(),
+                1_500_000
+            );
+            seen.push(r["event"]["arguments"]["n"].as_u64().unwrap());
+        }
+        pages += 1;
+        match page["next"].as_u64() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "the records did not fit one page");
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5], "every record once, in order");
+}
+
+#[tokio::test]
 async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
     let up = Upstream::start().await;
     let (ops_key, ops_hash) = api_key();
