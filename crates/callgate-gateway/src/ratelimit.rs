@@ -86,23 +86,57 @@ impl RateLimits {
         }
         // Forget idle keys now and then so the maps don't grow without bound.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {
-            for l in self
-                .per_caller
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-            {
-                l.retain_recent();
-            }
-            for l in self
-                .per_function
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-            {
-                l.retain_recent();
-            }
+            self.sweep();
         }
         Ok(())
+    }
+
+    /// Forgets callers whose state is as if they had not called, and then limiters left with
+    /// no caller: those of limits a reload changed or removed go once their callers are idle.
+    fn sweep(&self) {
+        fn sweep_map<K>(map: &Mutex<HashMap<K, Arc<Limiter>>>) {
+            let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, l| {
+                l.retain_recent();
+                l.shrink_to_fit();
+                !l.is_empty()
+            });
+        }
+        sweep_map(&self.per_caller);
+        sweep_map(&self.per_function);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_sweep_drops_limiters_whose_callers_are_idle_and_keeps_busy_ones() {
+        let limits = RateLimits::default();
+        let fast = RateSpec {
+            count: 1000,
+            period: Duration::from_millis(1),
+        };
+        let slow = RateSpec {
+            count: 1,
+            period: Duration::from_secs(3600),
+        };
+        // A limit a reload replaced: its caller's one cell is back within a millisecond.
+        let old = limiter(&limits.per_function, ("f".to_string(), fast), fast);
+        admit(&old, &"ada".to_string(), String::new).unwrap();
+        // The current limit, with a caller who spent the hour's only cell.
+        let current = limiter(&limits.per_function, ("f".to_string(), slow), slow);
+        admit(&current, &"ada".to_string(), String::new).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        limits.sweep();
+        let m = limits.per_function.lock().unwrap();
+        assert!(!m.contains_key(&("f".to_string(), fast)), "idle limiter kept");
+        assert!(m.contains_key(&("f".to_string(), slow)), "busy limiter dropped");
+        // The busy caller is still refused: nothing was forgotten that limits them.
+        let kept = m[&("f".to_string(), slow)].clone();
+        drop(m);
+        assert!(admit(&kept, &"ada".to_string(), String::new).is_err());
     }
 }
