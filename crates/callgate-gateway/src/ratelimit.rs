@@ -132,8 +132,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         limits.sweep();
         let m = limits.per_function.lock().unwrap();
-        assert!(!m.contains_key(&("f".to_string(), fast)), "idle limiter kept");
-        assert!(m.contains_key(&("f".to_string(), slow)), "busy limiter dropped");
+        assert!(
+            !m.contains_key(&("f".to_string(), fast)),
+            "idle limiter kept"
+        );
+        assert!(
+            m.contains_key(&("f".to_string(), slow)),
+            "busy limiter dropped"
+        );
         // The busy caller is still refused: nothing was forgotten that limits them.
         let kept = m[&("f".to_string(), slow)].clone();
         drop(m);

@@ -1,6 +1,8 @@
 //! TLS on the listener (rustls). The certificate and key are re-read when their files change,
 //! checked at each handshake, so a renewed certificate is served without a restart; a broken
-//! renewal keeps the previous certificate and is logged.
+//! renewal — unreadable, a key that does not match, or a certificate outside its validity
+//! period — keeps the previous certificate and is logged. Callgate does not start with an
+//! expired or not yet valid certificate, and warns when the one it loads expires within 14 days.
 
 use rustls::ServerConfig;
 use rustls::pki_types::PrivateKeyDer;
@@ -9,7 +11,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+use x509_cert::der::Decode;
 
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -18,8 +21,54 @@ fn stamp(p: &Path) -> Stamp {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// How soon before its expiry a loaded certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Checks that the leaf certificate is valid now (clients would refuse it otherwise: better
+/// to keep serving the previous one, or not to start); warns when it expires soon.
+fn check_validity(path: &Path, leaf: &[u8], now: SystemTime) -> Result<(), String> {
+    let cert = x509_cert::Certificate::from_der(leaf)
+        .map_err(|e| format!("{}: the certificate cannot be read: {e}", path.display()))?;
+    let validity = &cert.tbs_certificate.validity;
+    let (not_before, not_after) = (
+        SystemTime::UNIX_EPOCH + validity.not_before.to_unix_duration(),
+        SystemTime::UNIX_EPOCH + validity.not_after.to_unix_duration(),
+    );
+    let at = validity_time;
+    if now < not_before {
+        return Err(format!(
+            "{}: the certificate is not valid before {}",
+            path.display(),
+            at(not_before)
+        ));
+    }
+    if now > not_after {
+        return Err(format!(
+            "{}: the certificate expired at {}",
+            path.display(),
+            at(not_after)
+        ));
+    }
+    if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
+        tracing::warn!(cert = %path.display(), expires = %at(not_after), "the TLS certificate expires within 14 days");
+    }
+    Ok(())
+}
+
+/// A validity time as RFC 3339 (UTC).
+fn validity_time(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    callgate_core::time::rfc3339(ms)
+}
+
 fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let certs = crate::http_client::read_certs(cert)?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
+    check_validity(cert, leaf, SystemTime::now())?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let signing = crate::http_client::crypto_provider()
         .key_provider
@@ -33,7 +82,7 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
 
 /// How long after a failed reload the files are read again, changed or not (a renewal caught
 /// half-written, or rewritten in place within one tick of the file system's clock).
-const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_FAILED: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Reloading {

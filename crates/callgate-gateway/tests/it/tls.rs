@@ -40,6 +40,18 @@ fn leaf(ca: &Ca, cn: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// A leaf valid only from `from` to `until` (year, month, day), as (cert PEM, key PEM).
+fn leaf_valid(ca: &Ca, cn: &str, from: (i32, u8, u8), until: (i32, u8, u8)) -> (String, String) {
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
@@ -235,6 +247,52 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (fifth, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
     assert_ne!(fifth, second, "the finished renewal is served");
+}
+
+#[tokio::test]
+async fn a_certificate_outside_its_validity_period_is_not_served() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // Callgate does not start with an expired or a not yet valid certificate.
+    for (from, until, says) in [
+        (
+            (2020, 1, 1),
+            (2021, 1, 1),
+            "expired at 2021-01-01T00:00:00.000Z",
+        ),
+        (
+            (2990, 1, 1),
+            (2999, 1, 1),
+            "not valid before 2990-01-01T00:00:00.000Z",
+        ),
+    ] {
+        let (c, k) = leaf_valid(&ca, "gateway", from, until);
+        write(dir.path(), "cert.pem", &c);
+        write(dir.path(), "key.pem", &k);
+        let err = callgate_gateway::tls::server_config(&cert, &key).unwrap_err();
+        assert!(err.contains(says), "{err}");
+    }
+    // A renewal to an expired certificate keeps the one being served.
+    let (good_cert, good_key) = leaf(&ca, "gateway-1");
+    let up = Upstream::start().await;
+    let (_, hash) = api_key();
+    let gw_dir = tempfile::tempdir().unwrap();
+    write(gw_dir.path(), "cert.pem", &good_cert);
+    write(gw_dir.path(), "key.pem", &good_key);
+    let tls = "tls: {cert_file: cert.pem, key_file: key.pem}";
+    let gw = TestGateway::start_in(
+        gw_dir,
+        &config(&up.url(), "", &hash, tls),
+        &[("p.cedar", POLICY)],
+    )
+    .await;
+    let (first, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    let (old_cert, old_key) = leaf_valid(&ca, "gateway-old", (2020, 1, 1), (2021, 1, 1));
+    write(gw.dir.path(), "key.pem", &old_key);
+    write(gw.dir.path(), "cert.pem", &old_cert);
+    let (second, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(first, second, "the expired renewal is not served");
 }
 
 #[tokio::test]
