@@ -99,7 +99,8 @@ impl RateLimits {
             m.retain(|_, l| {
                 l.retain_recent();
                 l.shrink_to_fit();
-                !l.is_empty()
+                // A limiter a check holds right now (taken from the map, not yet used) stays.
+                !l.is_empty() || Arc::strong_count(l) > 1
             });
         }
         sweep_map(&self.per_caller);
@@ -130,6 +131,15 @@ mod tests {
         let current = limiter(&limits.per_function, ("f".to_string(), slow), slow);
         admit(&current, &"ada".to_string(), String::new).unwrap();
         std::thread::sleep(Duration::from_millis(20));
+        // While a check holds the idle limiter, it stays; once let go, it goes.
+        limits.sweep();
+        let held = limits
+            .per_function
+            .lock()
+            .unwrap()
+            .contains_key(&("f".to_string(), fast));
+        assert!(held, "a limiter in use was dropped");
+        drop((old, current));
         limits.sweep();
         let m = limits.per_function.lock().unwrap();
         assert!(

@@ -148,7 +148,10 @@ async fn check_anchor<S: AuditStore>(
         // were not rewritten, and the cache sits in the same store.
         let mut tree = Tree::without_cache(store, cp.size);
         let root = tree.root(0..cp.size).await?;
-        tree.save().await;
+        // Cached only when they are the roots the checkpoint vouches for.
+        if root == cp.root {
+            tree.save().await;
+        }
         root
     };
     if root != cp.root {

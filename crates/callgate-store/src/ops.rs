@@ -112,9 +112,12 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
     let leaf = merkle::leaf_hash(&body);
     // From cached subtree roots first; if that proof does not lead to the checkpoint's root,
     // once more from the leaves alone (which also mends the cache).
-    let mut proof = inclusion_proof(Tree::new(store, cp.size), rec.index).await?;
+    // Roots computed on the way are cached only once the proof led to the signed root.
+    let mut tree = Tree::new(store, cp.size);
+    let mut proof = inclusion_proof(&mut tree, rec.index).await?;
     if merkle::verify_inclusion(rec.index, cp.size, &leaf, &proof, &signed_root).is_err() {
-        proof = inclusion_proof(Tree::without_cache(store, cp.size), rec.index).await?;
+        tree = Tree::without_cache(store, cp.size);
+        proof = inclusion_proof(&mut tree, rec.index).await?;
         if merkle::verify_inclusion(rec.index, cp.size, &leaf, &proof, &signed_root).is_err() {
             return Err(ProveError::Inconsistent(format!(
                 "record {} does not lead to the root of the checkpoint at {}; run `callgate audit verify`",
@@ -122,6 +125,7 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
             )));
         }
     }
+    tree.save().await;
     let record = parse_record(rec.index, &body)
         .map_err(|e| ProveError::Inconsistent(format!("record {}: {e}", rec.index)))?;
     Ok(json!({
@@ -134,10 +138,9 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
     }))
 }
 
-/// The audit path of leaf `index` in `tree`, from the ranges the RFC names; caches what it
-/// computed.
+/// The audit path of leaf `index` in `tree`, from the ranges the RFC names.
 async fn inclusion_proof<S: AuditStore>(
-    mut tree: Tree<'_, S>,
+    tree: &mut Tree<'_, S>,
     index: u64,
 ) -> Result<Vec<Hash>, ProveError> {
     let ranges = merkle::inclusion_ranges(tree.size(), index)
@@ -146,7 +149,6 @@ async fn inclusion_proof<S: AuditStore>(
     for r in ranges {
         proof.push(tree.root(r).await?);
     }
-    tree.save().await;
     Ok(proof)
 }
 

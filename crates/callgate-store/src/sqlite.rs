@@ -298,10 +298,18 @@ impl AuditStore for SqliteStore {
         roots: &[(u32, u64, Hash)],
         replace: bool,
     ) -> Result<(), StoreError> {
-        if self.writer.is_none() {
+        // Never at the expense of the audit writer: when it holds the connection, the roots
+        // are not cached this time.
+        let Some(w) = &self.writer else {
             return Ok(());
-        }
-        let mut conn = self.conn().await?;
+        };
+        let Ok(guard) = w.try_lock() else {
+            return Ok(());
+        };
+        let Ok(mut conn) = MutexGuard::try_map(guard, Option::as_mut) else {
+            return Err(StoreError::Closed);
+        };
+        let mut tx = conn.begin().await.map_err(unwritable)?;
         for chunk in roots.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(if replace {
                 "INSERT OR REPLACE INTO subtrees (level, idx, hash) "
@@ -313,9 +321,9 @@ impl AuditStore for SqliteStore {
                     .push_bind(*idx as i64)
                     .push_bind(hash.to_vec());
             });
-            q.build().execute(&mut *conn).await.map_err(unwritable)?;
+            q.build().execute(&mut *tx).await.map_err(unwritable)?;
         }
-        Ok(())
+        tx.commit().await.map_err(unwritable)
     }
 
     async fn size(&self) -> Result<u64, StoreError> {

@@ -118,8 +118,8 @@ impl<'s, S: AuditStore> Tree<'s, S> {
             .ok_or_else(|| StoreError::Inconsistent(format!("records {start}.. are missing")))
     }
 
-    /// Caches the subtree roots computed so far. A failure to write is not an error: the
-    /// cache only saves work.
+    /// Caches the subtree roots computed so far; call it once the result was checked against
+    /// a signed root. A failure to write is not an error: the cache only saves work.
     pub async fn save(&mut self) {
         let computed = std::mem::take(&mut self.computed);
         if !computed.is_empty() {
