@@ -41,23 +41,22 @@ fn check_validity(path: &Path, leaf: &[u8], now: SystemTime) -> Result<(), Strin
         SystemTime::UNIX_EPOCH + validity.not_before.to_unix_duration(),
         SystemTime::UNIX_EPOCH + validity.not_after.to_unix_duration(),
     );
-    let at = validity_time;
     if now < not_before {
         return Err(format!(
             "{}: the certificate is not valid before {}",
             path.display(),
-            at(not_before)
+            validity_time(not_before)
         ));
     }
     if now > not_after {
         return Err(format!(
             "{}: the certificate expired at {}",
             path.display(),
-            at(not_after)
+            validity_time(not_after)
         ));
     }
     if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
-        tracing::warn!(cert = %path.display(), expires = %at(not_after), "the TLS certificate expires within 14 days");
+        tracing::warn!(cert = %path.display(), expires = %validity_time(not_after), "the TLS certificate expires within 14 days");
     }
     Ok(())
 }

@@ -731,8 +731,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The vectorized counts are what a byte-by-byte pass gives, for every length and for
-        /// bytes outside ASCII (whose low seven bits may look like a digit or a letter).
+        /// The counts (by table below 64 bytes, vectorized above) are what a byte-by-byte
+        /// pass gives, for every length and for bytes outside ASCII (whose low seven bits may
+        /// look like a digit or a letter).
         #[test]
         fn hints_count_every_byte(
             text in "[0-9A-Za-z@._:\\- \t\u{80}-\u{10FFFF}]{0,600}",

@@ -50,7 +50,7 @@ pub fn apply_in_text(strategy: Strategy, value: &str, key: &hmac::Key) -> String
 pub(crate) fn apply_to_finding(
     strategy: Strategy,
     value: &str,
-    detector: crate::detect::Detector,
+    detector: Detector,
     key: &hmac::Key,
 ) -> String {
     match strategy {

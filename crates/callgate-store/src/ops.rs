@@ -111,8 +111,8 @@ pub async fn prove<S: AuditStore>(store: &S, request_id: &str) -> Result<Value, 
         .root;
     let leaf = merkle::leaf_hash(&body);
     // From cached subtree roots first; if that proof does not lead to the checkpoint's root,
-    // once more from the leaves alone (which also mends the cache).
-    // Roots computed on the way are cached only once the proof led to the signed root.
+    // once more from the leaves alone. What was computed is cached (over what the cache held)
+    // only once the proof led to the signed root.
     let mut tree = Tree::new(store, cp.size);
     let mut proof = inclusion_proof(&mut tree, rec.index).await?;
     if merkle::verify_inclusion(rec.index, cp.size, &leaf, &proof, &signed_root).is_err() {

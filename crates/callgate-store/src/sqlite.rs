@@ -235,24 +235,7 @@ const COLUMNS: &str =
 
 impl AuditStore for SqliteStore {
     async fn leaf_hashes(&self) -> Result<Vec<Hash>, StoreError> {
-        let rows = sqlx::query("SELECT idx, leaf_hash FROM records ORDER BY idx")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unreadable)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, row) in rows.into_iter().enumerate() {
-            let idx: i64 = col_at(&row, 0)?;
-            if idx as u64 != i as u64 {
-                return Err(StoreError::Inconsistent(format!(
-                    "record {i} is missing (found {idx} in its place); run `callgate audit verify`"
-                )));
-            }
-            let h: Vec<u8> = col_at(&row, 1)?;
-            out.push(h.as_slice().try_into().map_err(|_| {
-                StoreError::Inconsistent(format!("record {i} has a malformed leaf hash"))
-            })?);
-        }
-        Ok(out)
+        self.leaf_hashes_range(0, i64::MAX as u64).await
     }
 
     async fn leaf_hashes_range(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {

@@ -28,6 +28,23 @@ async fn start(extra: &str) -> (Upstream, TestGateway, String) {
     (up, gw, ops_key)
 }
 
+/// A gateway with the shared test config, edited by `edit`, and an API key for ada in the
+/// auditors group; returns the upstream, the gateway, the ops caller's key and ada's key.
+async fn start_with_auditor(
+    edit: impl FnOnce(String) -> String,
+) -> (Upstream, TestGateway, String, String) {
+    let up = Upstream::start().await;
+    let (ops_key, ops_hash) = api_key();
+    let (_, viewer_hash) = api_key();
+    let (auditor_key, auditor_hash) = api_key();
+    let cfg = edit(config(&up.url(), &ops_hash, &viewer_hash)).replace(
+        "    - {id: viewer,",
+        &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
+    );
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    (up, gw, ops_key, auditor_key)
+}
+
 /// Waits for queued (not awaited) records such as responses to reach the store.
 async fn settle(gw: &TestGateway) {
     gw.gateway.shared.audit.checkpoint().await.unwrap();
@@ -193,17 +210,9 @@ async fn prove_output_verifies_with_an_independent_rfc6962_verifier() {
 
 #[tokio::test]
 async fn audit_pages_of_large_records_end_early_and_lose_nothing() {
-    let up = Upstream::start().await;
-    let (ops_key, ops_hash) = api_key();
-    let (_, viewer_hash) = api_key();
-    let (auditor_key, auditor_hash) = api_key();
-    let cfg = config(&up.url(), &ops_hash, &viewer_hash)
-        .replace("max_body_bytes: 2048", "max_body_bytes: 2000000")
-        .replace(
-            "    - {id: viewer,",
-            &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
-        );
-    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let (_up, gw, ops_key, auditor_key) =
+        start_with_auditor(|cfg| cfg.replace("max_body_bytes: 2048", "max_body_bytes: 2000000"))
+            .await;
     // Six calls of ~1.5 MB each: their `call` records alone are ~9 MB, over one page's bytes.
     let blob = "x".repeat(1_500_000);
     for i in 0..6 {
@@ -252,15 +261,7 @@ async fn audit_pages_of_large_records_end_early_and_lose_nothing() {
 
 #[tokio::test]
 async fn the_audit_api_is_for_auditors_only_and_records_every_read() {
-    let up = Upstream::start().await;
-    let (ops_key, ops_hash) = api_key();
-    let (_, viewer_hash) = api_key();
-    let (auditor_key, auditor_hash) = api_key();
-    let cfg = config(&up.url(), &ops_hash, &viewer_hash).replace(
-        "    - {id: viewer,",
-        &format!("    - {{id: audit, hash: \"{auditor_hash}\", subject: ada, groups: [auditors]}}\n    - {{id: viewer,"),
-    );
-    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let (_up, gw, ops_key, auditor_key) = start_with_auditor(|cfg| cfg).await;
     let r = get(
         &gw.url("/items/a1"),
         &[("x-api-key", &ops_key), ("callgate-session", "sess-1")],

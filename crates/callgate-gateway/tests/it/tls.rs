@@ -177,10 +177,8 @@ async fn handshake(
     (leaf.to_vec(), c.alpn_protocol().map(|p| p.to_vec()))
 }
 
-#[tokio::test]
-async fn the_listener_serves_tls_and_reloads_its_certificate() {
-    let ca = ca();
-    let (cert, key) = leaf(&ca, "gateway-1");
+/// A gateway serving TLS with the leaf `(cert, key)`, its upstream, and an API key it accepts.
+async fn tls_gateway((cert, key): (String, String)) -> (TestGateway, Upstream, String) {
     let up = Upstream::start().await;
     let (api_key, hash) = api_key();
     let dir = tempfile::tempdir().unwrap();
@@ -193,6 +191,13 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
         &[("p.cedar", POLICY)],
     )
     .await;
+    (gw, up, api_key)
+}
+
+#[tokio::test]
+async fn the_listener_serves_tls_and_reloads_its_certificate() {
+    let ca = ca();
+    let (gw, _up, api_key) = tls_gateway(leaf(&ca, "gateway-1")).await;
     // Both protocols by ALPN.
     let (first, alpn) = handshake(gw.addr, &ca.pem, &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
@@ -274,19 +279,7 @@ async fn a_certificate_outside_its_validity_period_is_not_served() {
         assert!(err.contains(says), "{err}");
     }
     // A renewal to an expired certificate keeps the one being served.
-    let (good_cert, good_key) = leaf(&ca, "gateway-1");
-    let up = Upstream::start().await;
-    let (_, hash) = api_key();
-    let gw_dir = tempfile::tempdir().unwrap();
-    write(gw_dir.path(), "cert.pem", &good_cert);
-    write(gw_dir.path(), "key.pem", &good_key);
-    let tls = "tls: {cert_file: cert.pem, key_file: key.pem}";
-    let gw = TestGateway::start_in(
-        gw_dir,
-        &config(&up.url(), "", &hash, tls),
-        &[("p.cedar", POLICY)],
-    )
-    .await;
+    let (gw, _up, _) = tls_gateway(leaf(&ca, "gateway-1")).await;
     let (first, _) = handshake(gw.addr, &ca.pem, &[b"http/1.1"]).await;
     let (old_cert, old_key) = leaf_valid(&ca, "gateway-old", (2020, 1, 1), (2021, 1, 1));
     write(gw.dir.path(), "key.pem", &old_key);
