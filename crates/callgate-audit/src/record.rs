@@ -191,6 +191,14 @@ pub struct RefusedEvent {
     /// The problem type's short code (`unauthenticated`, `invalid_arguments`, ...).
     pub code: String,
     pub detail: String,
+    /// Set on a record that stands for several anonymous refusals from one source address
+    /// (past the few recorded one by one each minute): how many. The other fields are the
+    /// last one's; `detail` counts them by code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
+    /// With `repeated`: when the first of them arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ms: Option<u64>,
 }
 
 /// Callgate started. Announces the checkpoint key in use.

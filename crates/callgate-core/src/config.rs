@@ -79,6 +79,22 @@ pub struct Limits {
     /// How long graceful shutdown waits for in-flight calls, in milliseconds.
     #[serde(default = "default_drain_ms")]
     pub shutdown_grace_ms: u64,
+    /// How long a connection may stay open with no request on it — before its first request
+    /// and between requests — in milliseconds. It is closed after that.
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// How long a request's header block may take to arrive, counted from its first byte, in
+    /// milliseconds. The connection is closed after that.
+    #[serde(default = "default_header_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive in full, counted from the end of its header
+    /// block, in milliseconds (408 after it, and the connection is closed).
+    #[serde(default = "default_body_read_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once from one source address; a further one is closed as soon as
+    /// it is accepted. 0: no limit (behind a load balancer every caller shares its address).
+    #[serde(default = "default_conns_per_source")]
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +104,10 @@ impl Default for Limits {
             max_response_bytes: default_max_response(),
             upstream_timeout_ms: default_timeout_ms(),
             shutdown_grace_ms: default_drain_ms(),
+            idle_timeout_ms: default_idle_ms(),
+            header_read_timeout_ms: default_header_ms(),
+            body_read_timeout_ms: default_body_read_ms(),
+            max_connections_per_source: default_conns_per_source(),
         }
     }
 }
@@ -101,8 +121,23 @@ fn default_max_response() -> usize {
 fn default_timeout_ms() -> u64 {
     10_000
 }
+fn default_anonymous_refusals() -> u32 {
+    10
+}
 fn default_drain_ms() -> u64 {
     10_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_header_ms() -> u64 {
+    10_000
+}
+fn default_body_read_ms() -> u64 {
+    30_000
+}
+fn default_conns_per_source() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -269,6 +304,11 @@ pub struct FunctionConfig {
     /// The masking profile applied to this function's responses (policies' `@mask` add more).
     #[serde(default)]
     pub mask: Option<String>,
+    /// Request headers a proxied call passes upstream besides the default ones (content
+    /// negotiation, conditional requests, tracing). Credentials, framing, forwarding and
+    /// method- or URL-override headers cannot be named.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
 }
 
 fn default_risk() -> String {
@@ -456,6 +496,11 @@ pub struct AuditConfig {
     /// How long a write waits for a lock held by another process before calls are refused.
     #[serde(default = "default_busy_ms")]
     pub busy_timeout_ms: u64,
+    /// Refusals of callers with no verified identity recorded one by one per source address
+    /// and minute; the rest of that minute's are recorded as one record with their count, so
+    /// anonymous traffic cannot grow the log without bound (0: every one is counted).
+    #[serde(default = "default_anonymous_refusals")]
+    pub anonymous_refusals_per_minute: u32,
 }
 
 impl Default for AuditConfig {
@@ -471,6 +516,7 @@ impl Default for AuditConfig {
             retention_days: None,
             auditors_group: default_auditors(),
             busy_timeout_ms: default_busy_ms(),
+            anonymous_refusals_per_minute: default_anonymous_refusals(),
         }
     }
 }

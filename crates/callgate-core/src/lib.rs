@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod config;
+pub mod headers;
 pub mod json;
 pub mod model;
 pub mod rate;

@@ -36,6 +36,13 @@ pub enum Refusal {
     /// HTTP/1.1 framing two parsers could read differently; the connection is closed.
     #[error("ambiguous message framing: {detail}")]
     AmbiguousFraming { detail: String },
+    /// An HTTP/1.1 request head that does not parse (a control character in a header value,
+    /// a malformed request line); the connection is closed.
+    #[error("malformed request: {detail}")]
+    MalformedRequest { detail: String },
+    /// The request body did not arrive in time; the connection is closed.
+    #[error("request timed out: {detail}")]
+    RequestTimeout { detail: String },
     #[error("invalid arguments")]
     InvalidArguments { errors: Vec<FieldError> },
     #[error("request body over {limit} bytes")]
@@ -80,7 +87,10 @@ impl Refusal {
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::NotFound { .. } => 404,
             Refusal::Conflict { .. } => 409,
-            Refusal::BadRequest { .. } | Refusal::AmbiguousFraming { .. } => 400,
+            Refusal::BadRequest { .. }
+            | Refusal::AmbiguousFraming { .. }
+            | Refusal::MalformedRequest { .. } => 400,
+            Refusal::RequestTimeout { .. } => 408,
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::InvalidArguments { .. } => 422,
             Refusal::RateLimited { .. } => 429,
@@ -103,6 +113,8 @@ impl Refusal {
             Refusal::Conflict { .. } => "conflict",
             Refusal::BadRequest { .. } => "bad-request",
             Refusal::AmbiguousFraming { .. } => "ambiguous-framing",
+            Refusal::MalformedRequest { .. } => "malformed-request",
+            Refusal::RequestTimeout { .. } => "request-timeout",
             Refusal::InvalidArguments { .. } => "invalid-arguments",
             Refusal::PayloadTooLarge { .. } => "payload-too-large",
             Refusal::RateLimited { .. } => "rate-limited",
@@ -125,6 +137,8 @@ impl Refusal {
             Refusal::Conflict { .. } => "Conflict with the current state",
             Refusal::BadRequest { .. } => "Malformed request",
             Refusal::AmbiguousFraming { .. } => "Ambiguous message framing",
+            Refusal::MalformedRequest { .. } => "Malformed request",
+            Refusal::RequestTimeout { .. } => "Request timed out",
             Refusal::InvalidArguments { .. } => "Invalid arguments",
             Refusal::PayloadTooLarge { .. } => "Request body too large",
             Refusal::RateLimited { .. } => "Rate limit exceeded",
@@ -147,6 +161,8 @@ impl Refusal {
             | Refusal::Conflict { detail }
             | Refusal::BadRequest { detail }
             | Refusal::AmbiguousFraming { detail }
+            | Refusal::MalformedRequest { detail }
+            | Refusal::RequestTimeout { detail }
             | Refusal::RateLimited { detail, .. }
             | Refusal::UpstreamUnreachable { detail }
             | Refusal::UpstreamTimeout { detail }
@@ -171,6 +187,11 @@ impl Refusal {
 
     /// Whether the connection should be closed after answering (framing errors).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Refusal::AmbiguousFraming { .. })
+        matches!(
+            self,
+            Refusal::AmbiguousFraming { .. }
+                | Refusal::MalformedRequest { .. }
+                | Refusal::RequestTimeout { .. }
+        )
     }
 }

@@ -231,6 +231,7 @@ fn mcp_function(
         break_glass: Vec::new(),
         credential: srv.credential.clone(),
         mask: srv.mask.clone(),
+        forward_headers: Vec::new(),
         backend,
     }
 }
@@ -261,6 +262,9 @@ pub struct FunctionDef {
     pub credential: Option<crate::config::CredentialConfig>,
     /// The masking profile for responses.
     pub mask: Option<String>,
+    /// Request headers passed upstream besides the default ones (lower-case; checked by
+    /// [`crate::headers::check_forwardable`]).
+    pub forward_headers: Vec<String>,
     /// What executes it. For an MCP tool, `route` is unused and the proxy never matches it.
     pub backend: Backend,
 }
@@ -422,6 +426,10 @@ impl Registry {
                     Some((_, false)) => errors.push(format!(
                         "{at}: path parameter {p} must be required in the schema"
                     )),
+                    None if f.arguments.is_some() => errors.push(format!(
+                        "{at}: path parameter {p} is not declared in the arguments schema \
+                         (add it to properties and required, or every call is refused)"
+                    )),
                     _ => {}
                 }
             }
@@ -430,6 +438,13 @@ impl Registry {
                     errors.push(format!(
                         "{at}: {name} is bound to the path but the route has no {{{name}}}"
                     ));
+                }
+            }
+            let mut forward_headers = Vec::new();
+            for h in &f.forward_headers {
+                match crate::headers::check_forwardable(h) {
+                    Ok(name) => forward_headers.push(name),
+                    Err(why) => errors.push(format!("{at}: forward_headers: {why}")),
                 }
             }
             let credential = f.credential.clone().or_else(|| up.credential.clone());
@@ -461,6 +476,7 @@ impl Registry {
                 break_glass: f.break_glass.clone(),
                 credential,
                 mask: f.mask.clone(),
+                forward_headers,
                 backend: Backend::Http,
             });
             if let Some(other) = reg.by_alias.insert(openai_name(&f.name), def.clone()) {

@@ -27,6 +27,7 @@ use callgate_store::log::now_ms;
 use callgate_store::{AuditLog, LogOptions, SqliteStore, StoredCheckpoint};
 use sha2::{Digest, Sha256};
 
+use crate::anonymous::{Sampler, Verdict};
 use crate::runtime::Runtime;
 use crate::upstream::UpstreamResponse;
 
@@ -40,6 +41,7 @@ pub struct Audit {
     pub auditors_group: String,
     publish_dir: Option<PathBuf>,
     publish_url: Option<(http::Uri, crate::http_client::HttpClient)>,
+    anonymous: Sampler,
 }
 
 /// Where a config's audit files live: paths are relative to the config file's directory.
@@ -260,6 +262,7 @@ impl Audit {
             auditors_group: cfg.auditors_group.clone(),
             publish_dir: paths.publish_dir,
             publish_url,
+            anonymous: Sampler::new(cfg.anonymous_refusals_per_minute),
         });
         // A first checkpoint right away, so even a short run is covered.
         audit.checkpoint().await.map_err(|e| e.to_string())?;
@@ -273,6 +276,7 @@ impl Audit {
             loop {
                 tick.tick().await;
                 let Some(audit) = weak.upgrade() else { return };
+                audit.flush_anonymous(false);
                 match audit.checkpoint().await {
                     Ok(_) => {}
                     // Shutdown closed the log (with a final checkpoint); the timer ends too.
@@ -529,10 +533,14 @@ impl Audit {
         }));
     }
 
-    /// Records a request refused for anything but a policy deny, without waiting.
+    /// Records a request refused for anything but a policy deny, without waiting. Refusals
+    /// of callers with no verified identity go through the [`Sampler`]: a few per source and
+    /// minute one by one, the rest as one counted record.
     pub fn refused(&self, req: RefusedRequest<'_>, refusal: &Refusal) {
-        self.queue(Event::Refused(RefusedEvent {
-            time_ms: now_ms(),
+        let now = now_ms();
+        let anonymous = req.subject.is_none();
+        let event = RefusedEvent {
+            time_ms: now,
             request_id: req.request_id.to_string(),
             session: req.session,
             subject: req.subject,
@@ -542,7 +550,26 @@ impl Audit {
             status: refusal.status(),
             code: refusal.code().to_string(),
             detail: refusal.to_string(),
-        }));
+            repeated: None,
+            first_ms: None,
+        };
+        if !anonymous {
+            return self.queue(Event::Refused(event));
+        }
+        let Verdict { ended, record } = self.anonymous.admit(event.clone(), req.source, now);
+        if let Some(summary) = ended {
+            self.queue(Event::Refused(summary));
+        }
+        if record {
+            self.queue(Event::Refused(event));
+        }
+    }
+
+    /// Records the summaries of anonymous refusals whose minute is over (all at shutdown).
+    fn flush_anonymous(&self, all: bool) {
+        for summary in self.anonymous.due(now_ms(), all) {
+            self.queue(Event::Refused(summary));
+        }
     }
 
     /// Records an auditor's read of the log; returns once durable.
@@ -588,6 +615,7 @@ impl Audit {
 
     /// Records `stop`, signs and publishes the final checkpoint.
     pub async fn shutdown(&self, reason: &str) {
+        self.flush_anonymous(true);
         match self.log.close(reason).await {
             Ok(Some(cp)) => self.publish(&cp),
             Ok(None) => {}

@@ -17,14 +17,39 @@
 //! connection stays HTTP/1.1 and is followed. A chunk-size line longer than any real one ends
 //! the connection with an error rather than going unfollowed.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Added to a header block whose framing is ambiguous. A client that sends it itself is
 /// refused the same way.
 pub const MARKER: &str = "x-callgate-ambiguous-framing";
+
+/// The header of the stand-in request handed to hyper for a head that does not parse; its
+/// value says what was wrong. A client that sends it itself is refused the same way.
+pub const MALFORMED: &str = "x-callgate-malformed-request";
+
+/// HTTP/2's connection preface up to its first empty line: passed through, never refused.
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+
+/// The guard's own deadlines (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// No byte at all since the connection opened.
+    pub idle: Duration,
+    /// A header block incomplete this long after its first byte.
+    pub head: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    FirstByte,
+    HeadEnd,
+}
 
 /// The largest header block followed (and the size of hyper's read buffer, set by the server).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -42,6 +67,9 @@ enum State {
     PassThrough,
     /// The input cannot be followed safely: the connection ends with an error.
     Broken,
+    /// A stand-in for a malformed head was handed over: the rest is read and dropped until the
+    /// answer closes the connection.
+    Discard,
 }
 
 pub struct FramingGuard<S> {
@@ -49,6 +77,9 @@ pub struct FramingGuard<S> {
     state: State,
     pending: Vec<u8>,
     offset: usize,
+    deadlines: Option<Deadlines>,
+    waiting: Waiting,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Where the header block in `buf` ends (just past its empty line), looking at line ends
@@ -73,7 +104,50 @@ impl<S> FramingGuard<S> {
             state: State::Head(Vec::new()),
             pending: Vec::new(),
             offset: 0,
+            deadlines: None,
+            waiting: Waiting::Nothing,
+            timer: None,
         }
+    }
+
+    /// A guard that also ends the connection on its [`Deadlines`]; the idle one runs from now.
+    pub fn with_deadlines(inner: S, deadlines: Deadlines) -> FramingGuard<S> {
+        let mut g = FramingGuard::new(inner);
+        g.deadlines = Some(deadlines);
+        g.waiting = Waiting::FirstByte;
+        g.timer = Some(Box::pin(tokio::time::sleep(deadlines.idle)));
+        g
+    }
+
+    /// After input was followed: a head begun and not finished runs on the head deadline (from
+    /// its first byte); anything else is hyper's to time.
+    fn rearm(&mut self) {
+        let Some(d) = self.deadlines else { return };
+        let in_head = matches!(&self.state, State::Head(h) if !h.is_empty());
+        match (in_head, self.waiting) {
+            (true, Waiting::HeadEnd) => {}
+            (true, _) => {
+                self.waiting = Waiting::HeadEnd;
+                self.timer = Some(Box::pin(tokio::time::sleep(d.head)));
+            }
+            (false, _) => {
+                self.waiting = Waiting::Nothing;
+                self.timer = None;
+            }
+        }
+    }
+
+    /// Whether the running deadline has passed (registering the waker when it has not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let timer = self.timer.as_mut()?;
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.timer = None;
+        Some(match self.waiting {
+            Waiting::HeadEnd => "the request's header block did not arrive in time",
+            _ => "the connection stayed idle too long",
+        })
     }
 
     fn emit(&mut self, bytes: &[u8]) {
@@ -94,7 +168,7 @@ impl<S> FramingGuard<S> {
                     self.emit(&all);
                     return;
                 }
-                State::Broken => return,
+                State::Broken | State::Discard => return,
                 State::Head(head) => {
                     if head.is_empty() {
                         // Empty lines before a request line are skipped by hyper (RFC 9112
@@ -195,6 +269,9 @@ impl<S> FramingGuard<S> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {}
+            Err(e) if head != H2_PREFACE_HEAD && e != httparse::Error::TooManyHeaders => {
+                return self.stand_in(Some(e));
+            }
             _ => return self.pass_through(&head),
         }
         let (mut lengths, mut te, mut chunked_last) = (Vec::new(), false, false);
@@ -221,6 +298,17 @@ impl<S> FramingGuard<S> {
             marked.extend_from_slice(b": 1\r\n\r\n");
             return self.pass_through(&marked);
         }
+        // hyper refuses a target `http::Uri` does not take with a bare 400 as well.
+        if req.path.is_some_and(|p| http::Uri::try_from(p).is_err()) {
+            return self.stand_in(None);
+        }
+        if req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(MALFORMED))
+        {
+            return self.pass_through(&head);
+        }
         self.emit(&head);
         self.state = if te {
             if chunked_last {
@@ -237,6 +325,35 @@ impl<S> FramingGuard<S> {
         } else {
             State::Head(Vec::new())
         };
+    }
+}
+
+impl<S> FramingGuard<S> {
+    /// Hands hyper a request it parses, naming what was wrong with the real one, and drops
+    /// the rest of the connection's input.
+    fn stand_in(&mut self, e: Option<httparse::Error>) {
+        let Some(e) = e else {
+            return self.stand_in_for("the request target is not a valid URI");
+        };
+        let what = match e {
+            httparse::Error::HeaderValue => {
+                "a header value holds a character HTTP does not allow (a control character such as NUL)"
+            }
+            httparse::Error::HeaderName => "a header name is not a valid token",
+            httparse::Error::Token => {
+                "the request line is malformed (its method, or a character its target may not hold)"
+            }
+            httparse::Error::Version => "the request line does not end in HTTP/1.0 or HTTP/1.1",
+            httparse::Error::NewLine => "a line ends in a bare carriage return",
+            _ => "the request head does not parse",
+        };
+        self.stand_in_for(what)
+    }
+
+    fn stand_in_for(&mut self, what: &str) {
+        let stand_in = format!("GET / HTTP/1.1\r\nhost: callgate\r\n{MALFORMED}: {what}\r\n\r\n");
+        self.emit(stand_in.as_bytes());
+        self.state = State::Discard;
     }
 }
 
@@ -257,6 +374,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     self.offset = 0;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if let Some(what) = self.expired(cx) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
             }
             match self.state {
                 State::PassThrough => return Pin::new(&mut self.inner).poll_read(cx, out),
@@ -285,7 +405,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 }
                 continue;
             }
+            if matches!(self.state, State::Discard) {
+                continue;
+            }
             self.process(&buf[..n]);
+            self.rearm();
         }
     }
 }
@@ -447,13 +571,23 @@ mod tests {
 
     proptest! {
         /// Whatever the input and however it is split, bytes are only ever passed through or
-        /// marked: nothing is lost or reordered.
+        /// marked — nothing is lost or reordered — until a malformed head, which is replaced by
+        /// the stand-in request, with nothing after it.
         #[test]
         fn never_loses_bytes(body in proptest::collection::vec(any::<u8>(), 0..300), chunk in 1usize..50) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let mut input = KEEPALIVE.to_vec();
             input.extend_from_slice(&body);
-            let out = rt.block_on(run(&input, chunk));
+            let mut out = rt.block_on(run(&input, chunk));
+            let stand_in = b"GET / HTTP/1.1\r\nhost: callgate\r\nx-callgate-malformed-request: ";
+            if let Some(at) = out.windows(stand_in.len()).position(|w| w == stand_in) {
+                let rest = &out[at..];
+                prop_assert!(rest.ends_with(b"\r\n\r\n"));
+                prop_assert_eq!(rest.windows(4).filter(|w| *w == b"\r\n\r\n").count(), 1);
+                out.truncate(at);
+                input.truncate(out.len().max(KEEPALIVE.len()));
+                prop_assert!(out.len() >= KEEPALIVE.len(), "the clean messages before it pass");
+            }
             let marker = format!("{MARKER}: 1\r\n").into_bytes();
             let mut cleaned = Vec::new();
             let mut i = 0;

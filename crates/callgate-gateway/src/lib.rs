@@ -10,6 +10,7 @@
 //! `callgate-core` and `callgate-policy`.
 #![forbid(unsafe_code)]
 
+pub mod anonymous;
 pub mod approvals;
 pub mod audit;
 pub mod credentials;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod ratelimit;
+pub mod request_body;
 pub mod runtime;
 pub mod server;
 pub mod tls;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub calls: Family<CallLabels, Counter>,
     pub latency: Family<FunctionLabels, Histogram>,
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Connections closed on accept: their source address had too many open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -78,12 +80,19 @@ impl Default for Metrics {
             "Held calls, grants and break-glass items entering a state (pending, approved, denied, expired, cancelled, revoked, succeeded, failed, unknown)",
             approvals.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept because their source address had limits.max_connections_per_source open",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             approvals,
             calls,
             latency,
             reloads,
+            connections_refused,
         }
     }
 }

@@ -155,6 +155,9 @@ async fn read_body(parts: &Parts, body: axum::body::Body, limit: usize) -> Resul
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(Refusal::PayloadTooLarge { limit })
         }
+        Err(e) if crate::request_body::is_timeout(&*e) => Err(Refusal::RequestTimeout {
+            detail: e.to_string(),
+        }),
         Err(e) => Err(Refusal::bad_request(format!(
             "the request body could not be read: {e}"
         ))),
@@ -263,7 +266,7 @@ async fn build_call(
     // Active grants add groups for policy (and only for policy).
     let (principal, granted) = shared.approvals.grants.apply(principal, &function.name);
     let forward_headers = match inbound.ingress {
-        Ingress::Proxy => upstream::forwardable(&inbound.parts.headers),
+        Ingress::Proxy => upstream::forwardable(&inbound.parts.headers, &function.forward_headers),
         Ingress::Invoke | Ingress::Mcp => Default::default(),
     };
     Ok(Call {

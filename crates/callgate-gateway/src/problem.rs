@@ -109,6 +109,9 @@ pub async fn from_rejection(
         text
     };
     let refusal = match status.as_u16() {
+        _ if detail.contains(crate::request_body::TIMEOUT_TEXT) => {
+            Refusal::RequestTimeout { detail }
+        }
         404 => Refusal::NotFound { detail },
         405 => Refusal::MethodNotAllowed { detail },
         413 => Refusal::PayloadTooLarge { limit: body_limit },
@@ -126,6 +129,10 @@ pub async fn from_rejection(
     };
     // The framework's status is kept (415, say) where no refusal kind has it, and so are its
     // headers (`Allow`, a challenge) but for the body's own.
+    let status = match refusal {
+        Refusal::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        _ => status,
+    };
     let mut out = with_status(&refusal, request_id, status);
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE

@@ -1,20 +1,97 @@
 //! Listeners: accept connections (plain or TLS), serve HTTP/1.1 and HTTP/2 on each, and shut
 //! down gracefully — stop accepting, mark not-ready, let in-flight calls finish within the
 //! grace period.
+//!
+//! Slow clients are bounded here: a connection idle before its first request, or between
+//! requests, for `limits.idle_timeout_ms` is closed; a header block must arrive within
+//! `limits.header_read_timeout_ms` of its first byte ([`FramingGuard`] keeps that clock, hyper's
+//! does between requests); a body must arrive within `limits.body_read_timeout_ms` of its head
+//! ([`crate::request_body`], 408); and one source address holds at most
+//! `limits.max_connections_per_source` connections at once. The limits are read from the
+//! current configuration for each new connection.
 
 use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
-use crate::framing::FramingGuard;
+use crate::framing::{Deadlines, FramingGuard};
+
+/// The connection limits in force, read from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnLimits {
+    idle: Duration,
+    head: Duration,
+    body: Duration,
+    per_source: usize,
+}
+
+impl ConnLimits {
+    fn of(gateway: &Gateway) -> ConnLimits {
+        let l = &gateway.shared.reloader.peek().config.limits;
+        ConnLimits {
+            idle: Duration::from_millis(l.idle_timeout_ms.max(1)),
+            head: Duration::from_millis(l.header_read_timeout_ms.max(1)),
+            body: Duration::from_millis(l.body_read_timeout_ms.max(1)),
+            per_source: l.max_connections_per_source,
+        }
+    }
+
+    fn builder(&self) -> Arc<auto::Builder<TokioExecutor>> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Between requests hyper's header timer starts when it waits for the next head: it is
+            // the keep-alive idle timeout. The first head is timed by the framing guard.
+            .header_read_timeout(self.idle)
+            // No header block larger than the framing guard follows reaches a handler: hyper
+            // answers 431 and closes the connection where the guard stops following it.
+            .max_buf_size(crate::framing::MAX_HEAD);
+        builder.http2().timer(TokioTimer::new());
+        Arc::new(builder)
+    }
+}
+
+/// Open connections per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped (the connection's task ended).
+struct Counted(Arc<PerSource>, IpAddr);
+
+impl PerSource {
+    fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Counted> {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(self.clone(), ip))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains for up to `grace`.
 pub async fn serve(
@@ -26,16 +103,9 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        // No header block larger than the framing guard follows reaches a handler: hyper
-        // answers 431 and closes the connection where the guard stops following it.
-        .max_buf_size(crate::framing::MAX_HEAD);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut limits = ConnLimits::of(&gateway);
+    let mut builder = limits.builder();
+    let per_source = Arc::new(PerSource::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -53,20 +123,39 @@ pub async fn serve(
         // An IPv4 client of a dual-stack listener is known by its IPv4 address everywhere
         // (policy, audit, X-Forwarded-For), not as `::ffff:a.b.c.d`.
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let now = ConnLimits::of(&gateway);
+        if now != limits {
+            limits = now;
+            builder = limits.builder();
+        }
+        let Some(counted) = per_source.admit(peer.ip(), limits.per_source) else {
+            gateway.shared.metrics.connections_refused.inc();
+            tracing::debug!(source = %peer.ip(), "connection refused: too many open from this address");
+            continue;
+        };
+        let deadlines = Deadlines {
+            idle: limits.idle,
+            head: limits.head,
+        };
         let gw = gateway.clone();
+        let body_timeout = limits.body;
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(gw.handle(req.map(Body::new), Some(peer)).await) }
+                async move { Ok::<_, Infallible>(handle(gw, req, peer, body_timeout).await) }
             });
         let builder = builder.clone();
         match &acceptor {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(FramingGuard::new(stream)), service)
+                    .serve_connection(
+                        TokioIo::new(FramingGuard::with_deadlines(stream, deadlines)),
+                        service,
+                    )
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _counted = counted;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -76,6 +165,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let tls = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
@@ -87,7 +177,10 @@ pub async fn serve(
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(FramingGuard::new(tls)), service)
+                        .serve_connection(
+                            TokioIo::new(FramingGuard::with_deadlines(tls, deadlines)),
+                            service,
+                        )
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -117,6 +210,29 @@ pub async fn serve(
     }
     // Last: the stop record and the final checkpoint, after every in-flight call is recorded.
     gateway.shared.audit.shutdown("shutdown").await;
+}
+
+/// One request: its body on a deadline, and an HTTP/1 body the handler left unread drained
+/// or the connection closed after the answer.
+async fn handle(
+    gateway: Gateway,
+    req: http::Request<hyper::body::Incoming>,
+    peer: std::net::SocketAddr,
+    body_timeout: Duration,
+) -> http::Response<Body> {
+    let h1 = req.version() < http::Version::HTTP_2;
+    let expects_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, body) = req.into_parts();
+    let (body, watch) = crate::request_body::watch(body, body_timeout);
+    let req = http::Request::from_parts(parts, Body::new(body));
+    let mut resp = gateway.handle(req, Some(peer)).await;
+    if h1 {
+        watch.settle(expects_continue, &mut resp).await;
+    }
+    resp
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not

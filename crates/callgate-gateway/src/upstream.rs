@@ -101,9 +101,17 @@ fn without(headers: &HeaderMap, drop: &[&str]) -> HeaderMap {
     out
 }
 
-/// The caller's headers that may travel upstream (transparent proxy only).
-pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
-    without(headers, DROP_REQUEST)
+/// The caller's headers that travel upstream (transparent proxy only): those on the allowlist
+/// (`callgate_core::headers`: the default names and the function's `extra`), never a
+/// hop-by-hop one, one listed in `Connection`, or a credential.
+pub fn forwardable(headers: &HeaderMap, extra: &[String]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in &without(headers, DROP_REQUEST) {
+        if callgate_core::headers::forwards(name.as_str(), extra) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Sends the call upstream and reads the whole response (bounded by `max_response`).

@@ -129,6 +129,8 @@ impl ApprovalStore {
                 ApprovalStoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        crate::create_private(path)
+            .map_err(|e| ApprovalStoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(unavailable)?
             .filename(path)

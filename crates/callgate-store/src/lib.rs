@@ -28,6 +28,26 @@ pub mod tree;
 pub use log::{AuditLog, LogOptions};
 pub use sqlite::SqliteStore;
 
+/// Options that create a file readable and writable by its owner only (0600): the stores hold
+/// calls, arguments and responses.
+pub(crate) fn private_options() -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o
+}
+
+/// Creates `path` empty and owner-only if it does not exist, so that the database SQLite
+/// makes there (and its `-wal` and `-shm` files, which take the database's mode) are private.
+/// An existing file is left as it is.
+pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    match private_options().write(true).create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Storage failures. Every one of them refuses the call being recorded.
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -88,7 +88,9 @@ impl SqliteStore {
             })?;
         }
         let lock_path = path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new()
+        crate::create_private(path)
+            .map_err(|e| StoreError::Unwritable(format!("{}: {e}", path.display())))?;
+        let lock = crate::private_options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -231,6 +231,8 @@ async fn pruning_bodies_keeps_the_log_verifiable() {
             status: 401,
             code: "unauthenticated".into(),
             detail: "no credential".into(),
+            repeated: None,
+            first_ms: None,
         })
         .encode()
         .unwrap()

@@ -162,6 +162,10 @@ enum DemoCommand {
 }
 
 fn main() -> ExitCode {
+    // Every file Callgate writes — stores, keys, pins, published checkpoints, the demo's data —
+    // is its owner's alone.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,7 @@
 //! Secrets never reach the logs: a real `callgate serve` process at debug level forwards calls
 //! with an injected secret and with minted tokens, refuses a wrong key, and its whole output
 //! is searched for the caller's key, the upstream secret and every token the upstream received.
+//! Every file it wrote is owner-only.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -119,4 +120,29 @@ functions:
     for s in &secrets {
         assert!(!log.contains(s.as_str()), "a secret reached the logs: {s}");
     }
+    // Every file and directory the gateway made (stores, their -wal and -shm, lock files,
+    // keys) is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let ours = ["callgate.yaml", "up.secret", "policies", "p.cedar"];
+    let mut made = 0;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+            if ours.contains(&e.file_name().to_str().unwrap()) {
+                continue;
+            }
+            made += 1;
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", e.path().display());
+        }
+    }
+    assert!(
+        made >= 4,
+        "the stores were written under the config's directory"
+    );
 }

@@ -44,6 +44,11 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
         .iter()
         .collect();
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if let Some(what) = req.headers().get(crate::framing::MALFORMED) {
+        return Err(Refusal::MalformedRequest {
+            detail: String::from_utf8_lossy(what.as_bytes()).into_owned(),
+        });
+    }
     let bad = |d: &str| Refusal::AmbiguousFraming {
         detail: d.to_string(),
     };

@@ -334,6 +334,27 @@ impl Edge {
             let limit = rt.config.limits.max_body_bytes;
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(c) => c.to_bytes(),
+                Err(e) if crate::request_body::is_timeout(&*e) => {
+                    let mut resp = jsonrpc_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        Value::Null,
+                        -32600,
+                        "the request body did not arrive in time",
+                    );
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    return resp;
+                }
+                Err(e) if !e.is::<http_body_util::LengthLimitError>() => {
+                    return jsonrpc_error(
+                        StatusCode::BAD_REQUEST,
+                        Value::Null,
+                        -32600,
+                        "the request body could not be read",
+                    );
+                }
                 Err(_) => {
                     return jsonrpc_error(
                         StatusCode::PAYLOAD_TOO_LARGE,

@@ -443,3 +443,61 @@ async fn checkpoints_are_signed_on_a_timer_while_the_log_grows() {
     }
     assert!(covered, "no checkpoint covered record {index}");
 }
+
+#[tokio::test]
+async fn anonymous_refusals_are_recorded_a_few_per_address_then_counted() {
+    let (up, mut gw, _) = start("").await;
+    let requests = 300;
+    for i in 0..requests {
+        let h = [("x-api-key", "cgk_not_a_key")];
+        let r = get(
+            &gw.url(&format!("/items/a{i}")),
+            if i % 2 == 0 { &h[..] } else { &[] },
+        )
+        .await;
+        r.problem(401);
+    }
+    assert_eq!(up.count(), 0);
+    settle(&gw).await;
+    let refused = |gw: &TestGateway| {
+        let path = gw.path("callgate-data/audit.db");
+        async move {
+            let store = callgate_store::SqliteStore::open_read_only(&path)
+                .await
+                .unwrap();
+            store
+                .search(&Filter {
+                    kind: Some("call.refused".into()),
+                    limit: 10_000,
+                    ..Filter::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .map(ops::record_json)
+                .collect::<Vec<Value>>()
+        }
+    };
+    let one_by_one = refused(&gw).await;
+    assert_eq!(
+        one_by_one.len(),
+        10,
+        "the first ten of the minute, one by one"
+    );
+    // At shutdown the minute's count is recorded: one record standing for the other 290.
+    gw.shutdown();
+    gw.stopped().await;
+    let recs = refused(&gw).await;
+    assert_eq!(recs.len(), 11);
+    let summary = &recs[10]["event"];
+    assert_eq!(summary["repeated"], requests - 10, "{summary}");
+    assert!(summary["first_ms"].as_u64().is_some());
+    assert_eq!(summary["source"], "127.0.0.1");
+    assert!(
+        summary["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("unauthenticated {}", requests - 10)),
+        "{summary}"
+    );
+}

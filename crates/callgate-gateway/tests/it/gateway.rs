@@ -40,6 +40,7 @@ functions:
     upstream: up
     route: GET /items/{{id}}
     arguments: {{type: object, properties: {{id: {{type: string}}}}, required: [id], additionalProperties: false}}
+    forward_headers: [X-Trace]
   - name: items.create
     upstream: up
     route: POST /items
@@ -153,6 +154,67 @@ async fn the_callers_credentials_never_reach_the_upstream() {
     let r = get(&s.gw.url("/items/pub_1"), &s.viewer()).await;
     assert_eq!(r.status, 200);
     assert!(s.up.last().headers.get("x-api-key").is_none());
+}
+
+#[tokio::test]
+async fn only_allowlisted_request_headers_reach_the_upstream() {
+    let s = setup().await;
+    let r = get(
+        &s.gw.url("/items/pub_1"),
+        &[
+            ("x-api-key", &s.ops),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-original-url", "/admin/drop"),
+            ("x-rewrite-url", "/admin/drop"),
+            ("x-original-method", "DELETE"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-other", "unlisted"),
+            ("accept-language", "de"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("if-none-match", "\"v1\""),
+            ("x-trace", "named-by-the-function"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = s.up.last();
+    for h in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-method",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-other",
+    ] {
+        assert!(seen.headers.get(h).is_none(), "{h} was forwarded");
+    }
+    for (h, v) in [
+        ("accept-language", "de"),
+        ("if-none-match", "\"v1\""),
+        ("x-trace", "named-by-the-function"),
+    ] {
+        assert_eq!(seen.headers.get(h).unwrap(), v, "{h}");
+    }
+    assert!(seen.headers.get("traceparent").is_some());
+    assert_eq!(seen.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+    // Another function names no extra header: x-trace stays at Callgate.
+    let r = post_json(
+        &s.gw.url("/items"),
+        &[("x-api-key", &s.ops), ("x-trace", "t")],
+        r#"{"name":"a","qty":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(s.up.last().headers.get("x-trace").is_none());
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod common;
 mod credentials;
 mod demo;
 mod gateway;
+mod hardening;
 mod jsontestsuite;
 mod masking;
 mod mcp;
