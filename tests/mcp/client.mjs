@@ -1,7 +1,8 @@
 // A real MCP client (the official TypeScript SDK) that Callgate's tests drive through /mcp.
 //
 // Usage: node client.mjs URL TOKEN STEPS_JSON
-// STEPS_JSON is an array of steps: {"op": "list"}, {"op": "call", "name": ..., "arguments": {...}},
+// STEPS_JSON is an array of steps: {"op": "list"}, {"op": "call", "name": ..., "arguments": {...}}
+// (and "meta": {...} for the request's _meta),
 // {"op": "resources"}, {"op": "templates"}, {"op": "read", "uri": ...}, {"op": "prompts"},
 // {"op": "prompt", "name": ..., "arguments": {...}}.
 // Prints one JSON line per step: {"ok": true, "result": ...} or {"ok": false, "error": ..., "code": ...},
@@ -57,7 +58,7 @@ for (const step of steps) {
   try {
     let result;
     if (step.op === "list") result = await client.listTools();
-    else if (step.op === "call") result = await client.callTool({ name: step.name, arguments: step.arguments || {} });
+    else if (step.op === "call") result = await client.callTool({ name: step.name, arguments: step.arguments || {}, ...(step.meta ? { _meta: step.meta } : {}) });
     else if (step.op === "resources") result = await client.listResources();
     else if (step.op === "templates") result = await client.listResourceTemplates();
     else if (step.op === "read") result = await client.readResource({ uri: step.uri });

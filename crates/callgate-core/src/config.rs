@@ -124,6 +124,9 @@ fn default_timeout_ms() -> u64 {
 fn default_anonymous_refusals() -> u32 {
     10
 }
+fn default_max_token_lifetime() -> u64 {
+    86_400
+}
 fn default_drain_ms() -> u64 {
     10_000
 }
@@ -185,6 +188,10 @@ pub struct IssuerConfig {
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: u64,
+    /// The longest remaining lifetime accepted of an access token: one whose `exp` is further
+    /// away than this is refused, whatever its signature (default one day).
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime_secs: u64,
     /// Minimum seconds between two JWKS refreshes caused by an unknown `kid` (or a token no
     /// cached key verifies).
     #[serde(default = "default_refresh")]

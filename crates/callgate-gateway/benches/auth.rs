@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             subject_claim: "sub".into(),
             subject_prefix: String::new(),
             clock_skew_secs: 30,
+            max_token_lifetime_secs: 86_400,
             jwks_refresh_interval_secs: 30,
             jwks_max_age_secs: 600,
             ca_file: None,

@@ -495,6 +495,8 @@ pub struct ToolCall<'a> {
     pub headers: &'a http::HeaderMap,
     /// A reason from the request's `_meta`, if the agent gave one there.
     pub reason: Option<String>,
+    /// A break-glass reason from the request's `_meta`, if the agent gave one there.
+    pub break_glass: Option<String>,
     pub source: Option<IpAddr>,
     /// `name` is an MCP request's function (`crm:resources/read`), not a tool.
     pub method: bool,
@@ -540,6 +542,13 @@ pub async fn run_tool_call(
         args::check_reason(&r)?;
         reason = Some(r);
     }
+    // Break-glass is asked for as over HTTP (the header on the MCP request) or in `_meta`, and
+    // refused the same way to a caller the function does not allow it.
+    let mut break_glass = reason_header(tc.headers, BREAK_GLASS_HEADER)?;
+    if let Some(b) = tc.break_glass {
+        args::check_reason(&b)?;
+        break_glass = Some(b);
+    }
     args::validate(&function, &arguments)?;
     let session = session_from(tc.headers, &tc.principal)?;
     let (principal, granted) = shared.approvals.grants.apply(tc.principal, &function.name);
@@ -554,7 +563,7 @@ pub async fn run_tool_call(
             received_at: now_secs(),
             session,
             reason,
-            break_glass: None,
+            break_glass,
             granted,
             approved: None,
             forward_headers: Default::default(),

@@ -296,9 +296,9 @@ fn summary(v: &Value) -> String {
 
 fn print(r: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
     if r.json {
-        println!("{v}");
+        outln!("{v}");
     } else {
-        print!("{}", human(v));
+        out!("{}", human(v));
     }
 }
 
@@ -328,7 +328,7 @@ pub async fn approvals(r: &Remote, cmd: ApprovalsCommand) -> anyhow::Result<Exit
                 .call(Method::GET, &format!("/v1/approvals/{id}"), None, None)
                 .await?;
             if !r.json {
-                print!("{}", summary(&shown));
+                out!("{}", summary(&shown));
             }
             let v = c
                 .call(

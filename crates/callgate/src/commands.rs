@@ -47,12 +47,14 @@ pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<Exit
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(functions = rt.registry.len(), policies = rt.engine.len(), policy_hash = %rt.policy_hash, "configuration loaded");
-    let gateway = Gateway::open(rt, sources, vars, config, None)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    // Bound before the audit log is opened: a start that cannot listen leaves no trace in the
+    // log (no start record, and no "unclean stop" for the next start to find).
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let gateway = Gateway::open(rt, sources, vars, config, None)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     tracing::info!(
         "callgate listening on {scheme}://{}",
         listener.local_addr()?
@@ -64,7 +66,7 @@ pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<Exit
 pub async fn demo(listen: &str, data_dir: &Path) -> anyhow::Result<ExitCode> {
     init_logging("text", "info");
     let demo = callgate_gateway::demo::start(listen, data_dir).await?;
-    println!("{}", demo.banner());
+    outln!("{}", demo.banner());
     demo.serve(server::shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -106,7 +108,7 @@ pub async fn demo_token(
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     match v.get("access_token").and_then(|t| t.as_str()) {
         Some(t) if status.is_success() => {
-            println!("{t}");
+            outln!("{t}");
             Ok(ExitCode::SUCCESS)
         }
         _ => bail!(
@@ -130,7 +132,7 @@ pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let vars = runtime::env_vars(HashMap::new());
     match runtime::load(config, &vars, None) {
         Ok((rt, _)) => {
-            println!(
+            outln!(
                 "{}: OK — {} functions, {} policies (policy hash {})",
                 config.display(),
                 rt.registry.len(),
@@ -175,7 +177,7 @@ pub fn explain(
     };
     let call = cases::case_call(&registry, &case).map_err(anyhow::Error::msg)?;
     if let Err(r) = callgate_core::args::validate(&call.function, &call.arguments) {
-        println!(
+        outln!(
             "decision: invalid (the call would be refused with {} before policy)\nreason:   {}",
             r.status(),
             r.detail()
@@ -187,7 +189,7 @@ pub fn explain(
         // Arguments policy cannot represent (a number beyond Cedar's range, say): refused
         // before any policy decides, as the gateway would.
         Err(r) => {
-            println!(
+            outln!(
                 "decision: invalid (the call would be refused with {} before policy)\nreason:   {}",
                 r.status(),
                 r.detail()
@@ -196,20 +198,20 @@ pub fn explain(
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&decision)?);
+        outln!("{}", serde_json::to_string_pretty(&decision)?);
     } else {
-        println!(
+        outln!(
             "decision: {}",
             if decision.allowed() { "allow" } else { "deny" }
         );
-        println!("reason:   {}", decision.reason());
+        outln!("reason:   {}", decision.reason());
         for p in &decision.determining {
             if let Some(r) = &p.reason {
-                println!("          {} — {r}", p.id);
+                outln!("          {} — {r}", p.id);
             }
         }
         if let Some(r) = decision.obligations.rate_limit {
-            println!("rate limit: {r} per caller");
+            outln!("rate limit: {r} per caller");
         }
         if decision.allowed()
             && let Some(req) = callgate_approvals::Requirement::merge_all(
@@ -219,7 +221,7 @@ pub fn explain(
                     .chain(decision.obligations.approval.iter()),
             )
         {
-            println!(
+            outln!(
                 "approval: held until approved by {req} (never by {})",
                 call.principal.subject
             );
@@ -227,11 +229,11 @@ pub fn explain(
         if !decision.allowed() && decision.determining.is_empty() {
             let near = engine.near_misses(&call);
             if near.is_empty() {
-                println!("no permit policy for {function} applies to this caller");
+                outln!("no permit policy for {function} applies to this caller");
             } else {
-                println!("permit policies for this caller whose conditions did not hold:");
+                outln!("permit policies for this caller whose conditions did not hold:");
                 for p in near {
-                    println!(
+                    outln!(
                         "  {} ({}:{}){}",
                         p.id,
                         p.file,
@@ -269,16 +271,19 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
     let mut failed = 0;
     for r in &results {
         if r.passed() {
-            println!("PASS {}", r.name);
+            outln!("PASS {}", r.name);
         } else {
             failed += 1;
-            println!(
+            outln!(
                 "FAIL {}: expected {:?}, got {:?} — {}",
-                r.name, r.expected, r.actual, r.detail
+                r.name,
+                r.expected,
+                r.actual,
+                r.detail
             );
         }
     }
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    outln!("{} passed, {} failed", results.len() - failed, failed);
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -287,7 +292,7 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
 }
 
 pub fn schema() -> anyhow::Result<ExitCode> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&callgate_core::config::Config::json_schema())?
     );
@@ -296,6 +301,6 @@ pub fn schema() -> anyhow::Result<ExitCode> {
 
 pub fn keygen() -> anyhow::Result<ExitCode> {
     let key = apikey::generate_key();
-    println!("key:  {key}\nhash: {}", apikey::hash_key(&key));
+    outln!("key:  {key}\nhash: {}", apikey::hash_key(&key));
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,8 @@
 //! lives in the library crates.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod out;
 mod approvals_cmd;
 mod audit_cmd;
 mod commands;

@@ -117,7 +117,7 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
         ToolsCommand::List => {
             let file = pins::read(&path).map_err(|e| anyhow!(e))?;
             if file.servers.is_empty() {
-                println!(
+                outln!(
                     "no pinned tools yet ({}): they are pinned when Callgate first connects to their server",
                     path.display()
                 );
@@ -129,7 +129,7 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         "ok"
                     };
-                    println!(
+                    outln!(
                         "{server}/{name}  {state}  {}  approved by {} at {}",
                         pin.digest.get(..16).unwrap_or(&pin.digest),
                         pin.approved_by,
@@ -150,20 +150,21 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                     }
                     let Some(p) = &pin.pending else { continue };
                     any = true;
-                    println!(
+                    outln!(
                         "{server}/{name}: approved {} → pending {}",
-                        pin.digest, p.digest
+                        pin.digest,
+                        p.digest
                     );
-                    println!("seen {}", p.seen_at);
-                    print!("{}", diff(&pretty(&pin.approved), &pretty(&p.definition)));
-                    println!(
+                    outln!("seen {}", p.seen_at);
+                    out!("{}", diff(&pretty(&pin.approved), &pretty(&p.definition)));
+                    outln!(
                         "approve with: callgate tools approve {server}/{name} --digest {}",
                         p.digest
                     );
                 }
             }
             if !any {
-                println!("no blocked tools: every tool matches its pinned definition");
+                outln!("no blocked tools: every tool matches its pinned definition");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -175,7 +176,7 @@ pub fn run(config: &Path, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             })
             .map_err(|e| anyhow!(e))?
             .map_err(|e| anyhow!(e))?;
-            println!(
+            outln!(
                 "approved {server}/{name} (digest {d}); the running gateway picks it up on its next request"
             );
             Ok(ExitCode::SUCCESS)

@@ -487,3 +487,51 @@ fn tools_list_diff_and_approve_a_changed_definition() {
     let o = run(&["approve", "nope/x"]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &["schema"][..],
+        &["keygen"],
+        &["--help"],
+        &["test", "examples/demo/cases.yaml"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(args)
+            .current_dir(root())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_start_that_cannot_listen_leaves_the_audit_log_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml")).unwrap();
+    std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        root().join("examples/minimal/policies/orders.cedar"),
+        dir.path().join("policies/orders.cedar"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["serve", "--listen", &addr, "--config"])
+        .arg(dir.path().join("callgate.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot listen on"), "{}", text(&out));
+    assert!(
+        !dir.path().join("callgate-data/audit.db").exists(),
+        "the audit log was opened before the listener was bound"
+    );
+}

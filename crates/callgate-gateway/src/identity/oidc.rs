@@ -180,15 +180,27 @@ impl IssuerVerifier {
 
     /// Checks the registered claims and reads subject, groups and actor.
     pub fn check_claims(&self, claims: &Value, now: u64) -> Result<Principal, Refusal> {
+        /// 9999-12-31T23:59:59Z.
+        const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
         let skew = self.cfg.clock_skew_secs;
+        // A NumericDate (RFC 7519 §2): seconds, possibly fractional, within years 1970–9999.
         let num = |name: &str| -> Result<Option<u64>, Refusal> {
             match claims.get(name) {
                 None => Ok(None),
                 Some(v) => v
                     .as_u64()
-                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.is_finite() && *f >= 0.0 && *f <= MAX_NUMERIC_DATE as f64)
+                            .map(|f| f as u64)
+                    })
+                    .filter(|n| *n <= MAX_NUMERIC_DATE)
                     .map(Some)
-                    .ok_or_else(|| unauthenticated(format!("claim {name} is not a number"))),
+                    .ok_or_else(|| {
+                        unauthenticated(format!(
+                            "claim {name} is not a time (seconds since 1970, before the year 10000)"
+                        ))
+                    }),
             }
         };
         if claims.get("iss").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
@@ -210,6 +222,12 @@ impl IssuerVerifier {
         let exp = num("exp")?.ok_or_else(|| unauthenticated("the token has no expiry"))?;
         if now > exp.saturating_add(skew) {
             return Err(unauthenticated("the token has expired"));
+        }
+        let lifetime = self.cfg.max_token_lifetime_secs;
+        if exp > now.saturating_add(lifetime).saturating_add(skew) {
+            return Err(unauthenticated(format!(
+                "the token expires further ahead than this gateway accepts ({lifetime} s)"
+            )));
         }
         if num("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
             return Err(unauthenticated("the token is not valid yet"));
@@ -299,11 +317,48 @@ mod tests {
             subject_claim: subject_claim.into(),
             subject_prefix: prefix.into(),
             clock_skew_secs: 30,
+            max_token_lifetime_secs: 86_400,
             jwks_refresh_interval_secs: 30,
             jwks_max_age_secs: 600,
             ca_file: None,
         })
         .unwrap()
+    }
+
+    const NOW: u64 = 1_999_990_000;
+
+    /// Times that are not times, and expiries further ahead than the configured lifetime,
+    /// are refused whatever the signature.
+    #[test]
+    fn absurd_times_and_long_lifetimes_are_refused() {
+        let v = verifier("sub", "");
+        let base =
+            json!({"iss": "https://idp.test", "aud": "callgate", "sub": "u", "exp": NOW + 600});
+        let with = |k: &str, val: Value| {
+            let mut c = base.clone();
+            c[k] = val;
+            c
+        };
+        let cases: Vec<(Value, Option<&str>)> = vec![
+            (base.clone(), None),
+            (with("exp", json!(NOW + 86_400)), None),
+            (with("exp", json!((NOW + 600) as f64 + 0.5)), None),
+            (with("exp", json!(1e300)), Some("not a time")),
+            (with("exp", json!(u64::MAX)), Some("not a time")),
+            (with("exp", json!(NOW + 86_400 + 31)), Some("further ahead")),
+            (with("exp", json!(-5)), Some("not a time")),
+            (with("exp", json!("soon")), Some("not a time")),
+            (with("nbf", json!(1e300)), Some("not a time")),
+            (with("iat", json!(f64::MAX)), Some("not a time")),
+            (with("iat", json!(NOW - 10)), None),
+        ];
+        for (claims, refused) in cases {
+            match (v.check_claims(&claims, NOW), refused) {
+                (Ok(_), None) => {}
+                (Err(e), Some(why)) => assert!(e.detail().contains(why), "{claims}: {e}"),
+                (r, want) => panic!("{claims}: got {r:?}, want refusal {want:?}"),
+            }
+        }
     }
 
     /// The agent in `act` is named like a caller of the same issuer, so the requester it
@@ -315,7 +370,7 @@ mod tests {
                    "sub": "u-1", "email": "alice@example.com", "act": act})
         };
         let p = verifier("sub", "main:")
-            .check_claims(&claims(json!({"sub": "agent-x"})), 1_700_000_000)
+            .check_claims(&claims(json!({"sub": "agent-x"})), NOW)
             .unwrap();
         assert_eq!(p.subject, "main:u-1");
         assert_eq!(p.actor.as_deref(), Some("main:agent-x"));
@@ -324,18 +379,14 @@ mod tests {
         let p = v
             .check_claims(
                 &claims(json!({"sub": "a-9", "email": "bot@example.com"})),
-                1_700_000_000,
+                NOW,
             )
             .unwrap();
         assert_eq!(p.subject, "alice@example.com");
         assert_eq!(p.actor.as_deref(), Some("bot@example.com"));
-        let p = v
-            .check_claims(&claims(json!({"sub": "a-9"})), 1_700_000_000)
-            .unwrap();
+        let p = v.check_claims(&claims(json!({"sub": "a-9"})), NOW).unwrap();
         assert_eq!(p.actor.as_deref(), Some("a-9"));
-        let p = v
-            .check_claims(&claims(json!({"sub": ""})), 1_700_000_000)
-            .unwrap();
+        let p = v.check_claims(&claims(json!({"sub": ""})), NOW).unwrap();
         assert_eq!(p.actor, None);
     }
 }

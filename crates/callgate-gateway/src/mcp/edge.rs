@@ -421,7 +421,19 @@ impl Edge {
             && let Some(sid) = &session
         {
             bindings.by_id.remove(sid);
+            drop(bindings);
+            // The SDKs take 200, 204 or 405 for a session's end (the Python SDK warns at every
+            // close on the transport's 202).
+            if resp.status() == StatusCode::ACCEPTED {
+                let (mut parts, _) = resp.into_parts();
+                parts.status = StatusCode::NO_CONTENT;
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::CONTENT_TYPE);
+                return Response::from_parts(parts, Body::empty());
+            }
+            return resp;
         }
+        drop(bindings);
         resp
     }
 

@@ -283,6 +283,7 @@ async fn relay(
         arguments: Value::Object(arguments),
         headers: &caller.headers,
         reason: None,
+        break_glass: None,
         source: caller.source,
         method: true,
         agent: Some(agent),

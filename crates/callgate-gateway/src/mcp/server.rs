@@ -33,6 +33,8 @@ pub const STATUS_TOOL: &str = "callgate.call_status";
 
 /// The `_meta` key an agent may give a call's reason in (as `Callgate-Reason` does on HTTP).
 pub const REASON_META: &str = "io.callgate/reason";
+/// The `_meta` key of a break-glass reason (as the `Callgate-Break-Glass` header over HTTP).
+pub const BREAK_GLASS_META: &str = "io.callgate/break_glass";
 
 /// One instance per MCP session (or per stateless request); all state is in [`Shared`].
 #[derive(Clone)]
@@ -160,9 +162,14 @@ impl ServerHandler for CallgateMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&ctx)?;
         if request.name == STATUS_TOOL {
-            let id = request
-                .arguments
-                .as_ref()
+            let args = request.arguments.as_ref();
+            if let Some(other) = args.and_then(|a| a.keys().find(|k| *k != "call_id")) {
+                return Err(ErrorData::invalid_params(
+                    format!("{STATUS_TOOL} takes only call_id, not {other:?}"),
+                    None,
+                ));
+            }
+            let id = args
                 .and_then(|a| a.get("call_id"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ErrorData::invalid_params("call_id (a string) is required", None))?;
@@ -172,12 +179,15 @@ impl ServerHandler for CallgateMcp {
         }
         let started = Instant::now();
         let rt = self.shared.reloader.current();
-        let reason = request
-            .meta
-            .as_ref()
-            .and_then(|m| m.get(REASON_META))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        // rmcp moves the request's `_meta` into the context before the handler runs.
+        let meta = |key: &str| {
+            ctx.meta
+                .get(key)
+                .or_else(|| request.meta.as_ref().and_then(|m| m.get(key)))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let (reason, break_glass) = (meta(REASON_META), meta(BREAK_GLASS_META));
         let mut trace = Trace::default();
         let agent = Agent::new(ctx.peer.clone());
         let tc = ToolCall {
@@ -187,6 +197,7 @@ impl ServerHandler for CallgateMcp {
             arguments: request.arguments.map(Value::Object).unwrap_or(Value::Null),
             headers: &caller.headers,
             reason,
+            break_glass,
             source: caller.source,
             method: false,
             agent: Some(&agent),

@@ -32,7 +32,17 @@ async fn ts_client(url: &str, token: &str, steps: Value) -> Vec<Value> {
 
 /// Runs the Python SDK client in `mode` ("auto": 2026-07-28 via server/discover; "legacy").
 async fn py_client(url: &str, token: &str, mode: &str, steps: Value) -> Vec<Value> {
-    let out = tokio::process::Command::new(python())
+    let out = py_client_output(url, token, mode, steps).await;
+    lines(&out)
+}
+
+async fn py_client_output(
+    url: &str,
+    token: &str,
+    mode: &str,
+    steps: Value,
+) -> std::process::Output {
+    tokio::process::Command::new(python())
         .arg(mcp_dir().join("client.py"))
         .arg(url)
         .arg(token)
@@ -40,8 +50,7 @@ async fn py_client(url: &str, token: &str, mode: &str, steps: Value) -> Vec<Valu
         .arg(steps.to_string())
         .output()
         .await
-        .expect("the MCP Python SDK is installed in target/mcp-venv by the test command");
-    lines(&out)
+        .expect("the MCP Python SDK is installed in target/mcp-venv by the test command")
 }
 
 fn lines(out: &std::process::Output) -> Vec<Value> {
@@ -207,6 +216,37 @@ async fn demo_acceptance_with_the_typescript_sdk() {
     )
     .await;
     assert_eq!(out[0]["result"]["isError"], true);
+    // The status tool takes its declared argument only, like any tool.
+    let out = ts_client(
+        &mcp_url(&d),
+        &bob,
+        json!([{"op": "call", "name": "callgate.call_status", "arguments": {"call_id": id, "x": 1}}]),
+    )
+    .await;
+    assert_eq!(out[0]["ok"], false, "{}", out[0]);
+    assert_eq!(out[0]["code"], -32602, "{}", out[0]);
+    // Break-glass asked for by someone the function does not allow it is refused, as over
+    // HTTP — not quietly held.
+    let out = ts_client(
+        &mcp_url(&d),
+        &bob,
+        json!([{"op": "call", "name": "billing.reset_account", "arguments": {"account_id": "acct_8"},
+                "meta": {"io.callgate/break_glass": "outage"}}]),
+    )
+    .await;
+    assert_eq!(out[0]["result"]["isError"], true, "{}", out[0]);
+    let text = out[0]["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("break-glass"), "{text}");
+    let http = post_json(
+        &d.url("/billing/reset"),
+        &[
+            ("authorization", &format!("Bearer {bob}")),
+            ("callgate-break-glass", "outage"),
+        ],
+        r#"{"account_id":"acct_8"}"#,
+    )
+    .await;
+    http.problem(403);
 }
 
 /// The Python SDK negotiates 2026-07-28 (server/discover, per-request metadata and the
@@ -222,7 +262,14 @@ async fn demo_with_the_python_sdk_modern_and_legacy() {
         {"op": "call", "name": "users.get", "arguments": {"id": "not-a-user-id"}},
     ]);
     for (mode, version) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
-        let out = py_client(&mcp_url(&d), &alice, mode, steps.clone()).await;
+        let output = py_client_output(&mcp_url(&d), &alice, mode, steps.clone()).await;
+        // The session ends with an answer the SDK takes (it warns on anything else).
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("Session termination failed"),
+            "{mode}: {stderr}"
+        );
+        let out = lines(&output);
         assert_eq!(out.last().unwrap()["protocol"], version, "{out:?}");
         assert_eq!(tool_names(&out[0]), ["files.read", "users.get"], "{mode}");
         let profile = &out[1]["result"]["structuredContent"];

@@ -258,6 +258,18 @@ async fn claim_and_header_rules() {
             signed(&pair, h.clone(), claims(ISS, json!({"exp": null}))),
         ),
         (
+            "exp 1e300",
+            signed(&pair, h.clone(), claims(ISS, json!({"exp": 1e300}))),
+        ),
+        (
+            "exp two days ahead (over the default 24 h lifetime)",
+            signed(
+                &pair,
+                h.clone(),
+                claims(ISS, json!({"exp": now() + 2 * 86_400})),
+            ),
+        ),
+        (
             "nbf in the future",
             signed(&pair, h.clone(), claims(ISS, json!({"nbf": now() + 600}))),
         ),
