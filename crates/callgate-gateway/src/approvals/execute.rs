@@ -204,10 +204,14 @@ async fn run_stored(
     };
     match target_of(&call) {
         Ok(t) if t == stored.target => {}
-        _ => {
+        now => {
+            let now = match now {
+                Ok(t) => t.to_string(),
+                Err(e) => format!("nowhere ({})", e.detail()),
+            };
             return no(format!(
-                "{} no longer sends this call to the approved target",
-                stored.function
+                "{} no longer sends this call to the approved target: approved {}, now {now}",
+                stored.function, stored.target
             ));
         }
     }

@@ -94,6 +94,23 @@ pub struct Target {
     pub url: String,
 }
 
+/// As a refusal may name it: the method and the URL without query or user info (where
+/// configured upstream URLs may carry secrets).
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.split(['?', '#']).next().unwrap_or("");
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                format!("{scheme}://{host}/{path}")
+            }
+            None => url.to_string(),
+        };
+        write!(f, "{} {url}", self.method)
+    }
+}
+
 fn target_of(call: &Call) -> Result<Target, Refusal> {
     let shape = args::upstream_shape(&call.function, &call.arguments)?;
     // An MCP call goes to the server's URL whatever it does: the tool (or method) it calls is
@@ -451,4 +468,35 @@ pub fn view(h: &Held, include_outcome: bool) -> Value {
         v["response"] = o;
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    /// A refusal names the approved and the current target without what a configured URL may
+    /// hide in its query or user info.
+    #[test]
+    fn a_target_is_shown_without_query_or_user_info() {
+        let t = |url: &str| {
+            Target {
+                upstream: "up".into(),
+                method: "POST".into(),
+                url: url.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            t("http://127.0.0.1:4100/billing/reset"),
+            "POST http://127.0.0.1:4100/billing/reset"
+        );
+        assert_eq!(
+            t("https://user:pw@api.example/v1/x?key=secret#f"),
+            "POST https://api.example/v1/x"
+        );
+        assert_eq!(
+            t("http://mcp.example/mcp tools/call refund"),
+            "POST http://mcp.example/mcp tools/call refund"
+        );
+    }
 }

@@ -27,6 +27,8 @@ pub struct Demo {
     pub upstream_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
+    /// bank-ops, stopped (its address freed) when the demo stops.
+    bank_ops: tokio::task::JoinHandle<()>,
 }
 
 fn write_if_missing(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -39,11 +41,77 @@ fn write_if_missing(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where the demo remembers the addresses it wrote into its config.
+const ADDRESSES: &str = "demo-addresses.json";
+
+/// The values the demo config's `${CALLGATE_DEMO_*}` references stand for, as written into the
+/// data dir's copy: plain values, so `callgate check` reads it as it is and an approval keeps
+/// its target across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Addresses {
+    issuer: String,
+    upstream: String,
+}
+
+/// Binds bank-ops where it was last time (remembered in the data dir), else anywhere.
+async fn bind_upstream(data_dir: &Path) -> anyhow::Result<(TcpListener, Option<Addresses>)> {
+    let before: Option<Addresses> = std::fs::read(data_dir.join(ADDRESSES))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(addr) = before
+        .as_ref()
+        .and_then(|b| b.upstream.strip_prefix("http://"))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok((l, before)),
+            Err(e) => tracing::warn!(
+                %addr, error = %e,
+                "bank-ops cannot have its address of last time; approvals held for it will be refused"
+            ),
+        }
+    }
+    Ok((TcpListener::bind("127.0.0.1:0").await?, before))
+}
+
+/// Writes the data dir's config (once, with plain values) and, when an address changed since
+/// it was written (another `--listen`, bank-ops' port taken), puts the new one in its place.
+fn write_config(
+    config_path: &Path,
+    data_dir: &Path,
+    now: &Addresses,
+    before: Option<Addresses>,
+    ci_hash: &str,
+) -> anyhow::Result<()> {
+    if !config_path.exists() {
+        let text = CONFIG
+            .replace("${CALLGATE_DEMO_ISSUER}", &now.issuer)
+            .replace("${CALLGATE_DEMO_UPSTREAM}", &now.upstream)
+            .replace("${CALLGATE_DEMO_CI_KEY_HASH}", ci_hash);
+        std::fs::write(config_path, text)?;
+    } else if let Some(before) = before.filter(|b| b != now) {
+        let text = std::fs::read_to_string(config_path)?;
+        let edited = text
+            .replace(
+                &format!(": {}\n", before.issuer),
+                &format!(": {}\n", now.issuer),
+            )
+            .replace(
+                &format!(": {}\n", before.upstream),
+                &format!(": {}\n", now.upstream),
+            );
+        if edited != text {
+            std::fs::write(config_path, edited)?;
+        }
+    }
+    std::fs::write(data_dir.join(ADDRESSES), serde_json::to_vec_pretty(now)?)?;
+    Ok(())
+}
+
 /// Prepares the data dir, binds the listener and the demo upstream, and loads the config.
 pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
     std::fs::create_dir_all(data_dir)?;
     let config_path = data_dir.join("callgate.yaml");
-    write_if_missing(&config_path, CONFIG.as_bytes())?;
     write_if_missing(&data_dir.join("policies/demo.cedar"), POLICY.as_bytes())?;
     write_if_missing(&data_dir.join("cases.yaml"), CASES.as_bytes())?;
     let key_path = data_dir.join("idp-ed25519.pk8");
@@ -61,7 +129,7 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let (upstream, before) = bind_upstream(data_dir).await?;
     let upstream_addr = upstream.local_addr()?;
     // bank-ops accepts only tokens Callgate mints for it (audience "bank-ops").
     let verifier = std::sync::Arc::new(bank_ops::TokenVerifier::new(
@@ -69,21 +137,25 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
         "callgate".into(),
         "bank-ops".into(),
     ));
-    tokio::spawn(async move {
+    let bank_ops = tokio::spawn(async move {
         let _ = axum::serve(upstream, bank_ops::router(Some(verifier))).await;
     });
 
     let issuer = format!("http://{addr}/demo/idp");
+    let ci_hash = apikey::hash_key(&ci_key);
+    let now = Addresses {
+        issuer: issuer.clone(),
+        upstream: format!("http://{upstream_addr}"),
+    };
+    write_config(&config_path, data_dir, &now, before, &ci_hash)?;
+    // A data dir written by an earlier version still holds the references.
     let vars = runtime::env_vars(HashMap::from([
         ("CALLGATE_DEMO_ISSUER".to_string(), issuer.clone()),
         (
             "CALLGATE_DEMO_UPSTREAM".to_string(),
             format!("http://{upstream_addr}"),
         ),
-        (
-            "CALLGATE_DEMO_CI_KEY_HASH".to_string(),
-            apikey::hash_key(&ci_key),
-        ),
+        ("CALLGATE_DEMO_CI_KEY_HASH".to_string(), ci_hash),
     ]));
     let (rt, sources) =
         runtime::load(&config_path, &vars, None).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -98,6 +170,7 @@ pub async fn start(listen: &str, data_dir: &Path) -> anyhow::Result<Demo> {
         upstream_addr,
         data_dir: data_dir.to_path_buf(),
         config_path,
+        bank_ops,
     })
 }
 
@@ -157,5 +230,7 @@ Press Ctrl-C to stop.
             Duration::from_secs(5),
         )
         .await;
+        self.bank_ops.abort();
+        let _ = self.bank_ops.await;
     }
 }

@@ -187,3 +187,79 @@ async fn demo_writes_its_files_and_keeps_edits() {
     );
     assert!(d.banner().contains("callgate demo token alice"));
 }
+
+/// A call held before the demo stops runs once approved after it starts again (bank-ops keeps
+/// its address, written into the config as a plain URL), even when the gateway itself listens
+/// elsewhere the second time; the config holds no `${...}`, so it loads as `callgate check`
+/// reads it.
+#[tokio::test]
+async fn an_approval_survives_a_restart_of_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let start_in = |dir: std::path::PathBuf| async move {
+        let d = demo::start("127.0.0.1:0", &dir).await.unwrap();
+        let base = format!("http://{}", d.addr);
+        let upstream = d.upstream_addr;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(d.serve(async {
+            let _ = rx.await;
+        }));
+        (base, upstream, tx, join)
+    };
+    let token = |base: String, user: &'static str| async move {
+        let r = post_json(
+            &format!("{base}/demo/idp/token"),
+            &[],
+            &format!(r#"{{"user":"{user}"}}"#),
+        )
+        .await;
+        bearer(r.json()["access_token"].as_str().unwrap())
+    };
+    let (base, upstream, stop, join) = start_in(dir.path().to_path_buf()).await;
+    let bob = token(base.clone(), "bob").await;
+    let r = post_json(
+        &format!("{base}/billing/reset"),
+        &[("authorization", &bob), ("callgate-reason", "ticket 7")],
+        r#"{"account_id":"acct_1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r
+        .header("location")
+        .and_then(|l| l.strip_prefix("/v1/calls/"))
+        .expect("the held call's location")
+        .to_string();
+    stop.send(()).unwrap();
+    join.await.unwrap();
+
+    let (base2, upstream2, _stop, _join) = start_in(dir.path().to_path_buf()).await;
+    assert_ne!(base, base2, "the gateway listens elsewhere");
+    assert_eq!(upstream, upstream2, "bank-ops keeps its address");
+    let text = std::fs::read_to_string(dir.path().join("callgate.yaml")).unwrap();
+    assert!(!text.contains("${"), "{text}");
+    assert!(
+        text.contains(&format!("{base2}/demo/idp")),
+        "the issuer follows the gateway"
+    );
+    callgate_gateway::runtime::load(
+        &dir.path().join("callgate.yaml"),
+        &callgate_gateway::runtime::env_vars(Default::default()),
+        None,
+    )
+    .expect("the demo's config loads without the demo's variables");
+
+    let carol = token(base2.clone(), "carol").await;
+    let r = post_json(
+        &format!("{base2}/v1/approvals/{id}/approve"),
+        &[("authorization", &carol)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bob = token(base2.clone(), "bob").await;
+    let r = get(
+        &format!("{base2}/v1/calls/{id}"),
+        &[("authorization", &bob), ("prefer", "wait=10")],
+    )
+    .await;
+    assert_eq!(r.json()["state"], "succeeded", "{}", r.text());
+}
