@@ -53,7 +53,7 @@ pub struct AuditPaths {
 
 impl AuditPaths {
     pub fn new(cfg: &AuditConfig, config_path: &Path) -> AuditPaths {
-        let base = config_path.parent().unwrap_or(Path::new("."));
+        let base = crate::runtime::base_dir(config_path);
         AuditPaths {
             store: base.join(&cfg.path),
             key: base.join(&cfg.key_file),

@@ -201,7 +201,7 @@ pub struct Credentials {
 impl Credentials {
     /// Loads (or creates) the minting keys named by the config at `config_path`.
     pub fn open(cfg: &CredentialsConfig, config_path: &Path) -> Result<Credentials, String> {
-        let base = config_path.parent().unwrap_or(Path::new("."));
+        let base = crate::runtime::base_dir(config_path);
         let mut keys = Keys::load(&base.join(&cfg.key_dir))?;
         let rotate_after = cfg.rotate_after_hours.max(1) * 3600;
         let now = now_secs();

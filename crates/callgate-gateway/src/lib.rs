@@ -139,10 +139,7 @@ impl Gateway {
             credentials,
         );
         shared.demo = demo;
-        let base = config_path
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .to_path_buf();
+        let base = runtime::base_dir(config_path).to_path_buf();
         let pins = base.join(&shared.reloader.peek().config.mcp.pins);
         shared.mcp = mcp::upstream::Upstreams::new(&pins);
         let gateway = Gateway::new(shared);

@@ -132,7 +132,7 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
                 .collect(),
         )
     })?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
+    let base = base_dir(config_path);
     let mut sources = Sources {
         config: config_path.to_path_buf(),
         watched: vec![config_path.to_path_buf()],
@@ -209,6 +209,16 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
     })
 }
 
+/// The directory a config file's relative paths are resolved against: its own, or the
+/// current one for a bare file name (whose parent is the empty path, which a child process
+/// cannot be started in).
+pub fn base_dir(config_path: &Path) -> &Path {
+    config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// A configured URL as an error message may show it: no query, fragment or user info (where
 /// `${VAR}` references put secrets), so `check` never prints a credential.
 fn shown_url(u: &str) -> String {
@@ -247,7 +257,7 @@ pub fn load(
     let same_identity = previous.is_some_and(|p| {
         serde_json::to_value(&p.config.identity).ok() == serde_json::to_value(&config.identity).ok()
     });
-    let base = config_path.parent().unwrap_or(Path::new("."));
+    let base = base_dir(config_path);
     let auth = match previous {
         Some(p) if same_identity => p.auth.clone(),
         _ => {

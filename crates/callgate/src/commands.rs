@@ -13,8 +13,10 @@ use std::time::Duration;
 fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only on a terminal: a log written to a file or a pipe holds no escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(false);
     if format == "json" {
         builder.json().flatten_event(true).init();
@@ -37,7 +39,7 @@ pub async fn serve(config: &Path, listen: Option<String>) -> anyhow::Result<Exit
     }
     let listen = listen.unwrap_or_else(|| rt.config.listen.clone());
     let grace = Duration::from_millis(rt.config.limits.shutdown_grace_ms);
-    let base = config.parent().unwrap_or(Path::new("."));
+    let base = runtime::base_dir(config);
     let tls = match &rt.config.tls {
         Some(t) => Some(
             callgate_gateway::tls::server_config(&base.join(&t.cert_file), &base.join(&t.key_file))
@@ -128,8 +130,17 @@ pub(crate) fn offline_vars() -> runtime::Vars {
     })
 }
 
-pub fn check(config: &Path) -> anyhow::Result<ExitCode> {
+pub async fn check(config: &Path) -> anyhow::Result<ExitCode> {
     let vars = runtime::env_vars(HashMap::new());
+    // As `serve` does: upstream MCP servers' tools are listed (and pinned on first sight), so
+    // policies that name them can be checked on a machine the gateway never ran on.
+    let mcp_problems =
+        callgate_gateway::mcp::upstream::discover(config, &vars, Duration::from_secs(10))
+            .await
+            .unwrap_or_default();
+    for p in &mcp_problems {
+        eprintln!("warning: {p}");
+    }
     match runtime::load(config, &vars, None) {
         Ok((rt, _)) => {
             outln!(
@@ -258,7 +269,7 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
         yaml_serde::from_str(&text).map_err(|e| anyhow!("{}: {e}", cases_path.display()))?;
     let config = match (config, &file.config) {
         (Some(c), _) => c.to_path_buf(),
-        (None, Some(c)) => cases_path.parent().unwrap_or(Path::new(".")).join(c),
+        (None, Some(c)) => runtime::base_dir(cases_path).join(c),
         (None, None) => bail!(
             "{}: no `config:` in the file and no --config",
             cases_path.display()

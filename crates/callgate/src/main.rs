@@ -53,6 +53,8 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Validate the config and its policies; exit non-zero with file:line messages on error.
+    /// Upstream MCP servers are asked for their tools first, as `serve` does (tools met for
+    /// the first time are pinned), so policies naming them are checked.
     Check {
         #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
         config: PathBuf,
@@ -200,7 +202,7 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
             } => commands::demo(&listen, &data_dir).await,
-            Command::Check { config } => commands::check(&config),
+            Command::Check { config } => commands::check(&config).await,
             Command::Explain {
                 config,
                 subject,

@@ -34,7 +34,7 @@ fn pins_path(config: &Path) -> anyhow::Result<(Config, PathBuf)> {
     let vars = crate::commands::offline_vars();
     let cfg = Config::parse(&text, &|n| vars(n))
         .map_err(|e| anyhow!("{}: {}", config.display(), e.message))?;
-    let base = config.parent().unwrap_or(Path::new("."));
+    let base = callgate_gateway::runtime::base_dir(config);
     let path = base.join(&cfg.mcp.pins);
     Ok((cfg, path))
 }

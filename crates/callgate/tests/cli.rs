@@ -535,3 +535,74 @@ fn a_start_that_cannot_listen_leaves_the_audit_log_untouched() {
         "the audit log was opened before the listener was bound"
     );
 }
+
+/// A config given by its bare file name (run from its directory) naming a stdio MCP server
+/// whose tool a policy names: `check` lists the tools itself on a fresh checkout (no pins
+/// yet), and `serve` starts the server in the config's directory.
+#[test]
+fn a_bare_config_name_with_a_stdio_mcp_server_checks_and_serves() {
+    use std::io::{BufRead, BufReader};
+    let python = root().join("target/mcp-venv/bin/python");
+    assert!(
+        python.exists(),
+        "the MCP Python SDK is installed in target/mcp-venv by the test command"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("callgate.yaml"),
+        format!(
+            "listen: 127.0.0.1:0\npolicies: [policies]\nmcp:\n  servers:\n    crm:\n      command: [\"{}\", \"{}\", \"stdio\"]\n",
+            python.display(),
+            root().join("tests/mcp/server.py").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.cedar"),
+        "permit (principal, action == Callgate::Action::\"crm.echo\", resource);",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("CALLGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["check", "--config", "callgate.yaml"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("OK"), "{}", text(&o));
+    // serve, from a fresh start again, finds the tools itself.
+    std::fs::remove_file(dir.path().join("callgate-data/mcp-tools.json")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["serve", "--config", "callgate.yaml"])
+        .current_dir(dir.path())
+        .env_remove("CALLGATE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut listening = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("callgate listening on") {
+            listening = true;
+            break;
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(listening, "serve did not start: {seen}");
+    assert!(!seen.contains("No such file"), "{seen}");
+    assert!(
+        !seen.contains('\u{1b}'),
+        "colour codes in a piped log: {seen}"
+    );
+}

@@ -263,7 +263,7 @@ impl Approvals {
 
     /// Opens the approvals store named by the config at `config_path`.
     pub async fn open(rt: &Runtime, config_path: &std::path::Path) -> Result<Approvals, String> {
-        let base = config_path.parent().unwrap_or(std::path::Path::new("."));
+        let base = crate::runtime::base_dir(config_path);
         let path = base.join(&rt.config.approvals.path);
         let store = ApprovalStore::open(&path)
             .await

@@ -490,7 +490,7 @@ pub async fn discover(
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let cfg = callgate_core::config::Config::parse(&text, &|n| vars(n))
         .map_err(|e| format!("{}: {}", config_path.display(), e.message))?;
-    let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let base = crate::runtime::base_dir(config_path).to_path_buf();
     let pins_path = base.join(&cfg.mcp.pins);
     let mut problems = Vec::new();
     for (name, srv) in &cfg.mcp.servers {
