@@ -15,7 +15,8 @@ use crate::rate::RateSpec;
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address the gateway listens on (`serve --listen` overrides it).
+    /// Address the gateway listens on, `host:port` (`serve --listen` overrides it; `${VAR}`
+    /// references are expanded).
     #[serde(default = "default_listen")]
     pub listen: String,
     /// TLS on the listener. Without it the listener speaks plain HTTP/1.1 and h2c.
@@ -286,7 +287,7 @@ pub struct FunctionConfig {
     /// to the query for GET/HEAD/DELETE and to the JSON body otherwise.
     #[serde(default)]
     pub bind: BTreeMap<String, ArgSource>,
-    /// Risk label, visible to policy as `resource.risk` (e.g. low, medium, high, critical).
+    /// Risk label, visible to policy as `resource.risk`: low, medium, high or critical.
     #[serde(default = "default_risk")]
     pub risk: String,
     /// Upstream timeout in milliseconds (defaults to `limits.upstream_timeout_ms`).
@@ -370,8 +371,9 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Parses a config file's text. `${VAR}` references in upstream URLs, issuer URLs and API
-    /// key hashes are expanded with `vars`; a reference to an unset variable is an error.
+    /// Parses a config file's text. `${VAR}` references in `listen`, upstream URLs, issuer URLs
+    /// and API key hashes are expanded with `vars`; a reference to an unset variable is an
+    /// error.
     pub fn parse(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut cfg: Config = yaml_serde::from_str(text).map_err(|e| ConfigError {
             line: e.location().map(|l| l.line()),
@@ -384,6 +386,7 @@ impl Config {
             })?;
             Ok(())
         };
+        expand("listen".into(), &mut cfg.listen)?;
         for (name, up) in cfg.upstreams.iter_mut() {
             expand(format!("upstreams.{name}.url"), &mut up.url)?;
         }

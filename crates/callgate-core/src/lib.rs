@@ -11,6 +11,7 @@ pub mod args;
 pub mod config;
 pub mod headers;
 pub mod json;
+pub mod locate;
 pub mod model;
 pub mod rate;
 pub mod refusal;

@@ -236,6 +236,9 @@ fn mcp_function(
     }
 }
 
+/// The risk labels a function may carry (policy sees them as `resource.risk`).
+pub const RISKS: &[&str] = &["low", "medium", "high", "critical"];
+
 /// One declared function, ready for the data path.
 pub struct FunctionDef {
     pub name: String,
@@ -379,9 +382,24 @@ impl Registry {
                 }
             };
             let Some(up) = cfg.upstreams.get(&f.upstream) else {
-                errors.push(format!("{at}: unknown upstream {:?}", f.upstream));
+                errors.push(format!(
+                    "{at}: unknown upstream {:?}{} — declare it under upstreams:",
+                    f.upstream,
+                    crate::locate::did_you_mean(
+                        &f.upstream,
+                        cfg.upstreams.keys().map(String::as_str)
+                    )
+                ));
                 continue;
             };
+            if !RISKS.contains(&f.risk.as_str()) {
+                errors.push(format!(
+                    "{at}: risk {:?} is not one of {}{}",
+                    f.risk,
+                    RISKS.join(", "),
+                    crate::locate::did_you_mean(&f.risk, RISKS.iter().copied())
+                ));
+            }
             let validator = match &f.arguments {
                 None => None,
                 Some(schema) => {

@@ -119,19 +119,13 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
     if text.trim().is_empty() {
         return Err(one(format!("{}: the file is empty", config_path.display())));
     }
-    let cfg = Config::parse(&text, &|n| vars(n)).map_err(|e| {
-        one(match e.line {
-            Some(l) => format!("{}:{l}: {}", config_path.display(), e.message),
-            None => format!("{}: {}", config_path.display(), e.message),
-        })
+    let cfg = Config::parse(&text, &|n| vars(n)).map_err(|e| match e.line {
+        Some(l) => one(format!("{}:{l}: {}", config_path.display(), e.message)),
+        None => LoadErrors(located(config_path, &text, vec![e.message])),
     })?;
-    let mut registry = Registry::build(&cfg).map_err(|es| {
-        LoadErrors(
-            es.into_iter()
-                .map(|e| format!("{}: {e}", config_path.display()))
-                .collect(),
-        )
-    })?;
+    let mut registry =
+        Registry::build(&cfg).map_err(|es| LoadErrors(located(config_path, &text, es)))?;
+    check_listen(&cfg.listen).map_err(|e| LoadErrors(located(config_path, &text, vec![e])))?;
     let base = base_dir(config_path);
     let mut sources = Sources {
         config: config_path.to_path_buf(),
@@ -151,6 +145,24 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
         let path = base.join(entry);
         sources.watched.push(path.clone());
         let mut paths = Vec::new();
+        if !path.exists() {
+            let near: Vec<String> = std::fs::read_dir(base)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let hint = callgate_core::locate::did_you_mean(entry, near.iter().map(String::as_str));
+            return Err(LoadErrors(located(
+                config_path,
+                &text,
+                vec![format!(
+                    "policies: {entry:?} does not exist in {}{hint}",
+                    base.display()
+                )],
+            )));
+        }
         if path.is_dir() {
             let rd =
                 std::fs::read_dir(&path).map_err(|e| one(format!("{}: {e}", path.display())))?;
@@ -207,6 +219,78 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
         config_hash,
         sources,
     })
+}
+
+/// Prefixes each configuration error with `file:line` where the text shows what it is about
+/// (an error whose place cannot be found keeps the file alone).
+fn located(config_path: &Path, text: &str, errors: Vec<String>) -> Vec<String> {
+    use callgate_core::locate::{Place, line_of};
+    let quoted = |s: &str| -> Option<(String, String)> {
+        let rest = s.strip_prefix('"')?;
+        let end = rest.find('"')?;
+        Some((rest[..end].to_string(), rest[end + 1..].to_string()))
+    };
+    errors
+        .into_iter()
+        .map(|e| {
+            let line = if let Some((name, rest)) = e.strip_prefix("function ").and_then(quoted) {
+                let rest = rest.trim_start_matches(':').trim_start();
+                let field = [
+                    ("unknown upstream", "upstream"),
+                    ("risk", "risk"),
+                    ("approval", "approval"),
+                    ("forward_headers", "forward_headers"),
+                    ("mask", "mask"),
+                    ("credential", "credential"),
+                    ("break_glass", "break_glass"),
+                    ("path parameter", "route"),
+                    ("invalid arguments schema", "arguments"),
+                    ("the arguments schema", "arguments"),
+                    ("argument", "arguments"),
+                ]
+                .iter()
+                .find(|(p, _)| rest.starts_with(p))
+                .map(|(_, f)| *f)
+                .or_else(|| rest.contains("bound").then_some("bind"));
+                line_of(text, Place::Function(&name, field))
+            } else if let Some(rest) = e.strip_prefix("upstreams.") {
+                let name = rest.split(['.', ':']).next().unwrap_or("");
+                line_of(text, Place::Keyed("upstreams", name, Some("url")))
+            } else if let Some((id, _)) = e.strip_prefix("api key ").and_then(quoted) {
+                line_of(text, Place::Item("id", &id, Some("hash")))
+            } else if let Some((name, _)) = e
+                .strip_prefix("rate_limits.per_function: ")
+                .and_then(quoted)
+            {
+                line_of(text, Place::Under("rate_limits", &name))
+            } else if let Some(rest) = e.strip_prefix("policies: ").and_then(quoted) {
+                line_of(text, Place::Under("policies", &rest.0))
+            } else if e.starts_with("listen:") {
+                line_of(text, Place::Under("listen", "listen"))
+            } else {
+                None
+            };
+            let file = config_path.display();
+            match line {
+                Some(l) => format!("{file}:{l}: {e}"),
+                None => format!("{file}: {e}"),
+            }
+        })
+        .collect()
+}
+
+/// Whether `listen` reads as `host:port` (a name or an address, and a port number).
+fn check_listen(listen: &str) -> Result<(), String> {
+    let ok = listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "listen: {listen:?} is not host:port (such as 127.0.0.1:8080 or [::]:8080)"
+        ))
+    }
 }
 
 /// The directory a config file's relative paths are resolved against: its own, or the
@@ -268,7 +352,10 @@ pub fn load(
                     *ca = base.join(&*ca).to_string_lossy().into_owned();
                 }
             }
-            Arc::new(Authenticator::new(&identity).map_err(|e| LoadErrors(vec![e]))?)
+            Arc::new(Authenticator::new(&identity).map_err(|e| {
+                let text = std::fs::read_to_string(config_path).unwrap_or_default();
+                LoadErrors(located(config_path, &text, vec![e]))
+            })?)
         }
     };
     let mut upstreams = HashMap::new();
@@ -300,8 +387,12 @@ pub fn load(
             && !config.masking.profiles.contains_key(m)
         {
             errors.push(format!(
-                "function {:?}: mask: no masking profile {m:?}",
-                f.name
+                "function {:?}: mask: no masking profile {m:?}{}",
+                f.name,
+                callgate_core::locate::did_you_mean(
+                    m,
+                    config.masking.profiles.keys().map(String::as_str)
+                )
             ));
         }
     }
@@ -315,13 +406,26 @@ pub fn load(
         });
         if registry.get(name).is_none() && !mcp_tool {
             errors.push(format!(
-                "rate_limits.per_function: {name:?} is not a declared function"
+                "rate_limits.per_function: {name:?} is not a declared function{}",
+                callgate_core::locate::did_you_mean(name, registry.iter().map(|f| f.name.as_str()))
             ));
         }
     }
+    let mut policy_errors = Vec::new();
+    let places = engine.summary();
     for (m, policy) in engine.mask_profiles() {
         if !config.masking.profiles.contains_key(&m) {
-            errors.push(format!("policy {policy}: @mask: no masking profile {m:?}"));
+            let at = places
+                .get(&policy)
+                .map(|(file, line)| format!("{}:{line}: ", base.join(file).display()))
+                .unwrap_or_default();
+            policy_errors.push(format!(
+                "{at}policy {policy}: @mask: no masking profile {m:?}{}",
+                callgate_core::locate::did_you_mean(
+                    &m,
+                    config.masking.profiles.keys().map(String::as_str)
+                )
+            ));
         }
     }
     let masking = match crate::masking::Masking::load(&config.masking, base) {
@@ -331,8 +435,17 @@ pub fn load(
             None
         }
     };
-    let Some(masking) = masking.filter(|_| errors.is_empty()) else {
-        return Err(LoadErrors(errors));
+    if !errors.is_empty() || !policy_errors.is_empty() {
+        let text = std::fs::read_to_string(config_path).unwrap_or_default();
+        let mut all = located(config_path, &text, errors);
+        all.extend(policy_errors);
+        return Err(LoadErrors(all));
+    }
+    let Some(masking) = masking else {
+        return Err(LoadErrors(vec![format!(
+            "{}: masking",
+            config_path.display()
+        )]));
     };
     Ok((
         Runtime {

@@ -169,6 +169,31 @@ fn type_name(t: &str) -> EntityTypeName {
     EntityTypeName::from_str(&format!("{NAMESPACE}::{t}")).expect("valid type name")
 }
 
+/// Cedar suggests the nearest action by its own measure (`inventory.gett` → `mcp`); the
+/// suggestion here is the nearest declared function, or none.
+fn unrecognized_action(message: String, reg: &Registry) -> String {
+    const AT: &str = "unrecognized action `Callgate::Action::\"";
+    let Some(start) = message.find(AT) else {
+        return message;
+    };
+    let rest = &message[start + AT.len()..];
+    let Some(end) = rest.find('"') else {
+        return message;
+    };
+    let name = &rest[..end];
+    let head = message[..start + AT.len() + end].to_string() + "\"`";
+    let names = reg
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(schema::ACTION_GROUPS.iter().copied());
+    match callgate_core::locate::nearest(name, names) {
+        Some(n) => format!(
+            "{head}: no function of that name is declared (did you mean `Callgate::Action::\"{n}\"`?)"
+        ),
+        None => format!("{head}: no function of that name is declared"),
+    }
+}
+
 impl PolicyEngine {
     /// Parses and validates `files` against the schema generated from `reg`.
     pub fn load(reg: &Registry, files: &[PolicyFile]) -> Result<PolicyEngine, Vec<PolicyError>> {
@@ -231,7 +256,7 @@ impl PolicyEngine {
                 }
                 None => ("<unknown>".into(), 0),
             };
-            let mut message = source::diagnostic_message(e);
+            let mut message = unrecognized_action(source::diagnostic_message(e), reg);
             if message.contains("unable to find an applicable action") {
                 message.push_str(
                     " — use `action in Callgate::Action::\"call\"` for every function, or \

@@ -15,7 +15,7 @@ use callgate_gateway::audit::{AuditPaths, load_key_for, write_private};
 use callgate_store::log::now_ms;
 use callgate_store::{AuditLog, AuditStore, Filter, LogOptions, SqliteStore, StoredRecord, ops};
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Writes a line to stdout, returning the error (a closed pipe ends the command quietly
 /// instead of panicking).
@@ -280,23 +280,33 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             if !matches!(format.as_str(), "jsonl" | "ocsf") {
                 bail!("unknown format {format:?} (jsonl, ocsf)");
             }
-            // Every matching record, a page at a time (up to --limit when given).
+            // OCSF events carry arguments as the function's masking profile shows them to
+            // auditors (read from the config; left out if it does not load).
+            let masker = if format == "ocsf" {
+                crate::ocsf::Masker::load(config, &cfg.auditors_group)
+            } else {
+                None
+            };
+            // Every matching record, a page at a time, up to --limit lines when given.
             let mut left = filter.limit.map_or(u64::MAX, u64::from);
             let mut f = filter.filter()?;
             while left > 0 {
-                f.limit = left.min(1000) as u32;
+                f.limit = 1000;
                 let records = store.search(&f).await?;
                 for r in &records {
                     let line = match format.as_str() {
                         "jsonl" => ops::record_json(r),
-                        _ => match ocsf(r) {
+                        _ => match crate::ocsf::event(r, masker.as_ref()) {
                             Some(v) => v,
                             None => continue,
                         },
                     };
                     outln!("{}", serde_json::to_string(&line)?);
+                    left -= 1;
+                    if left == 0 {
+                        break;
+                    }
                 }
-                left -= records.len() as u64;
                 match records.last() {
                     Some(last) if records.len() as u32 == f.limit => {
                         f.after_index = Some(last.index)
@@ -409,7 +419,7 @@ fn print_lines(records: &[StoredRecord], json: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-fn event(r: &StoredRecord) -> Option<Event> {
+pub(crate) fn event(r: &StoredRecord) -> Option<Event> {
     parse_record(r.index, r.body.as_deref()?)
         .ok()
         .map(|x| x.event)
@@ -704,83 +714,6 @@ fn story(records: &[StoredRecord]) -> String {
         }
     }
     out
-}
-
-/// An OCSF API Activity (class 6003) event for a call record; other records are skipped.
-/// Fields OCSF types (a status code, an address) are left out rather than null when the record
-/// has no value for them; `status` is the caption of `status_id`.
-fn ocsf(r: &StoredRecord) -> Option<Value> {
-    let e = event(r)?;
-    let (time, request_id, subject, groups, function, source, status_id, code, unmapped) = match e {
-        Event::Call(c) => (
-            c.time_ms,
-            c.request_id,
-            Some(c.caller.subject),
-            c.caller.groups,
-            c.function,
-            c.source,
-            match c.decision.effect.as_str() {
-                "allow" => 1,
-                "deny" => 2,
-                // Held for approval: neither yet.
-                _ => 99,
-            },
-            None,
-            json!({"decision": c.decision.effect, "policies": c.decision.policies, "arguments": c.arguments, "session": c.session}),
-        ),
-        Event::Refused(x) => (
-            x.time_ms,
-            x.request_id,
-            x.subject,
-            vec![],
-            x.function.unwrap_or_default(),
-            x.source,
-            2,
-            Some(x.status),
-            json!({"code": x.code, "detail": x.detail, "session": x.session}),
-        ),
-        _ => return None,
-    };
-    let status = match status_id {
-        1 => "Success",
-        2 => "Failure",
-        _ => "Other",
-    };
-    let mut user = json!({
-        "name": subject.unwrap_or_else(|| "anonymous".into()),
-        "groups": groups.iter().map(|g| json!({"name": g})).collect::<Vec<_>>(),
-    });
-    if user["groups"].as_array().is_some_and(Vec::is_empty) {
-        user.as_object_mut().map(|u| u.remove("groups"));
-    }
-    let mut api = json!({
-        "operation": if function.is_empty() { "unknown".to_string() } else { function },
-        "request": {"uid": request_id},
-    });
-    if let Some(code) = code {
-        api["response"] = json!({"code": code});
-    }
-    let mut v = json!({
-        "class_uid": 6003,
-        "class_name": "API Activity",
-        "category_uid": 6,
-        "category_name": "Application Activity",
-        "activity_id": 99,
-        "activity_name": "Call",
-        "type_uid": 600399,
-        "severity_id": 1,
-        "time": time,
-        "status_id": status_id,
-        "status": status,
-        "actor": {"user": user},
-        "api": api,
-        "metadata": {"version": "1.3.0", "uid": r.index.to_string(), "product": {"name": "Callgate", "vendor_name": "Callgate"}},
-        "unmapped": unmapped,
-    });
-    if let Some(ip) = source {
-        v["src_endpoint"] = json!({"ip": ip});
-    }
-    Some(v)
 }
 
 /// `refused: …` → `REFUSED: …`, so refused attempts stand out in a story.

@@ -7,6 +7,7 @@ mod out;
 mod approvals_cmd;
 mod audit_cmd;
 mod commands;
+mod ocsf;
 mod tools_cmd;
 
 /// mimalloc rather than glibc's allocator: every audited call allocates its records on a

@@ -114,6 +114,43 @@ fn the_readme_curl_script_runs_the_demo_flow() {
         out.contains("ok: held, reviewed by a different person, executed once"),
         "{out}"
     );
+    // The OCSF export carries the approval's steps, and --limit counts exported events.
+    let config = d._dir.path().join("callgate.yaml");
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "--config",
+            config.to_str().unwrap(),
+            "export",
+            "--format",
+            "ocsf",
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let all = export(&[]);
+    let review = all
+        .iter()
+        .find(|e| e["activity_name"] == "Approval review" && e["actor"]["user"]["name"] == "carol")
+        .expect("carol's review is exported");
+    assert_eq!(review["unmapped"]["verdict"], "approve", "{review}");
+    assert_eq!(review["status"], "Success");
+    assert!(
+        all.iter()
+            .any(|e| e["activity_name"] == "Approval requested")
+    );
+    assert!(all.iter().any(|e| e["activity_name"] == "Approval state"));
+    for n in [1, 2, 3, 5] {
+        assert_eq!(export(&["--limit", &n.to_string()]).len(), n, "--limit {n}");
+    }
 }
 
 #[test]

@@ -235,6 +235,28 @@ fn auditor_commands_read_the_log(config: &Path, ids: &[String]) {
     assert!(!bad.status.success() && text(&bad).contains("unknown format"));
     let missing = audit(config, &["show", "no-such-id"]);
     assert!(!missing.status.success() && text(&missing).contains("no record"));
+    // Arguments leave in OCSF as the function's current masking profile shows them to
+    // auditors, even where the record holds them as they were (no profile back then).
+    let original = std::fs::read_to_string(config).unwrap();
+    let masked = original.replace(
+        "policies: [policies]",
+        "policies: [policies]\nmasking:\n  profiles:\n    money:\n      rules:\n        - {keys: [amount_cents], strategy: redact}",
+    ).replace("    upstream: orders\n", "    upstream: orders\n    mask: money\n");
+    std::fs::write(config, &masked).unwrap();
+    let events: Vec<serde_json::Value> = ok(&["export", "--format", "ocsf", "--kind", "call"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::write(config, original).unwrap();
+    assert!(!events.is_empty());
+    for e in &events {
+        let args = &e["unmapped"]["arguments"];
+        assert!(args["order_id"].is_string(), "{e}");
+        assert!(
+            !args["amount_cents"].is_number(),
+            "raw argument exported: {e}"
+        );
+    }
 }
 
 fn sqlite(db: &Path, sql: &str) {

@@ -606,3 +606,138 @@ fn a_bare_config_name_with_a_stdio_mcp_server_checks_and_serves() {
         "colour codes in a piped log: {seen}"
     );
 }
+
+/// Configuration mistakes `check` catches, each named by file and line with the fix: the
+/// nearest declared name of the right kind, or what the value must be.
+#[test]
+fn check_names_the_line_and_the_fix_of_semantic_errors() {
+    let base = r#"listen: 127.0.0.1:0
+upstreams:
+  inventory:
+    url: http://127.0.0.1:9
+identity:
+  api_keys:
+    - {id: ci, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000", subject: ci, groups: [ci]}
+masking:
+  profiles:
+    pii:
+      rules:
+        - {keys: [ssn], strategy: redact}
+policies:
+  - policies
+functions:
+  - name: inventory.get
+    upstream: inventory
+    route: GET /items/{id}
+    arguments: {type: object, properties: {id: {type: string}}, required: [id]}
+    risk: low
+    mask: pii
+"#;
+    let policy = "permit (principal in Callgate::Group::\"ci\", action == Callgate::Action::\"inventory.get\", resource);\n";
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "upstream: inventory",
+            "upstream: inventry",
+            "",
+            &[
+                "callgate.yaml:17:",
+                "unknown upstream \"inventry\" (did you mean \"inventory\"?)",
+            ],
+        ),
+        (
+            "risk: low",
+            "risk: hihg",
+            "",
+            &["callgate.yaml:20:", "(did you mean \"high\"?)"],
+        ),
+        (
+            "mask: pii",
+            "mask: pij",
+            "",
+            &[
+                "callgate.yaml:21:",
+                "no masking profile \"pij\" (did you mean \"pii\"?)",
+            ],
+        ),
+        (
+            "properties: {id: {type: string}}, required: [id]",
+            "properties: {}",
+            "",
+            &["callgate.yaml:18:", "path parameter id is not declared"],
+        ),
+        (
+            "  - policies\n",
+            "  - policys\n",
+            "",
+            &[
+                "callgate.yaml:14:",
+                "\"policys\" does not exist",
+                "(did you mean \"policies\"?)",
+            ],
+        ),
+        (
+            "hash: \"sha256:0000",
+            "hash: \"sha256:000",
+            "",
+            &["callgate.yaml:7:", "api key \"ci\""],
+        ),
+        (
+            "listen: 127.0.0.1:0",
+            "listen: ${CALLGATE_TEST_UNSET_LISTEN}",
+            "",
+            &["callgate.yaml:1:", "CALLGATE_TEST_UNSET_LISTEN is not set"],
+        ),
+        (
+            "listen: 127.0.0.1:0",
+            "listen: localhost",
+            "",
+            &["callgate.yaml:1:", "is not host:port"],
+        ),
+        (
+            "",
+            "",
+            "inventory.gett",
+            &[
+                "p.cedar:1:",
+                "did you mean `Callgate::Action::\"inventory.get\"`",
+            ],
+        ),
+        (
+            "",
+            "",
+            "@mask(\"pij\")\n",
+            &[
+                "p.cedar:1:",
+                "@mask: no masking profile \"pij\" (did you mean \"pii\"?)",
+            ],
+        ),
+    ];
+    for (from, to, policy_edit, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = if from.is_empty() {
+            base.to_string()
+        } else {
+            base.replacen(from, to, 1)
+        };
+        std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let p = match *policy_edit {
+            "" => policy.to_string(),
+            e if e.starts_with('@') => format!("{e}{policy}"),
+            e => policy.replace("inventory.get", e),
+        };
+        std::fs::write(dir.path().join("policies/p.cedar"), p).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["check", "--config"])
+            .arg(dir.path().join("callgate.yaml"))
+            .env_remove("CALLGATE_TEST_UNSET_LISTEN")
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert!(!o.status.success(), "{to}: passed\n{t}");
+        for w in *want {
+            assert!(t.contains(w), "{to}{policy_edit}: want {w:?} in\n{t}");
+        }
+        assert!(!t.contains("\"mcp\""), "{t}");
+    }
+}
