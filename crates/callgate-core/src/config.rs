@@ -250,6 +250,10 @@ pub struct UpstreamConfig {
     /// Connect timeout in milliseconds.
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
+    /// How long a pooled connection to this upstream may stay unused before it is closed,
+    /// in milliseconds.
+    #[serde(default = "default_pool_idle_ms")]
+    pub pool_idle_timeout_ms: u64,
     /// How Callgate authenticates to this upstream, for every function that does not say
     /// otherwise. Never the caller's own credential.
     #[serde(default)]
@@ -258,6 +262,9 @@ pub struct UpstreamConfig {
 
 fn default_connect_ms() -> u64 {
     2_000
+}
+fn default_pool_idle_ms() -> u64 {
+    90_000
 }
 
 /// Where an argument travels in the upstream request.

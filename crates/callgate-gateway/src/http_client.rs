@@ -54,10 +54,23 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, Strin
     Ok(roots)
 }
 
+/// How long a pooled connection stays unused before it is closed, unless configured.
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
+
 /// A pooled client trusting `ca_file` (or the system roots).
 pub fn build_client(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
+) -> Result<HttpClient, String> {
+    build_pooled(ca_file, connect_timeout, POOL_IDLE)
+}
+
+/// A pooled client whose unused connections close after `idle` (the pool has a timer: without
+/// one hyper-util never applies the idle timeout).
+pub fn build_pooled(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    idle: Duration,
 ) -> Result<HttpClient, String> {
     let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
@@ -75,7 +88,8 @@ pub fn build_client(
         .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(idle)
         .build(connector))
 }
 

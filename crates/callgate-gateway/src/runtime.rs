@@ -371,8 +371,11 @@ pub fn load(
             continue;
         }
         let ca = up.ca_file.as_ref().map(|c| base.join(c));
-        match http_client::build_client(ca.as_deref(), Duration::from_millis(up.connect_timeout_ms))
-        {
+        match http_client::build_pooled(
+            ca.as_deref(),
+            Duration::from_millis(up.connect_timeout_ms),
+            Duration::from_millis(up.pool_idle_timeout_ms.max(1)),
+        ) {
             Ok(c) => {
                 upstreams.insert(name.clone(), c);
             }

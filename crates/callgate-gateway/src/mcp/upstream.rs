@@ -1123,50 +1123,31 @@ impl HttpMcp {
         &self,
         server: &str,
         id: u64,
-        mut body: hyper::body::Incoming,
+        body: hyper::body::Incoming,
         ctype: &str,
         session: &Session,
         auth: Option<&(HeaderName, HeaderValue)>,
         relay: Option<&Relay<'_>>,
     ) -> Result<Result<Value, RpcError>, Refusal> {
-        let mut buf: Vec<u8> = Vec::new();
-        let sse = ctype.starts_with("text/event-stream");
-        loop {
-            if sse {
-                while let Some(event) = take_event(&mut buf) {
-                    let Ok(msg) = callgate_core::json::parse_strict(event.as_bytes()) else {
-                        continue;
-                    };
-                    if let Some(answer) = self.handle(server, id, msg, session, auth, relay).await?
-                    {
-                        return Ok(answer);
-                    }
-                }
-            }
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        buf.extend_from_slice(&data);
-                        if buf.len() > self.max_bytes {
-                            return Err(unreachable(server, "the answer is too large"));
-                        }
-                    }
-                }
-                Some(Err(e)) => return Err(unreachable(server, e)),
-                None => break,
-            }
-        }
-        if sse {
-            buf.extend_from_slice(b"\n\n");
-            while let Some(event) = take_event(&mut buf) {
-                if let Ok(msg) = callgate_core::json::parse_strict(event.as_bytes())
-                    && let Some(answer) = self.handle(server, id, msg, session, auth, relay).await?
-                {
+        // The whole answer is bounded, SSE stream or JSON body.
+        let body = http_body_util::Limited::new(body, self.max_bytes);
+        if ctype.starts_with("text/event-stream") {
+            let body = body.map_err(AnswerError);
+            let mut events = std::pin::pin!(sse_stream::SseStream::new(body));
+            while let Some(msg) = next_message(&mut events, server).await? {
+                if let Some(answer) = self.handle(server, id, msg, session, auth, relay).await? {
                     return Ok(answer);
                 }
             }
             return Err(unreachable(server, "the stream ended without an answer"));
         }
+        let buf = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(unreachable(server, "the answer is too large"));
+            }
+            Err(e) => return Err(unreachable(server, e)),
+        };
         let msg = callgate_core::json::parse_strict(&buf)
             .map_err(|e| unreachable(server, format!("the answer is not JSON: {e}")))?;
         self.handle(server, id, msg, session, auth, relay)
@@ -1227,33 +1208,72 @@ enum Posted {
     SessionGone,
 }
 
-/// Takes one complete SSE event's data (RFC: lines `data: …`, events end with a blank line).
-fn take_event(buf: &mut Vec<u8>) -> Option<String> {
-    let text = std::str::from_utf8(buf).ok()?;
-    let normalized = text.replace("\r\n", "\n");
-    let end = normalized.find("\n\n")?;
-    let event = &normalized[..end];
-    let data: Vec<&str> = event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    let rest = normalized.as_bytes()[end + 2..].to_vec();
-    *buf = rest;
-    Some(data.join("\n"))
+/// A bounded answer body's error, as the SSE parser takes it (a sized error type).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct AnswerError(Box<dyn std::error::Error + Send + Sync>);
+
+/// The next JSON message of an SSE answer (`sse-stream` parses the events: LF, CRLF or bare CR
+/// line ends, `id:` and `retry:` fields); events without data or without JSON are skipped.
+async fn next_message<S>(
+    events: &mut std::pin::Pin<&mut S>,
+    server: &str,
+) -> Result<Option<Value>, Refusal>
+where
+    S: futures_util::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>>,
+{
+    use futures_util::StreamExt;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| match e {
+            sse_stream::Error::Body(b)
+                if b.downcast_ref::<AnswerError>()
+                    .is_some_and(|a| a.0.is::<http_body_util::LengthLimitError>()) =>
+            {
+                unreachable(server, "the answer is too large")
+            }
+            e => unreachable(server, format!("the event stream is malformed: {e}")),
+        })?;
+        let Some(data) = event.data else { continue };
+        if let Ok(msg) = callgate_core::json::parse_strict(data.as_bytes()) {
+            return Ok(Some(msg));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::take_event;
+    use super::{AnswerError, next_message};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use serde_json::json;
 
-    #[test]
-    fn sse_events_are_split_on_blank_lines() {
-        let mut buf =
-            b"event: message\ndata: {\"a\":1}\n\ndata: x\r\ndata: y\r\n\r\npartial".to_vec();
-        assert_eq!(take_event(&mut buf).as_deref(), Some("{\"a\":1}"));
-        assert_eq!(take_event(&mut buf).as_deref(), Some("x\ny"));
-        assert_eq!(take_event(&mut buf), None);
-        assert_eq!(buf, b"partial");
+    async fn messages(
+        stream: &'static [u8],
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let body = http_body_util::Limited::new(
+            http_body_util::Full::new(Bytes::from_static(stream)),
+            limit,
+        )
+        .map_err(AnswerError);
+        let mut events = std::pin::pin!(sse_stream::SseStream::new(body));
+        let mut out = Vec::new();
+        while let Some(m) = next_message(&mut events, "s")
+            .await
+            .map_err(|e| e.detail())?
+        {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn sse_answers_are_read_whatever_the_line_ends_and_fields() {
+        let stream = b"retry: 3000\n\nid: 1\nevent: message\ndata: {\"a\":1}\n\n: comment\r\ndata: {\"b\":\r\ndata: 2}\r\n\r\nid: 7\rdata: {\"c\":3}\r\rdata: not json\n\n";
+        let got = messages(stream, 1 << 20).await.unwrap();
+        assert_eq!(got, [json!({"a": 1}), json!({"b": 2}), json!({"c": 3})]);
+        let err = messages(stream, 20).await.unwrap_err();
+        assert!(err.contains("too large"), "{err}");
     }
 }

@@ -283,3 +283,64 @@ async fn an_unread_body_sent_after_its_headers_does_not_break_the_next_request()
         "{text}"
     );
 }
+
+/// An upstream that counts the connections open to it.
+async fn counting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let open = Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let o = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = l.accept().await.unwrap();
+            let o = o.clone();
+            o.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed() {
+    use std::sync::atomic::Ordering;
+    let (addr, open) = counting_upstream().await;
+    let (key, hash) = api_key();
+    let cfg = config(&format!("http://{addr}"), &hash).replace(
+        &format!("up: {{url: \"http://{addr}\"}}"),
+        &format!("up: {{url: \"http://{addr}\", pool_idle_timeout_ms: 300}}"),
+    );
+    assert!(cfg.contains("pool_idle_timeout_ms"));
+    let gw = TestGateway::start(&cfg, &[("p.cedar", POLICY)]).await;
+    let r = post_json(&gw.url("/echo"), &[("x-api-key", &key)], "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        1,
+        "the call's connection is pooled"
+    );
+    let mut left = usize::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = open.load(Ordering::SeqCst);
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "an idle pooled connection stays open");
+}
