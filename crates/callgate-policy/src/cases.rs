@@ -30,6 +30,18 @@ pub enum Expect {
     Invalid,
 }
 
+impl Expect {
+    /// As a cases file writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expect::Allow => "allow",
+            Expect::Held => "held",
+            Expect::Deny => "deny",
+            Expect::Invalid => "invalid",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
@@ -89,6 +101,24 @@ pub struct CaseResult {
 impl CaseResult {
     pub fn passed(&self) -> bool {
         !self.unknown_function && self.expected == self.actual
+    }
+
+    /// Why a failed case failed, for the report: a case naming no declared function fails
+    /// for that (whatever it expected), not for its outcome.
+    pub fn failure(&self) -> String {
+        if self.unknown_function {
+            format!(
+                "{} (fix the case's function: whatever a case expects, it must name a declared one)",
+                self.detail
+            )
+        } else {
+            format!(
+                "expected {}, got {} — {}",
+                self.expected.name(),
+                self.actual.name(),
+                self.detail
+            )
+        }
     }
 }
 

@@ -302,6 +302,48 @@ impl ApprovalStore {
             .collect()
     }
 
+    /// One page of a requester's items of `kind`, newest first: in `states` (any when empty),
+    /// created before the item `before` (its creation time and id), at most `limit`.
+    pub async fn requester_page(
+        &self,
+        kind: Kind,
+        subject: &str,
+        states: &[State],
+        before: Option<(u64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Held>, ApprovalStoreError> {
+        let mut qb = sqlx::QueryBuilder::new("SELECT * FROM held WHERE requester = ");
+        qb.push_bind(subject)
+            .push(" AND kind = ")
+            .push_bind(kind.as_str());
+        if !states.is_empty() {
+            qb.push(" AND state IN (");
+            let mut sep = qb.separated(", ");
+            for s in states {
+                sep.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some((created, id)) = before {
+            qb.push(" AND (created_ms < ")
+                .push_bind(created as i64)
+                .push(" OR (created_ms = ")
+                .push_bind(created as i64)
+                .push(" AND id < ")
+                .push_bind(id.to_string())
+                .push("))");
+        }
+        qb.push(" ORDER BY created_ms DESC, id DESC LIMIT ")
+            .push_bind(limit as i64);
+        qb.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(held)
+            .collect()
+    }
+
     /// A requester's items, newest first.
     pub async fn by_requester(
         &self,

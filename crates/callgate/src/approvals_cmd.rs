@@ -43,9 +43,13 @@ pub enum ApprovalsCommand {
     /// Pending calls and grants you may review.
     List,
     /// One held call or grant.
-    Show { id: String },
+    Show {
+        /// The call's id (its x-request-id; the Location of the 202).
+        id: String,
+    },
     /// Approve: binds to the digest of the request shown to you.
     Approve {
+        /// The held call's or grant's id.
         id: String,
         #[arg(long)]
         comment: Option<String>,
@@ -55,33 +59,55 @@ pub enum ApprovalsCommand {
     },
     /// Deny: any eligible reviewer's denial ends the request.
     Deny {
+        /// The held call's or grant's id.
         id: String,
         #[arg(long)]
         comment: Option<String>,
     },
     /// Withdraw an approval before the call runs, or end an active grant.
-    Revoke { id: String },
+    Revoke {
+        /// The held call's or grant's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum CallsCommand {
+    /// Your held calls, newest first.
+    List {
+        /// Only calls in these states (comma-separated: pending, approved, executing,
+        /// succeeded, failed, denied, expired, cancelled, revoked, unknown).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (every page is read until then).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Your held call's state and, once executed, the upstream's response.
-    Show { id: String },
+    Show {
+        /// The call's id (its x-request-id; the Location of the 202).
+        id: String,
+    },
     /// Wait for your held call to finish; exit 0 only if it succeeded.
     Wait {
+        /// The call's id (its x-request-id; the Location of the 202).
         id: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
     /// Withdraw your call before it runs.
-    Cancel { id: String },
+    Cancel {
+        /// The call's id (its x-request-id; the Location of the 202).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum GrantsCommand {
     /// Ask for temporary membership of a group.
     Request {
+        /// The group to join, as `approvals.grants` names it.
         group: String,
         /// How long (`30m`, `2h`), up to the group's maximum.
         #[arg(long)]
@@ -95,7 +121,10 @@ pub enum GrantsCommand {
     /// Your grants.
     List,
     /// End a grant (yours, or one you may review).
-    Revoke { id: String },
+    Revoke {
+        /// The held call's or grant's id.
+        id: String,
+    },
 }
 
 struct Client {
@@ -390,6 +419,41 @@ pub async fn calls(r: &Remote, cmd: CallsCommand) -> anyhow::Result<ExitCode> {
     use http::Method;
     let c = Client::new(r)?;
     match cmd {
+        CallsCommand::List { state, limit } => {
+            let mut calls: Vec<Value> = Vec::new();
+            let mut before: Option<String> = None;
+            while (calls.len() as u32) < limit {
+                let page = (limit - calls.len() as u32).min(500);
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("limit", &page.to_string());
+                if let Some(s) = &state {
+                    q.append_pair("state", s);
+                }
+                if let Some(b) = &before {
+                    q.append_pair("before", b);
+                }
+                let v = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/calls?{}", q.finish()),
+                        None,
+                        None,
+                    )
+                    .await?;
+                calls.extend(v["calls"].as_array().cloned().unwrap_or_default());
+                match v["next"].as_str() {
+                    Some(n) => before = Some(n.to_string()),
+                    None => break,
+                }
+            }
+            print(r, &json!({ "calls": calls }), |v| {
+                let items = v["calls"].as_array().cloned().unwrap_or_default();
+                if items.is_empty() {
+                    return "no held calls\n".into();
+                }
+                items.iter().map(summary).collect::<Vec<_>>().join("\n")
+            });
+        }
         CallsCommand::Show { id } => {
             let v = c
                 .call(Method::GET, &format!("/v1/calls/{id}"), None, None)

@@ -40,9 +40,13 @@ pub enum AuditCommand {
         key: Vec<String>,
     },
     /// Print an RFC 6962 inclusion proof of a call's record against the latest checkpoint.
-    Prove { request_id: String },
+    Prove {
+        /// The call's request id (its x-request-id).
+        request_id: String,
+    },
     /// The whole story of one call: who, what, decision, forward, response.
     Show {
+        /// The call's request id (its x-request-id).
         request_id: String,
         #[arg(long)]
         json: bool,
@@ -67,13 +71,15 @@ pub enum AuditCommand {
     },
     /// Export records for a SIEM: JSON lines of the records, or OCSF API Activity events.
     Export {
-        #[arg(long, default_value = "jsonl")]
+        /// jsonl (the records as stored) or ocsf (OCSF API Activity events).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "ocsf"])]
         format: String,
         #[command(flatten)]
         filter: FilterArgs,
     },
     /// The timeline of one session: requests, decisions, responses and timing, in order.
     Replay {
+        /// The session (the Callgate-Session header, or the token's session claim).
         session: String,
         #[arg(long)]
         json: bool,

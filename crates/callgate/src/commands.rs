@@ -285,13 +285,7 @@ pub fn test(cases_path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode
             outln!("PASS {}", r.name);
         } else {
             failed += 1;
-            outln!(
-                "FAIL {}: expected {:?}, got {:?} — {}",
-                r.name,
-                r.expected,
-                r.actual,
-                r.detail
-            );
+            outln!("FAIL {}: {}", r.name, r.failure());
         }
     }
     outln!("{} passed, {} failed", results.len() - failed, failed);

@@ -37,6 +37,7 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
+        /// The config file (relative paths in it are relative to its directory).
         #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
         config: PathBuf,
         /// Listen address (overrides `listen` in the config).
@@ -47,6 +48,7 @@ enum Command {
     Demo {
         #[command(subcommand)]
         command: Option<DemoCommand>,
+        /// Where the demo's gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// Where the demo keeps its config, policies and keys.
@@ -57,11 +59,13 @@ enum Command {
     /// Upstream MCP servers are asked for their tools first, as `serve` does (tools met for
     /// the first time are pinned), so policies naming them are checked.
     Check {
+        /// The config file (relative paths in it are relative to its directory).
         #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
         config: PathBuf,
     },
     /// Show the decision for a call without forwarding anything.
     Explain {
+        /// The config file (relative paths in it are relative to its directory).
         #[arg(long, env = "CALLGATE_CONFIG", default_value = "callgate.yaml")]
         config: PathBuf,
         /// The caller's subject.
@@ -85,13 +89,15 @@ enum Command {
         /// `context.request.auth_method`: oidc (default) or api_key.
         #[arg(long, value_parser = ["oidc", "api_key"])]
         auth: Option<String>,
+        /// The function's name, such as billing.reset_account.
         function: String,
         /// Arguments as a JSON object.
         #[arg(default_value = "{}")]
         arguments: String,
     },
-    /// Run policy test cases (caller, function, arguments → allow/deny/invalid).
+    /// Run policy test cases (caller, function, arguments → allow, deny, held or invalid).
     Test {
+        /// The YAML file of cases.
         cases: PathBuf,
         /// Config to test against (default: the `config:` named in the cases file).
         #[arg(long)]
@@ -103,6 +109,7 @@ enum Command {
     Keygen,
     /// Read and verify the tamper-evident audit log.
     Audit {
+        /// The config file (relative paths in it are relative to its directory).
         #[arg(
             long,
             env = "CALLGATE_CONFIG",
@@ -115,6 +122,7 @@ enum Command {
     },
     /// Pinned definitions of upstream MCP tools: list, diff, approve a changed one.
     Tools {
+        /// The config file (relative paths in it are relative to its directory).
         #[arg(
             long,
             env = "CALLGATE_CONFIG",
@@ -152,15 +160,22 @@ enum Command {
 enum DemoCommand {
     /// Print a bearer credential for a demo user (alice, bob, carol, dave, erin, ci-bot).
     Token {
+        /// alice, bob, carol, dave, erin or ci-bot.
         user: String,
         /// Issue the token to an agent acting for the user (an RFC 8693 `act` claim).
         #[arg(long = "act")]
         actor: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// The running demo's base URL.
+        #[arg(
+            long,
+            env = "CALLGATE_GATEWAY",
+            default_value = "http://127.0.0.1:8080"
+        )]
         gateway: String,
     },
     /// Run only the demo's bank-ops upstream (for load tests against a direct connection).
     Upstream {
+        /// Where bank-ops listens.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
     },

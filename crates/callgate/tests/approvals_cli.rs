@@ -164,6 +164,53 @@ fn reviewers_and_requesters_use_the_cli() {
     let (status, id) = reset(&d, &bob, "acct_3");
     assert_eq!(status, "202");
     assert!(!id.is_empty());
+    let (_, id2) = reset(&d, &bob, "acct_4");
+    let (_, id3) = reset(&d, &bob, "acct_5");
+
+    // bob lists his own calls, newest first, a page at a time behind the scenes.
+    let list = |args: &[&str], who: &str| {
+        let mut a = vec!["calls", "list", "--json"];
+        a.extend_from_slice(args);
+        let o = callgate(&a, Some(who), &d.url);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(&[], &bob), [id3.clone(), id2.clone(), id.clone()]);
+    assert_eq!(list(&["--limit", "2"], &bob), [id3.clone(), id2.clone()]);
+    assert_eq!(list(&["--state", "pending,approved"], &bob).len(), 3);
+    assert!(list(&["--state", "succeeded"], &bob).is_empty());
+    assert!(list(&[], &erin).is_empty(), "nobody else's calls");
+    let o = callgate(&["calls", "list"], Some(&bob), &d.url);
+    assert!(text(&o).contains("acct_5"), "{}", text(&o));
+    // GET /v1/calls pages with `next`.
+    let page = |q: &str| -> serde_json::Value {
+        let o = Command::new("curl")
+            .args(["-s", &format!("{}/v1/calls?{q}", d.url)])
+            .args(["-H", &format!("Authorization: Bearer {bob}")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let first = page("limit=1");
+    assert_eq!(first["calls"][0]["id"], id3.as_str());
+    let next = first["next"].as_str().expect("a next page").to_string();
+    let second = page(&format!("limit=1&before={next}"));
+    assert_eq!(second["calls"][0]["id"], id2.as_str());
+    assert_eq!(page("limit=0")["status"], 400);
+    assert_eq!(page("limit=1&limit=2")["status"], 400);
+    assert_eq!(page("sort=asc")["status"], 400);
+    let o = callgate(&["calls", "list", "--state", "done"], Some(&bob), &d.url);
+    assert!(
+        !o.status.success() && text(&o).contains("none of"),
+        "{}",
+        text(&o)
+    );
 
     // carol's queue shows who asked, what, and why it needs her.
     let o = callgate(&["approvals", "list"], Some(&carol), &d.url);

@@ -232,7 +232,7 @@ fn auditor_commands_read_the_log(config: &Path, ids: &[String]) {
     assert!(replay.starts_with("session s-cli: 24 records"), "{replay}");
     assert!(replay.contains(r#"body {"refunded":true}"#), "{replay}");
     let bad = audit(config, &["export", "--format", "csv"]);
-    assert!(!bad.status.success() && text(&bad).contains("unknown format"));
+    assert!(!bad.status.success() && text(&bad).contains("possible values: jsonl, ocsf"));
     let missing = audit(config, &["show", "no-such-id"]);
     assert!(!missing.status.success() && text(&missing).contains("no record"));
     // Arguments leave in OCSF as the function's current masking profile shows them to

@@ -336,6 +336,25 @@ fn policy_test_cases() {
     let out = callgate(&["test", cases.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("0 passed, 1 failed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("expected held, got deny"),
+        "{}",
+        text(&out)
+    );
+    // A case naming no declared function says so, not "expected invalid, got invalid".
+    std::fs::write(
+        &cases,
+        format!(
+            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: users.gett, arguments: {{}}, expect: invalid}}\n",
+            root().join("examples/demo/callgate.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = callgate(&["test", cases.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("unknown function \"users.gett\""), "{t}");
+    assert!(!t.contains("got invalid"), "{t}");
 }
 
 #[test]

@@ -30,15 +30,28 @@ pub struct Notice {
     pub text: String,
 }
 
-fn link(h: &Held, cfg: &ApprovalsConfig) -> String {
-    format!(
-        "{}/v1/approvals/{}",
-        cfg.public_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/'),
-        h.id
-    )
+/// The review page's absolute URL; none without `approvals.public_url` (a path alone would
+/// lead nowhere from a chat message).
+fn link(h: &Held, cfg: &ApprovalsConfig) -> Option<String> {
+    let base = cfg.public_url.as_deref()?.trim_end_matches('/');
+    Some(format!("{base}/v1/approvals/{}", h.id))
+}
+
+/// What a state says of a request that reached it.
+fn outcome(state: callgate_approvals::State) -> &'static str {
+    use callgate_approvals::State::*;
+    match state {
+        Pending => "is waiting for review",
+        Approved => "was approved",
+        Executing => "is running",
+        Succeeded => "was approved and ran: it succeeded",
+        Failed => "was approved and ran: it failed",
+        Denied => "was denied",
+        Expired => "expired before it was resolved",
+        Cancelled => "was cancelled by its requester",
+        Revoked => "was revoked",
+        Unknown => "was interrupted while running: whether it ran is unknown",
+    }
 }
 
 impl Notice {
@@ -58,13 +71,17 @@ impl Notice {
             None => a.requester.subject.clone(),
         };
         let url = link(h, cfg);
+        let see = match &url {
+            Some(u) => u.clone(),
+            None => format!("callgate approvals show {}", h.id),
+        };
         let text = match event {
             "approval.requested" => format!(
-                "{who} asks for {what} ({}): needs {}. Review: {url}",
+                "{who} asks for {what} ({}): needs {}. Review: {see}",
                 h.kind.as_str(),
                 a.requirement
             ),
-            _ => format!("{what} requested by {who} is now {}. {url}", a.state),
+            _ => format!("{what} requested by {who} {}. {see}", outcome(a.state)),
         };
         Notice {
             body: json!({
@@ -227,7 +244,16 @@ mod tests {
         );
         let r = Notice::resolved(&h, &cfg);
         assert_eq!(r.body["event"], "approval.resolved");
-        assert!(r.text.contains("is now pending"), "{}", r.text);
+        assert!(r.text.contains("is waiting for review"), "{}", r.text);
+        let mut done = h.clone();
+        done.approval.state = callgate_approvals::State::Succeeded;
+        let r = Notice::resolved(&done, &ApprovalsConfig::default());
+        assert_eq!(
+            r.text,
+            "billing.reset_account requested by bob (via agent) was approved and ran: it \
+             succeeded. callgate approvals show c1"
+        );
+        assert!(r.body["link"].is_null(), "no relative link: {}", r.body);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::{RequestId, Shared, problem};
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
+        .route("/v1/calls", get(my_calls))
         .route("/v1/calls/{id}", get(call_status))
         .route("/v1/calls/{id}/cancel", post(cancel))
         .route("/v1/approvals", get(list))
@@ -148,6 +149,106 @@ async fn call_status(
         ))
     };
     answer(&rid, a.await)
+}
+
+/// The query of `GET /v1/calls`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// Comma-separated states (`pending,approved`); any when absent.
+    state: Option<String>,
+    /// At most this many (default 50, at most 500).
+    limit: Option<u32>,
+    /// The page after this call (the previous page's `next`).
+    before: Option<String>,
+}
+
+/// `GET /v1/calls`: the caller's own held calls (as requester, or for the person an agent
+/// acts for), newest first, a page at a time; `next` names the following page.
+async fn my_calls(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let a = async {
+        let p = authenticate(&shared, &headers).await?;
+        let q: CallsQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let states = match &q.state {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|s| {
+                    s.trim().parse::<HeldState>().map_err(|_| {
+                        Refusal::bad_request(format!(
+                            "state {s:?} is none of {}",
+                            HeldState::ALL.map(HeldState::as_str).join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let limit = q.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(Refusal::bad_request("limit is 1 to 500"));
+        }
+        let rt = shared.reloader.current();
+        let me = approvals::requester_of(&p, &rt.config.approvals);
+        let store = shared.approvals.store();
+        let before = match &q.before {
+            None => None,
+            Some(id) => {
+                let h = store
+                    .get(id)
+                    .await
+                    .map_err(approvals::store_refusal)?
+                    .filter(|h| is_requester(&shared, &p, h))
+                    .ok_or_else(|| {
+                        Refusal::bad_request(format!("before: no call {id:?} of yours"))
+                    })?;
+                Some((h.approval.created_ms, h.id))
+            }
+        };
+        let page = store
+            .requester_page(
+                Kind::Call,
+                &me.subject,
+                &states,
+                before.as_ref().map(|(c, id)| (*c, id.as_str())),
+                limit + 1,
+            )
+            .await
+            .map_err(approvals::store_refusal)?;
+        let more = page.len() > limit as usize;
+        let shown = &page[..page.len().min(limit as usize)];
+        let mut body = json!({
+            "calls": shown.iter().map(|h| masked_view(&shared, &p, h, false)).collect::<Vec<_>>(),
+        });
+        if more && let Some(last) = shown.last() {
+            body["next"] = json!(last.id);
+        }
+        Ok(json_response(StatusCode::OK, &body))
+    };
+    answer(&rid, a.await)
+}
+
+/// A query string read strictly into `T` (unknown or repeated names refused).
+fn serde_urlencoded_query<T: for<'de> Deserialize<'de>>(q: &str) -> Result<T, Refusal> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        let v = match k.as_ref() {
+            "limit" => json!(
+                v.parse::<u32>()
+                    .map_err(|_| { Refusal::bad_request("limit is a number") })?
+            ),
+            _ => json!(v),
+        };
+        if map.insert(k.into_owned(), v).is_some() {
+            return Err(Refusal::bad_request("a query parameter is given twice"));
+        }
+    }
+    serde_json::from_value(Value::Object(map))
+        .map_err(|e| Refusal::bad_request(format!("query: {e}")))
 }
 
 /// `POST /v1/calls/{id}/cancel`: the requester withdraws a call not yet executing.
