@@ -275,6 +275,14 @@ impl ApprovalStore {
         }
         qb.push(" ORDER BY created_ms, id LIMIT ")
             .push_bind(limit as i64);
+        self.fetch(qb).await
+    }
+
+    /// The items a built query selects.
+    async fn fetch(
+        &self,
+        mut qb: sqlx::QueryBuilder<sqlx::Sqlite>,
+    ) -> Result<Vec<Held>, ApprovalStoreError> {
         qb.build()
             .fetch_all(&self.reader)
             .await
@@ -335,13 +343,7 @@ impl ApprovalStore {
         }
         qb.push(" ORDER BY created_ms DESC, id DESC LIMIT ")
             .push_bind(limit as i64);
-        qb.build()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(held)
-            .collect()
+        self.fetch(qb).await
     }
 
     /// A requester's items, newest first.

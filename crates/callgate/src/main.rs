@@ -186,6 +186,22 @@ fn main() -> ExitCode {
     // is its owner's alone.
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // As many open connections as the system lets this process have: the soft limit on file
+    // descriptors (often 1,024) is raised to the hard one.
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let l = getrlimit(Resource::Nofile);
+        if l.maximum.is_some_and(|m| l.current.is_some_and(|c| c < m)) {
+            let _ = setrlimit(
+                Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: l.maximum,
+                    maximum: l.maximum,
+                },
+            );
+        }
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

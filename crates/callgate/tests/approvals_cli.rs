@@ -70,7 +70,8 @@ fn text(o: &Output) -> String {
 }
 
 fn token(d: &Demo, user: &str, act: Option<&str>) -> String {
-    let mut args = vec!["demo", "token", user, "--gateway", &d.url];
+    // The gateway comes from CALLGATE_GATEWAY, as for the other client commands.
+    let mut args = vec!["demo", "token", user];
     if let Some(a) = act {
         args.extend(["--act", a]);
     }

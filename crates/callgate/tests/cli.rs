@@ -325,34 +325,27 @@ fn policy_test_cases() {
     assert!(text(&out).contains("21 passed, 0 failed"), "{}", text(&out));
     let dir = tempfile::tempdir().unwrap();
     let cases = dir.path().join("cases.yaml");
-    std::fs::write(
-        &cases,
-        format!(
-            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: billing.reset_account, arguments: {{account_id: acct_1}}, expect: held}}\n",
-            root().join("examples/demo/callgate.yaml").display()
-        ),
-    )
-    .unwrap();
-    let out = callgate(&["test", cases.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("0 passed, 1 failed"), "{}", text(&out));
-    assert!(
-        text(&out).contains("expected held, got deny"),
-        "{}",
+    let run = |case: &str| {
+        std::fs::write(
+            &cases,
+            format!(
+                "config: {}\ncases:\n  - {case}\n",
+                root().join("examples/demo/callgate.yaml").display()
+            ),
+        )
+        .unwrap();
+        let out = callgate(&["test", cases.to_str().unwrap()]);
+        assert!(!out.status.success());
         text(&out)
+    };
+    let t = run(
+        "{as: alice, groups: [support], function: billing.reset_account, arguments: {account_id: acct_1}, expect: held}",
     );
+    assert!(t.contains("0 passed, 1 failed"), "{t}");
+    assert!(t.contains("expected held, got deny"), "{t}");
     // A case naming no declared function says so, not "expected invalid, got invalid".
-    std::fs::write(
-        &cases,
-        format!(
-            "config: {}\ncases:\n  - {{as: alice, groups: [support], function: users.gett, arguments: {{}}, expect: invalid}}\n",
-            root().join("examples/demo/callgate.yaml").display()
-        ),
-    )
-    .unwrap();
-    let out = callgate(&["test", cases.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let t = text(&out);
+    let t =
+        run("{as: alice, groups: [support], function: users.gett, arguments: {}, expect: invalid}");
     assert!(t.contains("unknown function \"users.gett\""), "{t}");
     assert!(!t.contains("got invalid"), "{t}");
 }
@@ -367,23 +360,29 @@ fn keygen_prints_a_key_and_its_hash() {
     assert_eq!(hash, callgate_gateway::identity::apikey::hash_key(key));
 }
 
-#[test]
-fn serve_logs_json_answers_and_stops_gracefully_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
+/// A temp dir holding examples/minimal, its config edited by `edit`.
+fn minimal_example(edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml"))
-        .unwrap()
-        .replace(
-            "listen: 127.0.0.1:8080",
-            "listen: 127.0.0.1:0\nlogging: {format: json, level: info}",
-        );
-    std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
+    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml")).unwrap();
+    std::fs::write(dir.path().join("callgate.yaml"), edit(cfg)).unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::copy(
         root().join("examples/minimal/policies/orders.cedar"),
         dir.path().join("policies/orders.cedar"),
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn serve_logs_json_answers_and_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = minimal_example(|cfg| {
+        cfg.replace(
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:0\nlogging: {format: json, level: info}",
+        )
+    });
     let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
         .args([
             "serve",
@@ -531,17 +530,9 @@ fn output_into_a_closed_pipe_ends_quietly() {
 
 #[test]
 fn a_start_that_cannot_listen_leaves_the_audit_log_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = minimal_example(|cfg| cfg);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let cfg = std::fs::read_to_string(root().join("examples/minimal/callgate.yaml")).unwrap();
-    std::fs::write(dir.path().join("callgate.yaml"), cfg).unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::copy(
-        root().join("examples/minimal/policies/orders.cedar"),
-        dir.path().join("policies/orders.cedar"),
-    )
-    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
         .args(["serve", "--listen", &addr, "--config"])
         .arg(dir.path().join("callgate.yaml"))
@@ -758,5 +749,28 @@ functions:
             assert!(t.contains(w), "{to}{policy_edit}: want {w:?} in\n{t}");
         }
         assert!(!t.contains("\"mcp\""), "{t}");
+    }
+}
+
+/// `--help` describes every option and argument, with the values they take.
+#[test]
+fn help_describes_options_and_arguments() {
+    for (args, want) in [
+        (
+            &["check", "--help"][..],
+            &["The config file", "CALLGATE_CONFIG"][..],
+        ),
+        (&["test", "--help"], &["held", "The YAML file of cases"]),
+        (&["audit", "export", "--help"], &["jsonl", "ocsf"]),
+        (&["audit", "show", "--help"], &["x-request-id"]),
+        (&["calls", "list", "--help"], &["--state", "pending"]),
+        (&["explain", "--help"], &["The function's name"]),
+        (&["demo", "token", "--help"], &["CALLGATE_GATEWAY", "alice"]),
+    ] {
+        let o = callgate(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        for w in want {
+            assert!(text(&o).contains(w), "{args:?} lacks {w:?}:\n{}", text(&o));
+        }
     }
 }
