@@ -114,3 +114,15 @@ pub struct Call {
     pub arguments: Map<String, Value>,
     pub meta: CallMeta,
 }
+
+/// The unit one client is counted by for per-source limits: an IPv4 address, or an IPv6 /64
+/// (what one subscriber or host is usually given, so rotating addresses within it counts once).
+pub fn source_block(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}

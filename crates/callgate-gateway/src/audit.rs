@@ -347,13 +347,30 @@ impl Audit {
             }
         }
         let Some(dir) = &self.publish_dir else { return };
+        // Checkpoints are public by design (signed notes for witnesses and auditors): the one
+        // thing Callgate writes readable by others (0644, directories 0755), whatever its
+        // umask, so whoever syncs them elsewhere can read them.
+        let public = |path: &Path, mode: u32| -> std::io::Result<()> {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
+            let _ = (path, mode);
+            Ok(())
+        };
         let write = || -> std::io::Result<()> {
             let each = dir.join("checkpoints");
             std::fs::create_dir_all(&each)?;
-            std::fs::write(each.join(cp.size.to_string()), &cp.note)?;
+            public(dir, 0o755)?;
+            public(&each, 0o755)?;
+            let one = each.join(cp.size.to_string());
+            std::fs::write(&one, &cp.note)?;
+            public(&one, 0o644)?;
             // Replace `checkpoint` atomically so a reader never sees half a note.
             let tmp = dir.join(".checkpoint.tmp");
             std::fs::write(&tmp, &cp.note)?;
+            public(&tmp, 0o644)?;
             std::fs::rename(&tmp, dir.join("checkpoint"))
         };
         if let Err(e) = write() {
@@ -556,7 +573,8 @@ impl Audit {
         if !anonymous {
             return self.queue(Event::Refused(event));
         }
-        let Verdict { ended, record } = self.anonymous.admit(event.clone(), req.source, now);
+        let block = req.source.map(callgate_core::model::source_block);
+        let Verdict { ended, record } = self.anonymous.admit(event.clone(), block, now);
         if let Some(summary) = ended {
             self.queue(Event::Refused(summary));
         }

@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -36,19 +36,82 @@ pub const MALFORMED: &str = "x-callgate-malformed-request";
 const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// The guard's own deadlines (see the module doc).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Deadlines {
-    /// No byte at all since the connection opened.
+    /// No byte at all since the connection opened; for HTTP/2, no request in flight and none
+    /// begun or ended for this long.
     pub idle: Duration,
     /// A header block incomplete this long after its first byte.
     pub head: Duration,
+    /// The connection's requests, as the server counts them (HTTP/2's idle deadline).
+    pub activity: std::sync::Arc<Activity>,
+}
+
+/// Requests in flight on one connection and when one last began or ended: what tells an idle
+/// HTTP/2 connection (the guard sees only frames, and a client's PING is no request).
+#[derive(Debug)]
+pub struct Activity {
+    start: tokio::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            in_flight: Default::default(),
+            last_ms: Default::default(),
+        }
+    }
+}
+
+/// One request in flight; ended when dropped.
+pub struct InFlight(std::sync::Arc<Activity>);
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A request began; it ends when the returned value is dropped.
+    pub fn begin(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// When the connection turned idle: `None` while a request is in flight.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Some(self.start + Duration::from_millis(ms))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     Nothing,
     FirstByte,
-    HeadEnd,
+    /// The head begun after `heads` heads were complete.
+    HeadEnd {
+        heads: u64,
+    },
+    /// HTTP/2: a request to begin.
+    H2Idle,
 }
 
 /// The largest header block followed (and the size of hyper's read buffer, set by the server).
@@ -80,6 +143,10 @@ pub struct FramingGuard<S> {
     deadlines: Option<Deadlines>,
     waiting: Waiting,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Complete heads followed so far.
+    heads: u64,
+    /// The connection speaks HTTP/2 (its preface was passed through).
+    h2: bool,
 }
 
 /// Where the header block in `buf` ends (just past its empty line), looking at line ends
@@ -107,28 +174,39 @@ impl<S> FramingGuard<S> {
             deadlines: None,
             waiting: Waiting::Nothing,
             timer: None,
+            heads: 0,
+            h2: false,
         }
     }
 
     /// A guard that also ends the connection on its [`Deadlines`]; the idle one runs from now.
     pub fn with_deadlines(inner: S, deadlines: Deadlines) -> FramingGuard<S> {
         let mut g = FramingGuard::new(inner);
+        g.timer = Some(Box::pin(tokio::time::sleep(deadlines.idle)));
         g.deadlines = Some(deadlines);
         g.waiting = Waiting::FirstByte;
-        g.timer = Some(Box::pin(tokio::time::sleep(deadlines.idle)));
         g
     }
 
     /// After input was followed: a head begun and not finished runs on the head deadline (from
     /// its first byte); anything else is hyper's to time.
     fn rearm(&mut self) {
-        let Some(d) = self.deadlines else { return };
+        let Some(d) = &self.deadlines else { return };
+        let (idle, head) = (d.idle, d.head);
+        if self.h2 {
+            if self.waiting != Waiting::H2Idle {
+                self.waiting = Waiting::H2Idle;
+                self.timer = Some(Box::pin(tokio::time::sleep(idle)));
+            }
+            return;
+        }
         let in_head = matches!(&self.state, State::Head(h) if !h.is_empty());
         match (in_head, self.waiting) {
-            (true, Waiting::HeadEnd) => {}
+            // The same head is still coming in: its deadline runs on.
+            (true, Waiting::HeadEnd { heads }) if heads == self.heads => {}
             (true, _) => {
-                self.waiting = Waiting::HeadEnd;
-                self.timer = Some(Box::pin(tokio::time::sleep(d.head)));
+                self.waiting = Waiting::HeadEnd { heads: self.heads };
+                self.timer = Some(Box::pin(tokio::time::sleep(head)));
             }
             (false, _) => {
                 self.waiting = Waiting::Nothing;
@@ -137,17 +215,33 @@ impl<S> FramingGuard<S> {
         }
     }
 
-    /// Whether the running deadline has passed (registering the waker when it has not).
+    /// Whether the running deadline has passed (registering the waker when it has not). An
+    /// HTTP/2 connection's deadline moves on while requests are in flight or were lately.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
-        let timer = self.timer.as_mut()?;
-        if timer.as_mut().poll(cx).is_pending() {
-            return None;
+        loop {
+            let timer = self.timer.as_mut()?;
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if self.waiting == Waiting::H2Idle
+                && let Some(d) = &self.deadlines
+            {
+                let now = tokio::time::Instant::now();
+                let until = match d.activity.idle_since() {
+                    None => now + d.idle,
+                    Some(since) => since + d.idle,
+                };
+                if until > now {
+                    self.timer = Some(Box::pin(tokio::time::sleep_until(until)));
+                    continue;
+                }
+            }
+            self.timer = None;
+            return Some(match self.waiting {
+                Waiting::HeadEnd { .. } => "the request's header block did not arrive in time",
+                _ => "the connection stayed idle too long",
+            });
         }
-        self.timer = None;
-        Some(match self.waiting {
-            Waiting::HeadEnd => "the request's header block did not arrive in time",
-            _ => "the connection stayed idle too long",
-        })
     }
 
     fn emit(&mut self, bytes: &[u8]) {
@@ -269,9 +363,11 @@ impl<S> FramingGuard<S> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {}
-            Err(e) if head != H2_PREFACE_HEAD && e != httparse::Error::TooManyHeaders => {
-                return self.stand_in(Some(e));
+            Err(_) if head == H2_PREFACE_HEAD => {
+                self.h2 = true;
+                return self.pass_through(&head);
             }
+            Err(e) if e != httparse::Error::TooManyHeaders => return self.stand_in(Some(e)),
             _ => return self.pass_through(&head),
         }
         let (mut lengths, mut te, mut chunked_last) = (Vec::new(), false, false);
@@ -309,6 +405,7 @@ impl<S> FramingGuard<S> {
         {
             return self.pass_through(&head);
         }
+        self.heads += 1;
         self.emit(&head);
         self.state = if te {
             if chunked_last {
@@ -375,11 +472,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if let Some(what) = self.expired(cx) {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
-            }
+            // What has arrived is read before any deadline is looked at: a deadline ends only
+            // a connection with nothing more to give.
+            let timed_out = |g: &mut Self, cx: &mut Context<'_>| {
+                g.expired(cx)
+                    .map(|what| Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what))))
+            };
             match self.state {
-                State::PassThrough => return Pin::new(&mut self.inner).poll_read(cx, out),
+                State::PassThrough => {
+                    let r = Pin::new(&mut self.inner).poll_read(cx, out);
+                    if r.is_pending()
+                        && let Some(t) = timed_out(&mut self, cx)
+                    {
+                        return t;
+                    }
+                    return r;
+                }
                 State::Broken => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -390,7 +498,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             }
             let mut buf = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut buf);
-            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => return timed_out(&mut self, cx).unwrap_or(Poll::Pending),
+            }
             let n = rb.filled().len();
             if n == 0 {
                 // End of stream: hand over whatever partial head was buffered and finish.

@@ -3,7 +3,8 @@
 //! grace period.
 //!
 //! Slow clients are bounded here: a connection idle before its first request, or between
-//! requests, for `limits.idle_timeout_ms` is closed; a header block must arrive within
+//! requests, for `limits.idle_timeout_ms` is closed (an HTTP/2 connection once no request has
+//! been in flight for that long, whatever frames arrive); a header block must arrive within
 //! `limits.header_read_timeout_ms` of its first byte ([`FramingGuard`] keeps that clock, hyper's
 //! does between requests); a body must arrive within `limits.body_read_timeout_ms` of its head
 //! ([`crate::request_body`], 408); and one source address holds at most
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
-use crate::framing::{Deadlines, FramingGuard};
+use crate::framing::{Activity, Deadlines, FramingGuard};
 
 /// The connection limits in force, read from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ impl ConnLimits {
     }
 }
 
-/// Open connections per source address.
+/// Open connections per source address (an IPv6 /64 counts as one).
 #[derive(Default)]
 struct PerSource(Mutex<HashMap<IpAddr, usize>>);
 
@@ -128,21 +129,29 @@ pub async fn serve(
             limits = now;
             builder = limits.builder();
         }
-        let Some(counted) = per_source.admit(peer.ip(), limits.per_source) else {
+        let block = callgate_core::model::source_block(peer.ip());
+        let Some(counted) = per_source.admit(block, limits.per_source) else {
             gateway.shared.metrics.connections_refused.inc();
             tracing::debug!(source = %peer.ip(), "connection refused: too many open from this address");
             continue;
         };
+        let activity = Arc::new(Activity::default());
         let deadlines = Deadlines {
             idle: limits.idle,
             head: limits.head,
+            activity: activity.clone(),
         };
         let gw = gateway.clone();
         let body_timeout = limits.body;
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(gw, req, peer, body_timeout).await) }
+                let in_flight = activity.begin();
+                async move {
+                    let resp = handle(gw, req, peer, body_timeout).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(resp)
+                }
             });
         let builder = builder.clone();
         match &acceptor {

@@ -304,6 +304,12 @@ async fn verify_names_the_first_bad_index_for_every_kind_of_tampering() {
     auditor_commands_read_the_log(&config, &ids);
     let published = dir.path().join("published/checkpoint");
     assert!(published.exists(), "checkpoints are published");
+    // Published checkpoints are public, whatever the process's umask (the store is not).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&published), 0o644);
+    assert_eq!(mode(published.parent().unwrap()), 0o755);
+    assert_eq!(mode(&dir.path().join("callgate-data/audit.db")) & 0o077, 0);
 
     // Each case: SQL run on a copy of the store, and the index verify must name.
     let cases: &[(&str, &str, u64)] = &[

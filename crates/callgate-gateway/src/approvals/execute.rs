@@ -166,12 +166,15 @@ async fn run_stored(
             stored.function
         ));
     };
+    // The stored headers as the function's allowlist takes them now (a call held before the
+    // list narrowed carries no header it would not pass on today).
     let mut forward_headers = http::HeaderMap::new();
     for (k, v) in &stored.headers {
         if let (Ok(k), Ok(v)) = (
             http::HeaderName::try_from(k.as_str()),
             http::HeaderValue::try_from(v.as_str()),
-        ) {
+        ) && callgate_core::headers::forwards(k.as_str(), &function.forward_headers)
+        {
             forward_headers.append(k, v);
         }
     }
@@ -205,13 +208,13 @@ async fn run_stored(
     match target_of(&call) {
         Ok(t) if t == stored.target => {}
         now => {
-            let now = match now {
-                Ok(t) => t.to_string(),
-                Err(e) => format!("nowhere ({})", e.detail()),
+            let what = match now {
+                Ok(t) => stored.target.change(&t),
+                Err(_) => "its arguments no longer make a request for it".into(),
             };
             return no(format!(
-                "{} no longer sends this call to the approved target: approved {}, now {now}",
-                stored.function, stored.target
+                "{} no longer sends this call to the approved target: {what}",
+                stored.function
             ));
         }
     }

@@ -94,20 +94,36 @@ pub struct Target {
     pub url: String,
 }
 
-/// As a refusal may name it: the method and the URL without query or user info (where
-/// configured upstream URLs may carry secrets).
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = self.url.split(['?', '#']).next().unwrap_or("");
-        let url = match url.split_once("://") {
+impl Target {
+    /// Where the upstream is, as a refusal may name it: scheme, host and port only — the path
+    /// and query hold argument values (which masking may hide) and configured secrets.
+    fn origin(&self) -> String {
+        let url = self.url.split(['?', '#', ' ']).next().unwrap_or("");
+        match url.split_once("://") {
             Some((scheme, rest)) => {
-                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let host = rest.split('/').next().unwrap_or("");
                 let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                format!("{scheme}://{host}/{path}")
+                format!("{scheme}://{host}")
             }
-            None => url.to_string(),
-        };
-        write!(f, "{} {url}", self.method)
+            None => "an upstream without a URL".into(),
+        }
+    }
+
+    /// What changed from `self` (approved) to `now`, without argument values.
+    pub(crate) fn change(&self, now: &Target) -> String {
+        if self.origin() != now.origin() || self.upstream != now.upstream {
+            format!(
+                "approved for {} at {}, now {} at {}",
+                self.upstream,
+                self.origin(),
+                now.upstream,
+                now.origin()
+            )
+        } else if self.method != now.method {
+            format!("approved as {}, now {}", self.method, now.method)
+        } else {
+            "the function's route or tool changed since it was approved".into()
+        }
     }
 }
 
@@ -474,29 +490,50 @@ pub fn view(h: &Held, include_outcome: bool) -> Value {
 mod tests {
     use super::Target;
 
-    /// A refusal names the approved and the current target without what a configured URL may
+    /// A refusal names what changed without argument values or what a configured URL may
     /// hide in its query or user info.
     #[test]
-    fn a_target_is_shown_without_query_or_user_info() {
-        let t = |url: &str| {
-            Target {
-                upstream: "up".into(),
-                method: "POST".into(),
-                url: url.into(),
-            }
-            .to_string()
+    fn a_target_change_is_told_without_values() {
+        let t = |upstream: &str, method: &str, url: &str| Target {
+            upstream: upstream.into(),
+            method: method.into(),
+            url: url.into(),
         };
-        assert_eq!(
-            t("http://127.0.0.1:4100/billing/reset"),
-            "POST http://127.0.0.1:4100/billing/reset"
+        let old = t(
+            "bank-ops",
+            "POST",
+            "http://127.0.0.1:4100/cards/4111111111111111?k=s",
         );
         assert_eq!(
-            t("https://user:pw@api.example/v1/x?key=secret#f"),
-            "POST https://api.example/v1/x"
+            old.change(&t(
+                "bank-ops",
+                "POST",
+                "https://u:pw@api.example/cards/4111111111111111?key=x"
+            )),
+            "approved for bank-ops at http://127.0.0.1:4100, now bank-ops at https://api.example"
         );
         assert_eq!(
-            t("http://mcp.example/mcp tools/call refund"),
-            "POST http://mcp.example/mcp tools/call refund"
+            old.change(&t(
+                "bank-ops",
+                "PUT",
+                "http://127.0.0.1:4100/cards/4111111111111111"
+            )),
+            "approved as POST, now PUT"
+        );
+        let moved = old.change(&t(
+            "bank-ops",
+            "POST",
+            "http://127.0.0.1:4100/v2/cards/4111111111111111",
+        ));
+        assert!(!moved.contains("4111"), "{moved}");
+        assert_eq!(
+            t(
+                "mcp:crm",
+                "POST",
+                "http://mcp.example/mcp tools/call refund"
+            )
+            .origin(),
+            "http://mcp.example"
         );
     }
 }

@@ -344,3 +344,45 @@ async fn idle_upstream_connections_are_closed() {
     }
     assert_eq!(left, 0, "an idle pooled connection stays open");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let s = setup().await;
+    let mut c = TcpStream::connect(s.gw.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then nothing: no request ever begins.
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an idle HTTP/2 connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn each_pipelined_head_has_its_own_deadline() {
+    let s = setup().await;
+    let c = TcpStream::connect(s.gw.addr).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    // Each head arrives within the deadline of its first byte, though the whole exchange takes
+    // longer than one deadline.
+    let writer = async {
+        w.write_all(b"GET /healthz HTTP/1.1\r\nho").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        w.write_all(b"st: x\r\n\r\nGET /healthz HTTP/1.1\r\nho")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        w.write_all(b"st: x\r\n\r\n").await.unwrap();
+    };
+    let reader = async {
+        let a = response(&mut r).await;
+        let b = response(&mut r).await;
+        (a, b)
+    };
+    let (_, (a, b)) = tokio::join!(writer, reader);
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert!(b.starts_with("HTTP/1.1 200"), "{b}");
+}
