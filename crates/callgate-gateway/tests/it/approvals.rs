@@ -1167,3 +1167,43 @@ async fn shutdown_waits_for_an_approved_call_being_executed() {
         response.index
     );
 }
+
+/// A held proxied call keeps only allowlisted headers, and when it runs they pass the
+/// function's allowlist as it is then: a name dropped from `forward_headers` meanwhile
+/// is not sent.
+#[tokio::test]
+async fn an_approved_call_forwards_only_headers_its_function_allows_when_it_runs() {
+    let s = setup().await;
+    let with_tenant = s.config.replace(
+        "    risk: high\n    break_glass: [sre]\n",
+        "    risk: high\n    break_glass: [sre]\n    forward_headers: [X-Tenant]\n",
+    );
+    assert_ne!(with_tenant, s.config);
+    s.gw.edit("callgate.yaml", &with_tenant);
+    let r = s
+        .reset(
+            "bob",
+            "acct_1",
+            &[
+                ("x-tenant", "t1"),
+                ("x-http-method-override", "DELETE"),
+                ("x-original-url", "/billing/wipe"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        )
+        .await;
+    let id = held_id(&r);
+    s.gw.edit("callgate.yaml", &s.config);
+    let r = s.review("carol", &id, "approve", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.settled(&id).await["state"], "succeeded");
+    let seen = s.up.last();
+    assert_eq!(seen.path_and_query, "/billing/reset");
+    assert!(seen.headers.get("traceparent").is_some());
+    for h in ["x-tenant", "x-http-method-override", "x-original-url"] {
+        assert!(seen.headers.get(h).is_none(), "{h} was forwarded");
+    }
+}
