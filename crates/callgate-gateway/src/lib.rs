@@ -13,6 +13,7 @@
 pub mod anonymous;
 pub mod approvals;
 pub mod audit;
+pub mod config_errors;
 pub mod credentials;
 pub mod demo;
 pub mod framing;

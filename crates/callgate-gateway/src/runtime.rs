@@ -7,6 +7,7 @@
 //! edit applies to the very next request. A broken edit is logged loudly and the last good
 //! runtime stays in force.
 
+use crate::config_errors::{check_listen, located};
 use arc_swap::ArcSwap;
 use callgate_core::Registry;
 use callgate_core::config::Config;
@@ -219,78 +220,6 @@ pub fn load_parts(config_path: &Path, vars: &Vars) -> Result<Parts, LoadErrors> 
         config_hash,
         sources,
     })
-}
-
-/// Prefixes each configuration error with `file:line` where the text shows what it is about
-/// (an error whose place cannot be found keeps the file alone).
-fn located(config_path: &Path, text: &str, errors: Vec<String>) -> Vec<String> {
-    use callgate_core::locate::{Place, line_of};
-    let quoted = |s: &str| -> Option<(String, String)> {
-        let rest = s.strip_prefix('"')?;
-        let end = rest.find('"')?;
-        Some((rest[..end].to_string(), rest[end + 1..].to_string()))
-    };
-    errors
-        .into_iter()
-        .map(|e| {
-            let line = if let Some((name, rest)) = e.strip_prefix("function ").and_then(quoted) {
-                let rest = rest.trim_start_matches(':').trim_start();
-                let field = [
-                    ("unknown upstream", "upstream"),
-                    ("risk", "risk"),
-                    ("approval", "approval"),
-                    ("forward_headers", "forward_headers"),
-                    ("mask", "mask"),
-                    ("credential", "credential"),
-                    ("break_glass", "break_glass"),
-                    ("path parameter", "route"),
-                    ("invalid arguments schema", "arguments"),
-                    ("the arguments schema", "arguments"),
-                    ("argument", "arguments"),
-                ]
-                .iter()
-                .find(|(p, _)| rest.starts_with(p))
-                .map(|(_, f)| *f)
-                .or_else(|| rest.contains("bound").then_some("bind"));
-                line_of(text, Place::Function(&name, field))
-            } else if let Some(rest) = e.strip_prefix("upstreams.") {
-                let name = rest.split(['.', ':']).next().unwrap_or("");
-                line_of(text, Place::Keyed("upstreams", name, Some("url")))
-            } else if let Some((id, _)) = e.strip_prefix("api key ").and_then(quoted) {
-                line_of(text, Place::Item("id", &id, Some("hash")))
-            } else if let Some((name, _)) = e
-                .strip_prefix("rate_limits.per_function: ")
-                .and_then(quoted)
-            {
-                line_of(text, Place::Under("rate_limits", &name))
-            } else if let Some(rest) = e.strip_prefix("policies: ").and_then(quoted) {
-                line_of(text, Place::Under("policies", &rest.0))
-            } else if e.starts_with("listen:") {
-                line_of(text, Place::Under("listen", "listen"))
-            } else {
-                None
-            };
-            let file = config_path.display();
-            match line {
-                Some(l) => format!("{file}:{l}: {e}"),
-                None => format!("{file}: {e}"),
-            }
-        })
-        .collect()
-}
-
-/// Whether `listen` reads as `host:port` (a name or an address, and a port number).
-fn check_listen(listen: &str) -> Result<(), String> {
-    let ok = listen
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "listen: {listen:?} is not host:port (such as 127.0.0.1:8080 or [::]:8080)"
-        ))
-    }
 }
 
 /// The directory a config file's relative paths are resolved against: its own, or the
