@@ -126,3 +126,18 @@ pub fn source_block(ip: std::net::IpAddr) -> std::net::IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod source_block_tests {
+    use super::source_block;
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_source_and_ipv4_addresses_alone() {
+        let b = |s: &str| source_block(s.parse().unwrap()).to_string();
+        assert_eq!(b("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(b("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::");
+        assert_ne!(b("2001:db8:1:3::1"), b("2001:db8:1:2::1"));
+        assert_eq!(b("192.0.2.7"), "192.0.2.7");
+        assert_eq!(b("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+}
