@@ -1,6 +1,6 @@
 //! Configuration errors as `callgate check` and a failed reload report them: each prefixed
 //! with `file:line` where the config's text shows what it is about (`callgate_core::locate`),
-//! and the `listen` address's form.
+//! the `listen` address's form, and configured URLs as an error may show them.
 
 use std::path::Path;
 
@@ -73,5 +73,25 @@ pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
         Err(format!(
             "listen: {listen:?} is not host:port (such as 127.0.0.1:8080 or [::]:8080)"
         ))
+    }
+}
+
+/// A configured URL as an error message may show it: no query, fragment or user info (where
+/// `${VAR}` references put secrets), so `check` never prints a credential.
+pub(crate) fn shown_url(u: &str) -> String {
+    let cut = u.split(['?', '#']).next().unwrap_or("");
+    let shown = match cut.split_once("://") {
+        Some((scheme, rest)) => {
+            format!(
+                "{scheme}://{}",
+                rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+            )
+        }
+        None => cut.to_string(),
+    };
+    if shown.len() < u.len() {
+        format!("{shown:?} (query and credentials not shown)")
+    } else {
+        format!("{shown:?}")
     }
 }

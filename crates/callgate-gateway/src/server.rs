@@ -229,6 +229,10 @@ async fn handle(
     peer: std::net::SocketAddr,
     body_timeout: Duration,
 ) -> http::Response<Body> {
+    // A request without a body (most GETs) has nothing to time or drain.
+    if hyper::body::Body::is_end_stream(req.body()) {
+        return gateway.handle(req.map(Body::new), Some(peer)).await;
+    }
     let h1 = req.version() < http::Version::HTTP_2;
     let expects_continue = req
         .headers()
